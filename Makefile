@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` (main job) and `make test`.
+# Both create .venv when it is missing and install effdeploy with the pinned constraints
+# (constraints.txt pins the CPU build of torch; an unpinned torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.effdeploy-installed
+PHI ?= 1
+PRECISION ?= int8
+PROFILE ?= jetson-orin
+OUT ?= bundles/effdeploy-b$(PHI)-$(PRECISION)-$(PROFILE)
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[build,pretrained,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/effdeploy build --phi $(PHI) --precision $(PRECISION) --profile $(PROFILE) --out $(OUT)
+	$(BIN)/effdeploy inspect $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"  tests
+	$(BIN)/python -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) bundles

@@ -1,0 +1,1 @@
+"""Calibration: data sources, activation-range calibrators and the calibration artifact."""

@@ -1,0 +1,193 @@
+"""The portable bundle: a directory with ``model.onnx`` and ``manifest.json``.
+
+The manifest is the single source of truth every later stage reads (calibration, verify, compile,
+bench, runtime). Bundles are written into a temporary sibling directory and renamed into place,
+so a failed or interrupted build never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import EffdeployError
+from .spec import ModelSpec, Preprocessing
+
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+REFERENCE = "reference.onnx"  # the FP32 simplified export, kept beside reduced-precision graphs
+FORMAT_VERSION = 1
+
+STATUS_VERIFIED = "verified"
+STATUS_FAILED_PARITY = "failed-parity"
+STATUS_UNVERIFIED = "unverified"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything later stages need to know about a bundle, without torch."""
+
+    model: ModelSpec
+    precision: str
+    profile: Mapping[str, Any]
+    weights: Mapping[str, Any]
+    status: str = STATUS_UNVERIFIED
+    artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    io: Mapping[str, Any] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    graph: Mapping[str, Any] = field(default_factory=dict)
+    quantization: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.model.preprocessing
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["notes"] = list(self.notes)
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Manifest":
+        d = dict(d)
+        if d.get("format_version", 0) > FORMAT_VERSION:
+            raise EffdeployError(
+                f"bundle format {d['format_version']} is newer than this effdeploy understands; upgrade effdeploy"
+            )
+        d["model"] = ModelSpec.from_dict(d["model"])
+        d["notes"] = tuple(d.get("notes", ()))
+        known = set(Manifest.__dataclass_fields__)
+        return Manifest(**{k: v for k, v in d.items() if k in known})
+
+    def with_(self, **changes: Any) -> "Manifest":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def reference_path(self) -> Path | None:
+        p = self.path / REFERENCE
+        return p if p.exists() else None
+
+    def check(self) -> None:
+        """Every artifact present with the hash the manifest recorded."""
+        for name, meta in self.manifest.artifacts.items():
+            p = self.path / name
+            if not p.is_file():
+                raise EffdeployError(f"bundle {self.path} is incomplete: {name} is missing; rebuild it")
+            if "sha256" in meta and sha256_file(p) != meta["sha256"]:
+                raise EffdeployError(f"bundle {self.path}: {name} does not match its sha256 in the manifest (corrupt or edited); rebuild it")
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_bundle(path: str | Path, check: bool = True) -> Bundle:
+    path = Path(path)
+    if not path.exists():
+        raise EffdeployError(f"{path} does not exist; pass a bundle directory written by 'effdeploy build'")
+    if not is_bundle(path):
+        raise EffdeployError(f"{path} is not a bundle (no {MANIFEST}); pass a directory written by 'effdeploy build'")
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise EffdeployError(f"{path / MANIFEST} is not a valid effdeploy manifest ({e}); rebuild the bundle") from None
+    bundle = Bundle(path, manifest)
+    if check:
+        bundle.check()
+    return bundle
+
+
+def artifact_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash every artifact in ``directory`` into the manifest and write it (last)."""
+    artifacts = {
+        p.name: artifact_entry(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = manifest.with_(artifacts=artifacts, created=manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+    return manifest
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse early (before minutes of work) when the bundle cannot be written where asked."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EffdeployError(f"--out {out} exists and is not a directory; choose another path")
+    if out.exists() and any(out.iterdir()) and not is_bundle(out):
+        raise EffdeployError(f"--out {out} is a non-empty directory that is not a bundle; choose another path")
+    parent = out.resolve().parent
+    probe_dir = parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise EffdeployError(f"--out {out}: {probe_dir} is not writable; choose a writable location")
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out``; renamed onto ``out`` only if the body finishes.
+
+    An existing bundle at ``out`` is replaced only after the new one is complete.
+    """
+    out = Path(out)
+    check_output_dir(out)
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
+    except OSError as e:
+        raise EffdeployError(f"cannot write --out {out}: {e.strerror}; choose a writable location") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

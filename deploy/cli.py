@@ -1,0 +1,50 @@
+"""The ``effdeploy`` command line. Commands live in ``effdeploy.commands.*`` and import heavy
+libraries (torch, TensorRT) only inside the command body, so the CLI starts fast on a device."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import EffdeployError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="effdeploy")
+def cli() -> None:
+    """Build, verify, compile and benchmark EfficientNets for edge targets."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="effdeploy", standalone_mode=False)
+    except EffdeployError as e:
+        click.echo(f"effdeploy: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("effdeploy: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("effdeploy: interrupted; nothing was left half-written", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if e.exit_code == 2 else e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+def _register() -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{mod.name}")
+
+
+_register()

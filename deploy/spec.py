@@ -1,0 +1,214 @@
+"""Frozen specifications that flow between stages: the model, its preprocessing.
+
+Everything here is torch-free: the device side reads the same specs from a bundle manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Mapping
+
+from .errors import EffdeployError
+
+Variant = Literal["b", "lite"]
+
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+LITE_MEAN_255 = (127.0, 127.0, 127.0)
+LITE_STD_255 = (128.0, 128.0, 128.0)
+CROP_PCT = 0.875
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of the B0 stage table (timm/TF style): a stage of identical MBConv blocks."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    in_channels: int
+    out_channels: int
+    se_ratio: float = 0.25
+
+
+# The EfficientNet-B0 architecture (Tan & Le 2019, Table 1). Scaling is applied by the builder.
+B0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(2, 3, 2, 6, 16, 24),
+    StageSpec(2, 5, 2, 6, 24, 40),
+    StageSpec(3, 3, 2, 6, 40, 80),
+    StageSpec(3, 5, 1, 6, 80, 112),
+    StageSpec(4, 5, 2, 6, 112, 192),
+    StageSpec(1, 3, 1, 6, 192, 320),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+
+# Released coefficients: phi -> (width, depth, resolution, dropout).
+B_COEFFICIENTS: dict[int, tuple[float, float, int, float]] = {
+    0: (1.0, 1.0, 224, 0.2),
+    1: (1.0, 1.1, 240, 0.2),
+    2: (1.1, 1.2, 260, 0.3),
+    3: (1.2, 1.4, 300, 0.3),
+    4: (1.4, 1.8, 380, 0.4),
+    5: (1.6, 2.2, 456, 0.4),
+    6: (1.8, 2.6, 528, 0.5),
+    7: (2.0, 3.1, 600, 0.5),
+}
+LITE_COEFFICIENTS: dict[int, tuple[float, float, int, float]] = {
+    0: (1.0, 1.0, 224, 0.2),
+    1: (1.0, 1.1, 240, 0.2),
+    2: (1.1, 1.2, 260, 0.3),
+    3: (1.2, 1.4, 280, 0.3),
+    4: (1.4, 1.8, 300, 0.3),
+}
+# Compound scaling (paper, eq. 3): alpha * beta^2 * gamma^2 ~= 2.
+ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The one definition of input preprocessing; calibration, verify and the runtime all read it.
+
+    Resize the shorter side to ``resize`` (``resolution / crop_pct``), center-crop ``resolution``,
+    then ``(pixel - mean) / std`` on the 0-255 scale, RGB, NCHW float32.
+    """
+
+    resolution: int
+    resize: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN_255
+    std: tuple[float, float, float] = IMAGENET_STD_255
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    @staticmethod
+    def for_weights(resolution: int, variant: str, weights_format: str) -> "Preprocessing":
+        """ImageNet mean/std for the B family and torchvision/timm weights; (x-127)/128 for Lite."""
+        lite_norm = variant == "lite" and weights_format not in ("torchvision", "timm")
+        return Preprocessing(
+            resolution=resolution,
+            resize=int(math.floor(resolution / CROP_PCT)),
+            mean=LITE_MEAN_255 if lite_norm else IMAGENET_MEAN_255,
+            std=LITE_STD_255 if lite_norm else IMAGENET_STD_255,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Preprocessing":
+        d = dict(d)
+        d["mean"] = tuple(float(x) for x in d["mean"])
+        d["std"] = tuple(float(x) for x in d["std"])
+        return Preprocessing(**d)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved EfficientNet: what to build and how its inputs are prepared."""
+
+    variant: str
+    phi: float
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    num_classes: int = 1000
+    drop_connect: float = 0.2
+    # "same": TensorFlow SAME padding (asymmetric for stride 2), used by the TF-ported weights
+    # (lukemelas, timm tf_*); "symmetric": PyTorch k//2 padding (torchvision, timm).
+    padding: str = "same"
+    bn_eps: float = 1e-3
+    parameters: int = 0
+    preprocessing: Preprocessing = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def name(self) -> str:
+        phi = int(self.phi) if float(self.phi).is_integer() else self.phi
+        return f"efficientnet-{'lite' if self.variant == 'lite' else 'b'}{phi}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["name"] = self.name
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "ModelSpec":
+        d = {k: v for k, v in d.items() if k != "name"}
+        d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
+        return ModelSpec(**d)
+
+
+def parse_phi(value: Any) -> float:
+    """Accept 1, "1", 1.5; refuse negatives and non-numbers with one clear line."""
+    try:
+        phi = float(value)
+    except (TypeError, ValueError):
+        raise EffdeployError(f"--phi must be a number >= 0 (got {value!r}); e.g. --phi 1") from None
+    if not math.isfinite(phi) or phi < 0:
+        raise EffdeployError(f"--phi must be a number >= 0 (got {value!r}); e.g. --phi 1")
+    return phi
+
+
+def model_spec(
+    phi: Any,
+    variant: str = "b",
+    resolution: int | None = None,
+    num_classes: int = 1000,
+    weights_format: str = "native",
+) -> ModelSpec:
+    """Resolve phi to coefficients: the released table for integer phi, else the compound rule."""
+    if variant not in ("b", "lite"):
+        raise EffdeployError(f"--variant must be 'b' or 'lite' (got {variant!r})")
+    phi = parse_phi(phi)
+    table = B_COEFFICIENTS if variant == "b" else LITE_COEFFICIENTS
+    if phi.is_integer() and int(phi) in table:
+        width, depth, res, dropout = table[int(phi)]
+    else:
+        width, depth = BETA**phi, ALPHA**phi
+        res = _round_resolution(224 * GAMMA**phi)
+        dropout = min(0.5, 0.2 + 0.05 * phi)
+    if resolution is not None:
+        if int(resolution) < 32:
+            raise EffdeployError(f"--resolution must be at least 32 pixels (got {resolution})")
+        res = int(resolution)
+    if num_classes < 1:
+        raise EffdeployError(f"num_classes must be >= 1 (got {num_classes})")
+    symmetric = weights_format in ("torchvision", "timm")
+    return ModelSpec(
+        variant=variant,
+        phi=phi,
+        width=round(width, 6),
+        depth=round(depth, 6),
+        resolution=res,
+        dropout=dropout,
+        num_classes=num_classes,
+        padding="symmetric" if symmetric else "same",
+        bn_eps=1e-5 if symmetric else 1e-3,
+        preprocessing=Preprocessing.for_weights(res, variant, weights_format),
+    )
+
+
+def _round_resolution(r: float) -> int:
+    """Nearest multiple of 8 (the stem and four stride-2 stages divide by 32, TRT likes 8)."""
+    return max(32, int(round(r / 8.0)) * 8)
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """TF/timm rounding: nearest multiple of ``divisor``, never below 90 % of the scaled value."""
+    scaled = channels * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    return int(math.ceil(depth * repeats))
+
+
+def with_parameters(spec: ModelSpec, parameters: int) -> ModelSpec:
+    return replace(spec, parameters=parameters)

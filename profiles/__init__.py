@@ -1,0 +1,1 @@
+"""Target profiles as TOML data, one file per device; loaded by :mod:`effdeploy.profile`."""
