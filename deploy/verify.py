@@ -1,0 +1,144 @@
+"""Verification: comparators between a reference (eager PyTorch, or the FP32 reference graph)
+and a candidate runner, budgets per precision, and the report every build ends with."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import EffdeployError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Default budgets (flags change them): what a precision must hold to be called verified."""
+
+    max_abs: float | None = None
+    top1_agreement: float | None = None
+    accuracy_drop_pt: float | None = None
+
+    @staticmethod
+    def for_precision(precision: str) -> "Budget":
+        if precision == "fp32":
+            return Budget(max_abs=1e-3)
+        if precision == "fp16":
+            return Budget(top1_agreement=0.995)
+        if precision == "int8":
+            return Budget(top1_agreement=0.98, accuracy_drop_pt=1.0)
+        raise EffdeployError(f"unknown precision {precision!r}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    samples: int
+    top1_agreement: float
+    top5_agreement: float  # reference top-1 within candidate top-5
+    cosine_mean: float
+    cosine_min: float
+    max_abs: float
+    mean_abs: float
+    labelled: int = 0
+    reference_top1: float | None = None
+    reference_top5: float | None = None
+    candidate_top1: float | None = None
+    candidate_top5: float | None = None
+
+    @property
+    def accuracy_drop_pt(self) -> float | None:
+        if self.reference_top1 is None or self.candidate_top1 is None:
+            return None
+        return 100.0 * (self.reference_top1 - self.candidate_top1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy_drop_pt"] = self.accuracy_drop_pt
+        return d
+
+
+def _topk(logits: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    return np.argsort(-logits, axis=1)[:, :k]
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: Sequence[int | None] | None = None) -> Comparison:
+    """Agreement, cosine similarity and error of two logit sets; accuracy where labels are known."""
+    if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
+        raise EffdeployError(f"cannot compare logits of shapes {reference.shape} and {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    ref_top1 = ref.argmax(1)
+    cand_top5 = _topk(cand, 5)
+    num = (ref * cand).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+    diff = np.abs(ref - cand)
+    fields: dict[str, Any] = {}
+    if labels is not None:
+        idx = [i for i, l in enumerate(labels) if l is not None and 0 <= l < ref.shape[1]]
+        if idx:
+            y = np.asarray([labels[i] for i in idx])
+            r5, c5 = _topk(ref[idx], 5), _topk(cand[idx], 5)
+            fields = dict(
+                labelled=len(idx),
+                reference_top1=float((ref[idx].argmax(1) == y).mean()),
+                reference_top5=float((r5 == y[:, None]).any(1).mean()),
+                candidate_top1=float((cand[idx].argmax(1) == y).mean()),
+                candidate_top5=float((c5 == y[:, None]).any(1).mean()),
+            )
+    return Comparison(
+        samples=len(ref),
+        top1_agreement=float((ref_top1 == cand.argmax(1)).mean()),
+        top5_agreement=float((cand_top5 == ref_top1[:, None]).any(1).mean()),
+        cosine_mean=float(cos.mean()),
+        cosine_min=float(cos.min()),
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        **fields,
+    )
+
+
+def check_budget(c: Comparison, budget: Budget) -> list[str]:
+    """The budget lines this comparison misses (empty = verified)."""
+    misses = []
+    if budget.max_abs is not None and c.max_abs > budget.max_abs:
+        misses.append(f"max abs error {c.max_abs:.3g} > {budget.max_abs:.3g}")
+    if budget.top1_agreement is not None and c.top1_agreement < budget.top1_agreement:
+        misses.append(f"top-1 agreement {100 * c.top1_agreement:.2f} % < {100 * budget.top1_agreement:.2f} %")
+    drop = c.accuracy_drop_pt
+    if budget.accuracy_drop_pt is not None and drop is not None and drop > budget.accuracy_drop_pt:
+        misses.append(f"top-1 accuracy drop {drop:.2f} pt > {budget.accuracy_drop_pt:.2f} pt")
+    return misses
+
+
+def run_batched(infer: Callable[[np.ndarray], np.ndarray], data: np.ndarray, batch: int = 32,
+                label: str = "", quiet: bool = True) -> np.ndarray:
+    """Run a runner over a preprocessed array in batches, with progress for long runs."""
+    from .report import progress
+
+    starts = list(range(0, len(data), batch))
+    outs = []
+    with progress(starts, label=label, quiet=quiet) as bar:
+        for i in bar:
+            outs.append(np.asarray(infer(data[i:i + batch]), dtype=np.float32))
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def comparison_rows(c: Comparison) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("images", c.samples),
+        ("top-1 agreement", f"{100 * c.top1_agreement:.2f} %"),
+        ("top-5 agreement", f"{100 * c.top5_agreement:.2f} %"),
+        ("cosine (mean / min)", f"{c.cosine_mean:.6f} / {c.cosine_min:.6f}"),
+        ("max abs error", f"{c.max_abs:.3e}"),
+    ]
+    if c.labelled:
+        rows += [
+            ("labelled images", c.labelled),
+            ("top-1 accuracy (reference -> bundle)", f"{100 * c.reference_top1:.2f} % -> {100 * c.candidate_top1:.2f} %"),
+            ("top-5 accuracy (reference -> bundle)", f"{100 * c.reference_top5:.2f} % -> {100 * c.candidate_top5:.2f} %"),
+            ("top-1 drop", f"{c.accuracy_drop_pt:.2f} pt"),
+        ]
+    return rows
