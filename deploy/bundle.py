@@ -177,6 +177,9 @@ def staging_dir(out: Path) -> Iterator[Path]:
     try:
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make a shared bundle unreadable
     except OSError as e:
         raise EffdeployError(f"cannot write --out {out}: {e.strerror}; choose a writable location") from None
     try:

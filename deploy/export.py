@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ def export_onnx(model: Any, resolution: int, opset: int = OPSET) -> onnx.ModelPr
 
     if opset < 18:
         raise EffdeployError("opset must be >= 18")
+    # The exporter logs one warning per missing torchvision op at import; they are noise here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     x = torch.randn(2, 3, resolution, resolution)
     batch = torch.export.Dim("batch", min=1, max=4096)
     sink = io.StringIO()

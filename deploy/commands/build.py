@@ -1,0 +1,178 @@
+"""``effdeploy build``, ``inspect`` and ``profiles``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli import cli
+from ..report import emit_json, info, kv_table, table
+
+
+@cli.command("build")
+@click.option("--phi", required=True, help="Compound coefficient: 0..7 (b) or 0..4 (lite) use the released table; any other number >= 0 the compound rule.")
+@click.option("--variant", type=click.Choice(["b", "lite"]), default="b", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--profile", "profile_name", default="cpu", show_default=True, help="Built-in profile name or path to a .toml file.")
+@click.option("--weights", default=None, help="Checkpoint path (native/lukemelas/torchvision/timm) or 'pretrained' (lite 0..2).")
+@click.option("--resolution", type=int, default=None, help="Override the input resolution.")
+@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [bundles/<model>-<precision>-<profile>].")
+@click.option("--calib-data", default=None, help="Calibration images: folder, video file or .npy (int8).")
+@click.option("--calib-images", type=int, default=256, show_default=True)
+@click.option("--calib-method", type=click.Choice(["auto", "max", "percentile", "entropy", "mse"]), default="auto", show_default=True)
+@click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
+@click.option("--verify-images", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-parity-failure", is_flag=True, help="Keep going (exit 0) when verification misses its budget.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, resolution: int | None,
+              num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
+              verify_data: str | None, verify_images: int, seed: int, allow_parity_failure: bool, as_json: bool) -> None:
+    """Build and verify a bundle (ONNX + manifest) for a profile.
+
+    Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
+    """
+    from ..pipeline import BuildRequest, build_bundle
+    from ..profile import load_profile
+    from ..spec import parse_phi
+
+    parse_phi(phi)
+    profile = load_profile(profile_name)
+    req = BuildRequest(
+        phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, resolution=resolution,
+        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
+        verify_data=verify_data, verify_images=verify_images, seed=seed,
+        allow_parity_failure=allow_parity_failure, quiet=as_json,
+    )
+    result = build_bundle(req)
+    summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
+    if as_json:
+        emit_json({**summary, "next_step": result.next_step})
+        return
+    click.echo(kv_table(summary_rows(summary)))
+    if result.next_step:
+        info(f"\nTensorRT is not available here; compile on the target with:\n  {result.next_step}")
+
+
+def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Any]:
+    verify = m.get("parity", {}).get("verify", {})
+    return {
+        "bundle": str(path),
+        "status": m["status"],
+        "model": m["model"]["name"],
+        "variant": m["model"]["variant"],
+        "parameters": m["model"]["parameters"],
+        "gflops": 2 * m["graph"].get("macs", 0) / 1e9,
+        "resolution": m["model"]["resolution"],
+        "precision": m["precision"],
+        "profile": m["profile"]["name"],
+        "weights": m["weights"].get("source"),
+        "onnx_nodes": m["graph"]["nodes"],
+        "export_max_abs": m["parity"]["export"]["max_abs"],
+        "verify": verify.get("comparison"),
+        "budget_misses": verify.get("misses", []),
+        "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
+    }
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("bundle", s["bundle"]),
+        ("status", s["status"]),
+        ("model", f"{s['model']} ({s['weights']})"),
+        ("parameters", f"{s['parameters']:,}"),
+        ("GFLOPs (2 x MACs, batch 1)", f"{s['gflops']:.3f}"),
+        ("resolution", s["resolution"]),
+        ("precision / profile", f"{s['precision']} / {s['profile']}"),
+        ("ONNX nodes", s["onnx_nodes"]),
+        ("export parity (max abs vs eager)", f"{s['export_max_abs']:.2e}"),
+    ]
+    v = s.get("verify")
+    if v:
+        rows.append(("verify top-1 agreement", f"{100 * v['top1_agreement']:.2f} % of {v['samples']} images"))
+        rows.append(("verify max abs / cosine min", f"{v['max_abs']:.2e} / {v['cosine_min']:.6f}"))
+        if v.get("labelled"):
+            rows.append(("top-1 accuracy eager -> bundle",
+                         f"{100 * v['reference_top1']:.2f} % -> {100 * v['candidate_top1']:.2f} %"))
+    for miss in s.get("budget_misses", []):
+        rows.append(("budget missed", miss))
+    if s.get("timings_s", {}).get("total"):
+        rows.append(("build time", f"{s['timings_s']['total']:.1f} s"))
+    return rows
+
+
+@cli.command("inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect_cmd(artifact: Path, as_json: bool) -> None:
+    """Show a bundle's manifest and graph summary, or a plain ONNX file's graph.
+
+    Example: effdeploy inspect bundles/efficientnet-b1-fp32-cpu
+    """
+    import onnx
+
+    from ..bundle import is_bundle, load_bundle
+    from ..errors import EffdeployError
+    from ..export import count_macs, graph_summary
+
+    if artifact.is_dir() or is_bundle(artifact):
+        bundle = load_bundle(artifact)
+        onnx_path = bundle.model_path
+        manifest = bundle.manifest.to_dict()
+    elif artifact.suffix == ".onnx" and artifact.is_file():
+        onnx_path, manifest = artifact, None
+    else:
+        raise EffdeployError(f"{artifact} is neither a bundle directory nor an .onnx file")
+    try:
+        proto = onnx.load(str(onnx_path))
+    except Exception as e:
+        raise EffdeployError(f"cannot read ONNX {onnx_path}: {str(e).splitlines()[0][:160]}") from None
+    graph = graph_summary(proto)
+    graph["macs"] = count_macs(proto)
+    if as_json:
+        emit_json({"manifest": manifest, "graph": graph})
+        return
+    if manifest:
+        click.echo(kv_table(summary_rows(build_summary(artifact, manifest))))
+        pre = manifest["model"]["preprocessing"]
+        click.echo(f"preprocessing: resize {pre['resize']} ({pre['interpolation']}), crop {pre['resolution']}, "
+                   f"mean {tuple(round(x, 3) for x in pre['mean'])}, std {tuple(round(x, 3) for x in pre['std'])} (0-255)")
+        click.echo("artifacts: " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in manifest["artifacts"].items()))
+        click.echo("")
+    click.echo(kv_table([
+        ("ONNX", str(onnx_path)),
+        ("opset", graph["opset"]),
+        ("nodes", graph["nodes"]),
+        ("initializer values (BN folded)", f"{graph['initializer_parameters']:,}"),
+        ("GFLOPs (2 x MACs, batch 1)", f"{2 * graph['macs'] / 1e9:.3f}"),
+    ]))
+    click.echo("")
+    io_rows = [(d, v["name"], v["dtype"], "x".join(str(x) for x in v["shape"]))
+               for d, vals in (("input", graph["inputs"]), ("output", graph["outputs"])) for v in vals]
+    click.echo(table(io_rows, ["", "name", "dtype", "shape"]))
+    click.echo("")
+    click.echo(table(list(graph["ops"].items()), ["op", "count"]))
+
+
+@cli.command("profiles")
+@click.option("--json", "as_json", is_flag=True)
+def profiles_cmd(as_json: bool) -> None:
+    """List the built-in target profiles.
+
+    Example: effdeploy profiles
+    """
+    from ..profile import all_profiles
+
+    profiles = all_profiles()
+    if as_json:
+        emit_json([p.to_dict() for p in profiles])
+        return
+    rows = []
+    for p in profiles:
+        trt = "; ".join(f"{r.platform}: {r.min_version}{'-' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
+        rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
+                     ",".join(p.precisions), trt or "-"))
+    click.echo(table(rows, ["profile", "device", "arch", "cc", "DLA", "precisions", "TensorRT"]))
