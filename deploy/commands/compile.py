@@ -1,0 +1,107 @@
+"""``effdeploy compile``: a verified bundle -> ``engine.plan`` + ``engine.json`` on the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli import cli
+from ..report import emit_json, info, kv_table
+
+
+def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    from ..compile import parse_batch
+
+    return parse_batch(value)
+
+
+@cli.command("compile")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_name", default=None, help="Built-in profile or .toml path [the bundle's profile].")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine path [BUNDLE/engine.plan]; engine.json goes beside it.")
+@click.option("--dla-core", type=int, default=None, help="Run on this DLA core (GPU fallback for layers DLA lacks).")
+@click.option("--batch", callback=_parse_batch, default=None, help="Optimisation profile MIN,OPT,MAX batch [from the profile].")
+@click.option("--workspace-mb", type=int, default=None, help="Builder workspace memory-pool limit in MiB [from the profile].")
+@click.option("--opt-level", type=int, default=None, help="Builder optimisation level 0..5 [from the profile].")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache to reuse/update [beside the engine].")
+@click.option("--force", is_flag=True, help="Build even though the local GPU's compute capability differs from the profile's.")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
+              is_flag=False, flag_value="ampere_plus", default=None,
+              help="Hardware-compatible engine (bare flag = ampere_plus) [from the profile].")
+@click.option("--version-compatible/--no-version-compatible", default=None,
+              help="Engine that also runs on newer TensorRT releases [from the profile].")
+@click.option("--trt-version", default=None, help="Check the rules for this target TensorRT release [the installed one].")
+@click.option("--dry-run", is_flag=True, help="Check the rules and print the build plan; build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_core: int | None,
+                batch: tuple[int, int, int] | None, workspace_mb: int | None, opt_level: int | None,
+                timing_cache: Path | None, force: bool, hardware_compat: str | None, version_compatible: bool | None,
+                trt_version: str | None, dry_run: bool, as_json: bool) -> None:
+    """Compile a verified bundle into a TensorRT engine for a profile (run this on the target).
+
+    Example: effdeploy compile bundles/b1-int8-jetson-orin --profile jetson-orin
+    """
+    from ..compile import CompileOptions, check_installed, read_l4t
+    from ..engine import detect_gpu, engine_manifest_path
+    from ..trt_build import compile_bundle, plan_for
+    from ..trt_compat import TrtVersion, import_tensorrt
+
+    opts = CompileOptions(
+        out=out, dla_core=dla_core, batch=batch, workspace_mb=workspace_mb, opt_level=opt_level,
+        timing_cache=timing_cache, force=force, hardware_compat=hardware_compat,
+        version_compatible=version_compatible, trt_version=str(TrtVersion.parse(trt_version)) if trt_version else None,
+    )
+    if dry_run:
+        plan = plan_for(bundle, profile_name, opts)
+        trt = import_tensorrt() if not opts.trt_version else None
+        if trt is not None:
+            plan = check_installed(plan, str(trt.__version__), None, detect_gpu(), read_l4t())
+        rows = _plan_rows(plan.to_dict())
+        if as_json:
+            emit_json({"dry_run": True, "build_plan": plan.to_dict()})
+        else:
+            click.echo(kv_table(rows))
+            checked = plan.trt_version or "every release of the profile"
+            info(f"\ndry run: the rules pass for TensorRT {checked}; nothing was built", quiet=False)
+        return
+
+    result = compile_bundle(bundle, profile_name, opts, quiet=as_json)
+    m = result.engine
+    summary: dict[str, Any] = {
+        "engine": result.plan.plan_path,
+        "manifest": str(engine_manifest_path(result.plan.plan_path)),
+        "profile": m.profile_name,
+        "precision": m.precision,
+        "tensorrt": m.tensorrt_version,
+        "gpu": f"{m.gpu_info.name} (CC {m.gpu_info.compute_capability})",
+        "device": f"DLA core {result.plan.dla_core} + GPU fallback" if result.plan.uses_dla else "GPU",
+        "batch": f"{result.plan.batch_min}/{result.plan.batch_opt}/{result.plan.batch_max}",
+        "workspace_mb": result.plan.workspace_mb,
+        "opt_level": result.plan.opt_level,
+        "hardware_compat": result.plan.hardware_compat,
+        "version_compatible": result.plan.version_compatible,
+        "timing_cache": f"{result.plan.timing_cache_path} ({'reused' if result.timing_cache_reused else 'new'})",
+        "plan_mb": round(m.plan_bytes / 1e6, 2),
+        "plan_sha256": m.plan_sha256,
+        "build_s": round(result.seconds, 1),
+    }
+    if as_json:
+        emit_json({**summary, "warnings": list(result.warnings), "engine_manifest": m.to_dict()})
+        return
+    click.echo(kv_table(summary.items()))
+    for w in result.warnings:
+        info(f"note: {w}")
+
+
+def _plan_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    keys = ("bundle_path", "plan_path", "timing_cache_path", "profile", "precision", "model_name", "input_name",
+            "input_chw", "batch_min", "batch_opt", "batch_max", "workspace_mb", "opt_level", "dla_core",
+            "gpu_fallback", "hardware_compat", "version_compatible", "trt_version", "onnx_sha256",
+            "calibration_sha256")
+    rows = [(k, d.get(k)) for k in keys]
+    rows += [("note", n) for n in d.get("notes", [])]
+    return rows

@@ -1,0 +1,539 @@
+"""Bundle + profile + flags -> a :class:`BuildPlan`, and the rules that refuse impossible builds.
+
+Everything here is a plain function over frozen data so it can be tested without TensorRT or a GPU:
+the builder (:mod:`effdeploy.trt_build`) only executes a plan that survived these rules. Rules that
+need no TensorRT (precision, DLA, release table, bundle status) run before TensorRT is looked for,
+so ``effdeploy compile --trt-version X --dry-run`` answers "would this work on the target?" from a
+workstation.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .bundle import STATUS_VERIFIED, Bundle, sha256_file
+from .engine import GpuInfo, detect_gpu, normalize_cc
+from .errors import EffdeployError
+from .profile import Profile
+from .trt_compat import (
+    HARDWARE_COMPAT_LEVELS,
+    MIN_SAME_CC_HW_COMPAT,
+    MIN_STRONGLY_TYPED,
+    MISSING_TENSORRT,
+    TrtVersion,
+    dla_gap_reason,
+    dla_supported,
+    same_cc_hw_compat_supported,
+    strongly_typed_supported,
+)
+
+DEFAULT_ENGINE_NAME = "engine.plan"
+TIMING_CACHE_NAME = "timing.cache"
+CALIBRATION_ARTIFACT = "calibration.json"
+MAX_OPT_LEVEL = 5  # IBuilderConfig.builder_optimization_level: 0..5, default 3 (10.x and 11.x)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The command-line knobs; None means "take it from the profile"."""
+
+    out: Path | None = None
+    dla_core: int | None = None
+    batch: tuple[int, int, int] | None = None
+    workspace_mb: int | None = None
+    opt_level: int | None = None
+    timing_cache: Path | None = None
+    force: bool = False
+    hardware_compat: str | None = None
+    version_compatible: bool | None = None
+    trt_version: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Exactly what the builder will do; written into engine.json as ``build``."""
+
+    bundle_path: str
+    onnx_path: str
+    plan_path: str
+    timing_cache_path: str
+    profile: Profile
+    precision: str
+    model_name: str
+    input_name: str
+    input_chw: tuple[int, int, int]
+    batch_min: int
+    batch_opt: int
+    batch_max: int
+    workspace_mb: int
+    opt_level: int
+    dla_core: int | None
+    gpu_fallback: bool
+    hardware_compat: str
+    version_compatible: bool
+    onnx_sha256: str
+    calibration_sha256: str | None
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    trt_version: str | None = None  # the release the refusal rules were checked against
+    force: bool = False
+    notes: tuple[str, ...] = ()
+
+    @property
+    def uses_dla(self) -> bool:
+        return self.dla_core is not None
+
+    def shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, *self.input_chw)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) input shapes for the optimisation profile."""
+        return self.shape(self.batch_min), self.shape(self.batch_opt), self.shape(self.batch_max)
+
+    def build_settings(self) -> dict[str, Any]:
+        """The knobs recorded in engine.json (no paths that only mean something on this machine)."""
+        return {
+            "batch": [self.batch_min, self.batch_opt, self.batch_max],
+            "workspace_mb": self.workspace_mb,
+            "opt_level": self.opt_level,
+            "dla_core": self.dla_core,
+            "gpu_fallback": self.gpu_fallback,
+            "hardware_compat": self.hardware_compat,
+            "version_compatible": self.version_compatible,
+            "strongly_typed": True,
+            "forced": self.force,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["profile"] = self.profile.name
+        d["notes"] = list(self.notes)
+        return d
+
+    def with_(self, **changes: Any) -> "BuildPlan":
+        return replace(self, **changes)
+
+
+# --- small parsers ---------------------------------------------------------------------------------
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """``"1,4,8"`` -> (1, 4, 8); ``"4"`` -> (4, 4, 4). Refuse anything not 1 <= min <= opt <= max."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise EffdeployError(f"--batch must be MIN,OPT,MAX integers like 1,4,8 (got {text!r})") from None
+    if len(nums) == 1:
+        nums = nums * 3
+    if len(nums) != 3:
+        raise EffdeployError(f"--batch must be MIN,OPT,MAX integers like 1,4,8 (got {text!r})")
+    lo, opt, hi = nums
+    if not (1 <= lo <= opt <= hi):
+        raise EffdeployError(f"--batch needs 1 <= min <= opt <= max (got {lo},{opt},{hi}); e.g. --batch 1,4,8")
+    return lo, opt, hi
+
+
+@dataclass(frozen=True)
+class L4tRelease:
+    """The Jetson Linux (L4T) release of a Jetson, from /etc/nv_tegra_release; tells the JetPack."""
+
+    major: int
+    revision: str
+
+    @property
+    def jetpack(self) -> str:
+        """JetPack line for this L4T: R32 -> 4, R35 -> 5, R36 -> 6, R38/R39 -> 7 (JetPack release notes)."""
+        return {32: "4", 35: "5", 36: "6", 38: "7", 39: "7"}.get(self.major, "?")
+
+    def __str__(self) -> str:
+        return f"L4T R{self.major}.{self.revision} (JetPack {self.jetpack})"
+
+
+def parse_l4t(text: str) -> L4tRelease | None:
+    """``# R36 (release), REVISION: 4.3, GCID: ...`` -> L4tRelease(36, "4.3")."""
+    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text or "")
+    return L4tRelease(int(m.group(1)), m.group(2).rstrip(".")) if m else None
+
+
+def read_l4t(path: str | Path = "/etc/nv_tegra_release") -> L4tRelease | None:
+    try:
+        return parse_l4t(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
+# --- bundle facts ----------------------------------------------------------------------------------
+
+
+def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, ...]]:
+    """Name and shape (-1 for symbolic dims) of the graph's first real input, read without weights."""
+    import onnx  # noqa: PLC0415 - a base dependency, but only needed here
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError / OSError subclasses
+        raise EffdeployError(f"cannot read {onnx_path}: {str(e).splitlines()[0]}; rebuild the bundle") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise EffdeployError(f"{onnx_path} has {len(inputs)} inputs; effdeploy engines take one NCHW image input")
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+        for d in inputs[0].type.tensor_type.shape.dim
+    )
+    return inputs[0].name, dims
+
+
+def calibration_sha256(bundle: Bundle) -> str | None:
+    """sha256 of the calibration that produced an INT8 bundle's scales (None for fp32/fp16)."""
+    art = bundle.manifest.artifacts.get(CALIBRATION_ARTIFACT)
+    if art and art.get("sha256"):
+        return str(art["sha256"])
+    q = dict(bundle.manifest.quantization or {})
+    for key in ("calibration_sha256", "sha256"):
+        if q.get(key):
+            return str(q[key])
+    cal = q.get("calibration")
+    if isinstance(cal, Mapping) and cal.get("sha256"):
+        return str(cal["sha256"])
+    return None
+
+
+def onnx_sha256(bundle: Bundle) -> str:
+    art = bundle.manifest.artifacts.get(bundle.model_path.name)
+    if art and art.get("sha256"):
+        return str(art["sha256"])
+    return sha256_file(bundle.model_path)
+
+
+# --- refusal rules: each returns one line (what is wrong, what to do) or None ----------------------
+
+
+def refuse_cpu_profile(profile: Profile) -> str | None:
+    if not profile.is_gpu:
+        return (
+            f"profile {profile.name} is a CPU target and has no TensorRT engine; its deployable artifact is the "
+            "bundle itself - pass a GPU profile such as --profile jetson-orin"
+        )
+    return None
+
+
+def refuse_status(bundle: Bundle) -> str | None:
+    status = bundle.manifest.status
+    if status != STATUS_VERIFIED:
+        return (
+            f"bundle {bundle.path} is {status!r}, not verified; only verified bundles are compiled - rebuild it with "
+            "'effdeploy build' until it passes verification"
+        )
+    return None
+
+
+def refuse_precision(profile: Profile, precision: str) -> str | None:
+    if precision in profile.precisions:
+        return None
+    arch = f" ({profile.architecture}, compute capability {profile.compute_capability})" if profile.architecture else ""
+    fallback = next((p for p in ("fp16", "fp32") if p in profile.precisions), profile.default_precision)
+    return (
+        f"{profile.name}{arch} has no {precision.upper()} kernels; rebuild the bundle with --precision {fallback} "
+        f"(this profile runs {', '.join(profile.precisions)})"
+    )
+
+
+def refuse_dla_request(profile: Profile, dla_core: int | None) -> str | None:
+    if dla_core is None:
+        return None
+    if dla_core < 0:
+        return f"--dla-core must be >= 0 (got {dla_core})"
+    if profile.dla_cores == 0:
+        return f"{profile.name} has no DLA; drop --dla-core to build for the GPU"
+    if dla_core >= profile.dla_cores:
+        return f"{profile.name} has {profile.dla_cores} DLA core(s) (0..{profile.dla_cores - 1}); got --dla-core {dla_core}"
+    return None
+
+
+def refuse_dla_precision(profile: Profile, precision: str, dla_core: int | None) -> str | None:
+    if dla_core is None or precision in profile.dla_precisions:
+        return None
+    ok = " or ".join(profile.dla_precisions) or "nothing"
+    return (
+        f"DLA has no {precision.upper()} kernels ({profile.name} DLA runs {ok}); rebuild the bundle with "
+        f"--precision {profile.dla_precisions[0] if profile.dla_precisions else 'fp16'} or drop --dla-core"
+    )
+
+
+def refuse_release_table(profile: Profile) -> str | None:
+    """Targets whose every TensorRT release predates strongly typed networks (Nano, Xavier NX)."""
+    if not profile.tensorrt:
+        return None
+    if any(_release_reaches_floor(r) for r in profile.tensorrt):
+        return None
+    newest = max(profile.tensorrt, key=lambda r: TrtVersion.parse(r.min_version))
+    return (
+        f"{profile.name} tops out at TensorRT {TrtVersion.parse(newest.min_version).short()} ({newest.platform}), and "
+        f"effdeploy compiles strongly typed networks, which need TensorRT >= {MIN_STRONGLY_TYPED}; deploy the verified "
+        "bundle with ONNX Runtime on the device instead (effdeploy bench BUNDLE)"
+    )
+
+
+def _release_reaches_floor(r: Any) -> bool:
+    """Whether a release range contains any version >= the strongly typed floor."""
+    return r.max_version is None or TrtVersion.parse(r.max_version) > TrtVersion.parse(MIN_STRONGLY_TYPED)
+
+
+def refuse_dla_version(profile: Profile, version: str | None, dla_core: int | None) -> str | None:
+    if dla_core is None:
+        return None
+    if version is None:  # TensorRT unknown: refuse only if no release of the target can do DLA
+        if profile.tensorrt and not any(r.dla for r in profile.tensorrt):
+            return f"no TensorRT release for {profile.name} builds DLA engines; drop --dla-core"
+        return None
+    v = TrtVersion.parse(version)
+    if not dla_supported(v):
+        return (
+            f"{dla_gap_reason(v)}; drop --dla-core to build for the GPU, or use TensorRT 10.3 (JetPack 6) or "
+            "11.4.1+ (JetPack 7.2.2+) on the target"
+        )
+    release = _release_for(profile, v)
+    if release is not None and not release.dla:
+        return f"TensorRT {v} on {release.platform} has no DLA for {profile.name}; drop --dla-core"
+    return None
+
+
+def _release_for(profile: Profile, v: TrtVersion) -> Any:
+    for r in profile.tensorrt:
+        if v.in_range(r.min_version, r.max_version):
+            return r
+    return None
+
+
+def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | None = None) -> str | None:
+    """The TensorRT release must have strong typing, exist for the target, and fit its JetPack."""
+    if version is None:
+        return None
+    v = TrtVersion.parse(version)
+    if not strongly_typed_supported(v):
+        return (
+            f"TensorRT {v} has no strongly typed networks (need >= {MIN_STRONGLY_TYPED}); install TensorRT 10.x/11.x on "
+            f"the target, or deploy the verified bundle with ONNX Runtime (effdeploy bench BUNDLE)"
+        )
+    if l4t is not None and l4t.jetpack == "6" and v.major >= 11:
+        return (
+            f"TensorRT {v} does not run on JetPack 6 ({l4t}): JetPack 6 stays on TensorRT 10.3; use its TensorRT 10.3 "
+            "or upgrade the device to JetPack 7.2.2+ (TensorRT 11.4.1+)"
+        )
+    if not profile.tensorrt or _release_for(profile, v) is not None:
+        return None
+    jp6 = [r for r in profile.tensorrt if "jetpack 6" in r.platform.lower()]
+    offered = "; ".join(
+        f"{r.platform}: {r.min_version}" + (f"-<{r.max_version}" if r.max_version else "+") for r in profile.tensorrt
+    )
+    if v.major >= 11 and jp6:
+        return (
+            f"TensorRT {v} is not available for {profile.name} on JetPack 6 ({jp6[0].platform} ships TensorRT "
+            f"{jp6[0].min_version}); releases for this target: {offered} - use --trt-version {jp6[0].min_version} "
+            "or a JetPack that ships TensorRT 11"
+        )
+    return f"TensorRT {v} is not a release for {profile.name}; releases for this target: {offered}"
+
+
+def refuse_hardware_compat(profile: Profile, level: str, version: str | None) -> str | None:
+    if level not in HARDWARE_COMPAT_LEVELS:
+        return f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT_LEVELS)} (got {level!r})"
+    if level == "ampere_plus" and profile.compute_capability and _cc(profile.compute_capability) < (8, 0):
+        return (
+            f"Ampere-and-newer hardware compatibility is only for engines built on Ampere or later GPUs; {profile.name} "
+            f"has compute capability {profile.compute_capability} - drop --hardware-compat"
+        )
+    if level == "same_compute_capability" and version is not None and not same_cc_hw_compat_supported(version):
+        return (
+            f"same-compute-capability hardware compatibility needs TensorRT >= {MIN_SAME_CC_HW_COMPAT} "
+            f"(got {version}); use ampere_plus or drop --hardware-compat"
+        )
+    return None
+
+
+def refuse_local_gpu(profile: Profile, gpu: GpuInfo | None, force: bool) -> str | None:
+    """Engines are tuned for and tied to the build GPU: build on a GPU of the profile's CC."""
+    if force or not profile.compute_capability:
+        return None
+    if gpu is None:
+        return "no CUDA GPU is visible here (cuda-python finds no device); run compile on the target GPU"
+    if normalize_cc(gpu.compute_capability) != normalize_cc(profile.compute_capability):
+        return (
+            f"this GPU is {gpu.name} (compute capability {gpu.compute_capability}) but {profile.name} is compute "
+            f"capability {profile.compute_capability}; compile on the target, pick its profile, or pass --force"
+        )
+    return None
+
+
+def _cc(cc: str) -> tuple[int, int]:
+    major, minor = normalize_cc(cc).split(".")  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
+def _first(*lines: str | None) -> None:
+    for line in lines:
+        if line:
+            raise EffdeployError(line)
+
+
+# --- plan construction -----------------------------------------------------------------------------
+
+
+def default_plan_path(bundle_path: str | Path) -> Path:
+    """The engine lives in the bundle directory (rebuilding the bundle replaces it, as it should)."""
+    return Path(bundle_path) / DEFAULT_ENGINE_NAME
+
+
+def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOptions()) -> BuildPlan:
+    """Translate bundle + profile + flags into a BuildPlan, refusing (one line) what cannot work.
+
+    Checks here need neither TensorRT nor a GPU. ``opts.trt_version`` (when given) is the target's
+    TensorRT release the version rules are checked against.
+    """
+    precision = bundle.manifest.precision
+    hw = opts.hardware_compat if opts.hardware_compat is not None else profile.hardware_compatibility
+    version = str(TrtVersion.parse(opts.trt_version)) if opts.trt_version else None
+    _first(
+        refuse_cpu_profile(profile),
+        refuse_status(bundle),
+        refuse_precision(profile, precision),
+        refuse_dla_request(profile, opts.dla_core),
+        refuse_dla_precision(profile, precision, opts.dla_core),
+        refuse_release_table(profile),
+        refuse_dla_version(profile, version, opts.dla_core),
+        refuse_trt_version(profile, version),
+        refuse_hardware_compat(profile, hw, version),
+    )
+    if opts.workspace_mb is not None and opts.workspace_mb < 1:
+        raise EffdeployError(f"--workspace-mb must be >= 1 (got {opts.workspace_mb})")
+    if opts.opt_level is not None and not (0 <= opts.opt_level <= MAX_OPT_LEVEL):
+        raise EffdeployError(f"--opt-level must be 0..{MAX_OPT_LEVEL} (got {opts.opt_level}); 3 is TensorRT's default")
+
+    name, dims = onnx_input(bundle.model_path)
+    if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
+        raise EffdeployError(f"{bundle.model_path} input {name} has shape {dims}; expected (batch, C, H, W) with fixed C, H, W")
+    notes: list[str] = []
+    batch = opts.batch or (profile.batch_min, profile.batch_opt, profile.batch_max)
+    if dims[0] > 0:  # static batch in the graph: the profile range cannot widen it
+        if opts.batch and batch != (dims[0],) * 3:
+            raise EffdeployError(
+                f"{bundle.model_path} has a fixed batch of {dims[0]}; --batch {','.join(map(str, batch))} is impossible - "
+                f"use --batch {dims[0]} or rebuild the bundle with a dynamic batch"
+            )
+        if batch != (dims[0],) * 3:
+            notes.append(f"graph has a fixed batch of {dims[0]}; profile batch range ignored")
+        batch = (dims[0],) * 3
+
+    plan_path = Path(opts.out) if opts.out else default_plan_path(bundle.path)
+    cache = Path(opts.timing_cache) if opts.timing_cache else plan_path.parent / TIMING_CACHE_NAME
+    return BuildPlan(
+        bundle_path=str(Path(bundle.path).resolve()),
+        onnx_path=str(bundle.model_path.resolve()),
+        plan_path=str(plan_path),
+        timing_cache_path=str(cache),
+        profile=profile,
+        precision=precision,
+        model_name=bundle.manifest.model.name,
+        input_name=name,
+        input_chw=(int(dims[1]), int(dims[2]), int(dims[3])),
+        batch_min=batch[0],
+        batch_opt=batch[1],
+        batch_max=batch[2],
+        workspace_mb=int(opts.workspace_mb or profile.workspace_mb),
+        opt_level=int(opts.opt_level if opts.opt_level is not None else profile.builder_optimization_level),
+        dla_core=opts.dla_core,
+        gpu_fallback=opts.dla_core is not None,
+        hardware_compat=hw,
+        version_compatible=bool(opts.version_compatible if opts.version_compatible is not None else profile.version_compatible),
+        onnx_sha256=onnx_sha256(bundle),
+        calibration_sha256=calibration_sha256(bundle),
+        preprocessing=bundle.manifest.preprocessing.to_dict(),
+        trt_version=version,
+        force=opts.force,
+        notes=tuple(notes),
+    )
+
+
+def check_installed(plan: BuildPlan, installed: str, requested: str | None, gpu: GpuInfo | None,
+                    l4t: L4tRelease | None) -> BuildPlan:
+    """The rules that need the local TensorRT and GPU; returns the plan pinned to ``installed``."""
+    v = str(TrtVersion.parse(installed))
+    if requested and not TrtVersion.parse(requested).same_build_as(v):
+        raise EffdeployError(
+            f"--trt-version {requested} differs from the installed TensorRT {v}; an engine is built by the TensorRT "
+            "that runs it - drop --trt-version here, or use it with --dry-run to check another target"
+        )
+    _first(
+        refuse_dla_version(plan.profile, v, plan.dla_core),
+        refuse_trt_version(plan.profile, v, l4t),
+        refuse_hardware_compat(plan.profile, plan.hardware_compat, v),
+        refuse_local_gpu(plan.profile, gpu, plan.force),
+    )
+    return plan.with_(trt_version=v)
+
+
+# --- what other stages call ------------------------------------------------------------------------
+
+
+def profile_arg(profile: Profile) -> str:
+    """How to name ``profile`` on a command line: its TOML path if it came from one, else its name."""
+    return profile.path if profile.path.endswith(".toml") else profile.name
+
+
+def compile_hint(bundle_path: str | Path, profile: Profile) -> str:
+    """The one command to run on the target to turn this bundle into an engine."""
+    bundle = str(bundle_path)
+    parts = ["effdeploy", "compile", bundle, "--profile", profile_arg(profile), "--out", str(default_plan_path(bundle))]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def gpu_matches(profile: Profile, gpu: GpuInfo | None) -> bool:
+    return bool(profile.is_gpu and gpu is not None and profile.compute_capability
+                and normalize_cc(gpu.compute_capability) == normalize_cc(profile.compute_capability))
+
+
+def local_gpu_matches(profile: Profile, detect: Callable[[], GpuInfo | None] = detect_gpu) -> bool:
+    """Whether this machine's GPU has the profile's compute capability (False without a GPU)."""
+    return gpu_matches(profile, detect())
+
+
+@dataclass(frozen=True)
+class AutoCompile:
+    """What ``effdeploy build`` learns from :func:`compile_after_build`."""
+
+    engine: Path | None  # the plan written here, or None
+    hint: str | None  # the command to run on the target when nothing was compiled here
+    reason: str  # one line: why it compiled here or why not
+
+
+def compile_after_build(bundle_path: str | Path, profile: Profile, quiet: bool = False) -> AutoCompile:
+    """Called by ``effdeploy build`` after a verified bundle: compile here when TensorRT is importable
+    and the local GPU matches the profile; otherwise return the command for the target.
+
+    Refusals (e.g. INT8 on jetson-nano) are reported, never raised: the bundle itself is fine.
+    """
+    from .trt_compat import import_tensorrt  # noqa: PLC0415
+
+    if not profile.is_gpu:
+        return AutoCompile(None, None, f"{profile.name} is a CPU target: the verified bundle is the deployable artifact")
+    hint = compile_hint(bundle_path, profile)
+    if import_tensorrt() is None:
+        return AutoCompile(None, hint, MISSING_TENSORRT)
+    gpu = detect_gpu()
+    if not gpu_matches(profile, gpu):
+        here = f"{gpu.name} (compute capability {gpu.compute_capability})" if gpu else "no CUDA GPU"
+        return AutoCompile(None, hint, f"this machine has {here}, not {profile.name}'s compute capability "
+                                       f"{profile.compute_capability}; compile on the target")
+    from .trt_build import compile_bundle  # noqa: PLC0415
+
+    try:
+        result = compile_bundle(bundle_path, profile, CompileOptions(), quiet=quiet)
+    except EffdeployError as e:
+        return AutoCompile(None, hint, str(e))
+    return AutoCompile(Path(result.plan.plan_path), None, f"compiled here with TensorRT {result.engine.tensorrt_version}")

@@ -1,0 +1,283 @@
+"""The engine manifest: ``engine.json`` beside ``engine.plan``.
+
+A TensorRT plan only runs on the TensorRT release and GPU that built it, and a truncated or
+corrupted plan can crash the process that deserializes it. So every plan effdeploy writes gets a
+small JSON manifest (what built it, for which GPU and profile, from which ONNX and calibration, the
+I/O tensors, the preprocessing, the sha256 of the plan), and every load checks the plan against it
+*before* TensorRT sees a byte of it. Torch-free and TensorRT-free: the runtime imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+from . import __version__
+from .bundle import sha256_file
+from .errors import EffdeployError
+from .trt_compat import TrtVersion, version_compatible_runs
+
+ENGINE_FORMAT_VERSION = 1
+ENGINE_MANIFEST_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The GPU a plan was built on or is about to run on."""
+
+    name: str
+    compute_capability: str  # "8.7"
+    index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalize_cc(cc: str | float | None) -> str | None:
+    """``"8.7"``, ``8.7``, ``"sm_87"``, ``"87"`` -> ``"8.7"``."""
+    if cc is None:
+        return None
+    s = str(cc).strip().lower().removeprefix("sm_").removeprefix("sm")
+    if "." in s:
+        major, minor = s.split(".", 1)
+        return f"{int(major)}.{int(minor or 0)}"
+    if s.isdigit() and len(s) >= 2:
+        return f"{int(s[:-1])}.{int(s[-1])}"
+    if s.isdigit():
+        return f"{int(s)}.0"
+    raise EffdeployError(f"{cc!r} is not a compute capability; write it like 8.7")
+
+
+def cc_tuple(cc: str) -> tuple[int, int]:
+    major, minor = normalize_cc(cc).split(".")  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
+def cuda_runtime() -> ModuleType | None:
+    """cuda-python's runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
+    try:
+        from cuda.bindings import runtime  # noqa: PLC0415
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        return cudart
+    except ImportError:
+        return None
+
+
+def detect_gpu(index: int = 0) -> GpuInfo | None:
+    """Name and compute capability of local GPU ``index``, or None (no cuda-python, driver or GPU)."""
+    rt = cuda_runtime()
+    if rt is None:
+        return None
+    try:
+        err, props = rt.cudaGetDeviceProperties(index)
+    except Exception:  # a missing libcuda surfaces as RuntimeError in some cuda-python releases
+        return None
+    if err != rt.cudaError_t.cudaSuccess or props is None:
+        return None
+    name = props.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+    return GpuInfo(name=str(name).strip(), compute_capability=f"{props.major}.{props.minor}", index=index)
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """What built a plan and what it expects; the runtime trusts the plan only through this."""
+
+    tensorrt_version: str
+    gpu: Mapping[str, Any]  # GpuInfo.to_dict()
+    profile: Mapping[str, Any]  # Profile.to_dict()
+    precision: str
+    onnx_sha256: str
+    calibration_sha256: str | None
+    io: tuple[Mapping[str, Any], ...]  # {name, mode, dtype, shape, [min, opt, max]}
+    preprocessing: Mapping[str, Any]
+    build: Mapping[str, Any] = field(default_factory=dict)  # the BuildPlan knobs used
+    bundle: Mapping[str, Any] = field(default_factory=dict)  # {path, model}
+    plan_sha256: str = ""
+    plan_bytes: int = 0
+    created: str = ""
+    effdeploy_version: str = __version__
+    format_version: int = ENGINE_FORMAT_VERSION
+
+    @property
+    def gpu_info(self) -> GpuInfo:
+        return GpuInfo(
+            name=str(self.gpu.get("name", "?")),
+            compute_capability=str(self.gpu.get("compute_capability", "?")),
+            index=int(self.gpu.get("index", 0)),
+        )
+
+    @property
+    def inputs(self) -> list[Mapping[str, Any]]:
+        return [t for t in self.io if t.get("mode") == "input"]
+
+    @property
+    def outputs(self) -> list[Mapping[str, Any]]:
+        return [t for t in self.io if t.get("mode") == "output"]
+
+    @property
+    def profile_name(self) -> str:
+        return str(self.profile.get("name", "?"))
+
+    @property
+    def version_compatible(self) -> bool:
+        return bool(self.build.get("version_compatible", False))
+
+    @property
+    def hardware_compat(self) -> str:
+        return str(self.build.get("hardware_compat", "none"))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["io"] = [dict(t) for t in self.io]
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "EngineManifest":
+        d = dict(d)
+        if int(d.get("format_version", 0)) > ENGINE_FORMAT_VERSION:
+            raise EffdeployError(
+                f"engine manifest format {d['format_version']} is newer than this effdeploy understands; upgrade effdeploy"
+            )
+        d["io"] = tuple(dict(t) for t in d.get("io", ()))
+        known = set(EngineManifest.__dataclass_fields__)
+        return EngineManifest(**{k: v for k, v in d.items() if k in known})
+
+    def with_(self, **changes: Any) -> "EngineManifest":
+        return replace(self, **changes)
+
+
+def engine_manifest_path(plan_path: str | Path) -> Path:
+    """``engine.plan`` -> ``engine.json`` (same directory, same stem)."""
+    p = Path(plan_path)
+    return p.with_name(p.stem + ENGINE_MANIFEST_SUFFIX) if p.suffix else p.with_name(p.name + ENGINE_MANIFEST_SUFFIX)
+
+
+def write_engine_manifest(plan_path: str | Path, manifest: EngineManifest) -> EngineManifest:
+    """Hash the plan into the manifest and write it atomically (written after the plan)."""
+    plan = Path(plan_path)
+    manifest = manifest.with_(
+        plan_sha256=sha256_file(plan),
+        plan_bytes=plan.stat().st_size,
+        created=manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    target = engine_manifest_path(plan)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    return manifest
+
+
+def load_engine_manifest(plan_path: str | Path, verify: bool = True) -> EngineManifest:
+    """Read ``engine.json`` beside ``plan_path``; with ``verify``, prove the plan is the one it describes.
+
+    Truncation (size) and corruption (sha256) are caught here, before TensorRT deserializes anything.
+    """
+    plan = Path(plan_path)
+    if not plan.is_file():
+        raise EffdeployError(f"engine {plan} does not exist; build one on the target with 'effdeploy compile BUNDLE'")
+    mpath = engine_manifest_path(plan)
+    if not mpath.is_file():
+        raise EffdeployError(
+            f"{plan} has no {mpath.name} beside it (not written by 'effdeploy compile', or the compile was "
+            "interrupted); compile it again with 'effdeploy compile BUNDLE'"
+        )
+    try:
+        manifest = EngineManifest.from_dict(json.loads(mpath.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise EffdeployError(f"{mpath} is not a valid engine manifest ({e}); compile the engine again") from None
+    if verify:
+        size = plan.stat().st_size
+        if manifest.plan_bytes and size != manifest.plan_bytes:
+            what = "truncated" if size < manifest.plan_bytes else "larger than recorded"
+            raise EffdeployError(
+                f"{plan} is {what} ({size} of {manifest.plan_bytes} bytes); copy it again or recompile: "
+                f"{rebuild_command(manifest, plan)}"
+            )
+        if not manifest.plan_sha256 or sha256_file(plan) != manifest.plan_sha256:
+            raise EffdeployError(
+                f"{plan} does not match the sha256 in {mpath.name} (corrupt or replaced); copy it again or "
+                f"recompile: {rebuild_command(manifest, plan)}"
+            )
+    return manifest
+
+
+def rebuild_command(manifest: EngineManifest, plan_path: str | Path) -> str:
+    """The one command that rebuilds this engine on the machine that should run it."""
+    bundle = str(manifest.bundle.get("path") or "BUNDLE")
+    origin = str(manifest.profile.get("path") or "")
+    profile = origin if origin.endswith(".toml") else manifest.profile_name  # a user's TOML or a built-in
+    parts = ["effdeploy", "compile", bundle, "--profile", str(profile), "--out", str(plan_path)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def compat_problems(
+    manifest: EngineManifest, runtime_version: str | None, gpu: GpuInfo | None
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for running ``manifest``'s plan on TensorRT ``runtime_version`` and ``gpu``.
+
+    Rules: without version compatibility the release must match exactly (TensorRT refuses others);
+    with it, newer runtimes of the same major and 10 -> 11 are allowed. Without hardware
+    compatibility the compute capability must match; ``ampere_plus`` accepts CC >= 8.0,
+    ``same_compute_capability`` the same CC. A different GPU model of the same CC only warns,
+    because TensorRT itself only warns (tactics were timed on the build GPU).
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    built = TrtVersion.parse(manifest.tensorrt_version)
+    if runtime_version is not None:
+        rt = TrtVersion.parse(runtime_version)
+        if manifest.version_compatible:
+            if not version_compatible_runs(built, rt):
+                errors.append(
+                    f"it is a version-compatible engine from TensorRT {built}, which runs only on newer 10.x/11.x "
+                    f"runtimes as documented, not on TensorRT {rt}"
+                )
+        elif not built.same_build_as(rt):
+            errors.append(f"it was built by TensorRT {built} and this machine has TensorRT {rt}")
+    if gpu is not None:
+        bcc = manifest.gpu_info.compute_capability
+        level = manifest.hardware_compat
+        here = cc_tuple(gpu.compute_capability)
+        if level == "ampere_plus":
+            if here < (8, 0):
+                errors.append(
+                    f"it is an Ampere-and-newer engine and {gpu.name} has compute capability {gpu.compute_capability}"
+                )
+        elif normalize_cc(bcc) != normalize_cc(gpu.compute_capability):
+            errors.append(
+                f"it was built for {manifest.gpu_info.name} (compute capability {bcc}) and this GPU is "
+                f"{gpu.name} (compute capability {gpu.compute_capability})"
+            )
+        elif level == "none" and manifest.gpu_info.name != gpu.name:
+            warnings.append(
+                f"built on {manifest.gpu_info.name}, running on {gpu.name} (same compute capability); "
+                "rebuild here for tuned tactics"
+            )
+    return errors, warnings
+
+
+def check_engine_runs_here(
+    manifest: EngineManifest, plan_path: str | Path, runtime_version: str | None, gpu: GpuInfo | None
+) -> list[str]:
+    """Raise one line saying how to rebuild when the plan cannot run here; return the warnings."""
+    errors, warnings = compat_problems(manifest, runtime_version, gpu)
+    if errors:
+        raise EffdeployError(
+            f"{plan_path} cannot run here: {'; '.join(errors)}. Engines run only where they were built; "
+            f"rebuild it on this machine: {rebuild_command(manifest, plan_path)}"
+        )
+    return warnings

@@ -1,0 +1,284 @@
+"""The TensorRT builder: a verified bundle's ONNX -> strongly typed network -> ``engine.plan``.
+
+Precision lives in the ONNX graph (Q/DQ for INT8, FP16 tensors for FP16), so the network is
+strongly typed and no precision builder flag is ever set: the same code builds on TensorRT 10.x
+(``STRONGLY_TYPED`` creation flag) and 11.x (always strongly typed). Version differences go through
+:mod:`effdeploy.trt_compat`. ``tensorrt`` is imported only inside :func:`compile_bundle`.
+
+API used (10.x and 11.x Python API, checked against both): ``Builder.create_network(flags)``,
+``OnnxParser.parse_from_file`` / ``num_errors`` / ``get_error``, ``Builder.create_builder_config``,
+``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
+``builder_optimization_level``, ``create_optimization_profile`` + ``IOptimizationProfile.set_shape``
++ ``add_optimization_profile``, ``default_device_type = DeviceType.DLA`` + ``DLA_core`` +
+``BuilderFlag.GPU_FALLBACK``, ``create_timing_cache`` / ``set_timing_cache(cache, ignore_mismatch)``
+/ ``get_timing_cache().serialize()``, ``hardware_compatibility_level``,
+``BuilderFlag.VERSION_COMPATIBLE``, ``progress_monitor``, ``build_serialized_network``,
+``Runtime.deserialize_cuda_engine`` and the name-based tensor queries.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from .bundle import load_bundle
+from .compile import BuildPlan, CompileOptions, check_installed, compile_hint, make_plan, read_l4t
+from .engine import EngineManifest, GpuInfo, detect_gpu, engine_manifest_path, write_engine_manifest
+from .errors import EffdeployError
+from .profile import Profile, load_profile
+from .trt_compat import (
+    MISSING_TENSORRT,
+    dtype_name,
+    hardware_compat_level,
+    import_tensorrt,
+    make_progress_monitor,
+    network_flags,
+    new_runtime,
+)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    plan: BuildPlan
+    engine: EngineManifest
+    seconds: float
+    timing_cache_reused: bool
+    warnings: tuple[str, ...] = ()
+
+
+def resolve_profile(bundle_manifest_profile: Any, profile: Profile | str | None) -> Profile:
+    """``--profile`` when given, else the profile the bundle was built for."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile:
+        return load_profile(profile)
+    data = dict(bundle_manifest_profile or {})
+    if not data:
+        raise EffdeployError("the bundle records no profile; pass --profile (e.g. --profile jetson-orin)")
+    try:
+        return Profile.from_dict(data)
+    except (TypeError, ValueError):
+        return load_profile(str(data.get("name")))
+
+
+def plan_for(bundle_path: str | Path, profile: Profile | str | None, opts: CompileOptions) -> BuildPlan:
+    bundle = load_bundle(bundle_path)
+    return make_plan(bundle, resolve_profile(bundle.manifest.profile, profile), opts)
+
+
+def compile_bundle(
+    bundle_path: str | Path,
+    profile: Profile | str | None = None,
+    opts: CompileOptions = CompileOptions(),
+    quiet: bool = False,
+) -> CompileResult:
+    """Refuse what cannot work, then build ``engine.plan`` + ``engine.json`` with the local TensorRT."""
+    plan = plan_for(bundle_path, profile, opts)
+    trt = import_tensorrt()
+    if trt is None:
+        raise EffdeployError(f"{MISSING_TENSORRT}: {compile_hint(bundle_path, plan.profile)}")
+    gpu = detect_gpu()
+    plan = check_installed(plan, str(trt.__version__), opts.trt_version, gpu, read_l4t())
+    return build_engine(trt, plan, gpu, quiet=quiet)
+
+
+class _Logger:
+    """A ``trt.ILogger`` that keeps errors for the one-line failure message and prints warnings."""
+
+    @staticmethod
+    def make(trt: ModuleType, quiet: bool) -> Any:
+        class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                    self.errors.append(str(msg).strip())
+                elif severity == trt.ILogger.Severity.WARNING and not quiet:
+                    click.echo(f"  tensorrt: {str(msg).strip()}", err=True)
+
+        return Logger()
+
+
+class _Progress:
+    """Build progress on stderr: top-level phases as lines, their steps as a counter."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.started: dict[str, float] = {}
+
+    def __call__(self, kind: str, phase: str, step: int, total: int, depth: int) -> None:
+        if self.quiet or depth > 1:
+            return
+        pad = "  " * (depth + 1)
+        if kind == "start":
+            self.started[phase] = time.perf_counter()
+            if depth == 0:
+                click.echo(f"{pad}{phase}" + (f" ({total} steps)" if total else ""), err=True)
+        elif kind == "step" and self.tty and total:
+            click.echo(f"\r{pad}{phase}: {step}/{total}", err=True, nl=False)
+        elif kind == "finish":
+            took = time.perf_counter() - self.started.pop(phase, time.perf_counter())
+            if self.tty and total:
+                click.echo("\r", err=True, nl=False)
+            if depth == 0:
+                click.echo(f"{pad}{phase}: done in {took:.1f}s", err=True)
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str) -> None:
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(onnx_path):
+        return
+    errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or logger.errors
+    first = errors[0].splitlines()[0] if errors else "unknown parser error"
+    raise EffdeployError(
+        f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first}"
+        + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+        + "; check the bundle with 'effdeploy inspect' and rebuild it"
+    )
+
+
+def _load_timing_cache(config: Any, path: Path, warn: list[str]) -> tuple[Any, bool]:
+    """A timing cache from ``path`` (reused) or a new one; a stale or broken file is replaced."""
+    data = b""
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            warn.append(f"timing cache {path} unreadable ({e.strerror}); starting a new one")
+    try:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache, bool(data)
+    except (RuntimeError, TypeError, ValueError):  # the bindings raise on undecodable cache bytes
+        pass
+    if data:
+        warn.append(f"timing cache {path} is from another TensorRT/GPU or damaged; starting a new one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise EffdeployError("TensorRT could not create a timing cache; re-run with a writable --timing-cache PATH")
+    return cache, False
+
+
+def configure(trt: ModuleType, builder: Any, network: Any, plan: BuildPlan) -> Any:
+    """``IBuilderConfig`` from the plan: workspace, optimisation level/profile, DLA, compat flags."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_mb) << 20)
+    config.builder_optimization_level = int(plan.opt_level)
+
+    if network.num_inputs != 1:
+        raise EffdeployError(f"the network has {network.num_inputs} inputs; effdeploy engines take one image input")
+    inp = network.get_input(0)
+    if inp.name != plan.input_name:
+        raise EffdeployError(f"TensorRT sees input {inp.name!r}, the bundle says {plan.input_name!r}; rebuild the bundle")
+    opt_profile = builder.create_optimization_profile()
+    mn, opt, mx = plan.shapes
+    opt_profile.set_shape(inp.name, mn, opt, mx)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise EffdeployError(f"TensorRT rejected the optimisation profile {mn}/{opt}/{mx}; check --batch")
+
+    if plan.uses_dla:
+        available = int(builder.num_DLA_cores)
+        if plan.dla_core >= available:  # type: ignore[operator]
+            raise EffdeployError(
+                f"this device exposes {available} DLA core(s) to TensorRT; --dla-core {plan.dla_core} is not one of them"
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(plan.dla_core)  # type: ignore[arg-type]
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+    if plan.hardware_compat != "none":
+        config.hardware_compatibility_level = hardware_compat_level(trt, plan.hardware_compat)
+    if plan.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    return config
+
+
+def engine_io(trt: ModuleType, engine: Any) -> tuple[dict[str, Any], ...]:
+    """Names, modes, dtypes and shapes of the built engine's I/O tensors (profile 0 for inputs)."""
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        t: dict[str, Any] = {
+            "name": name,
+            "mode": "input" if is_input else "output",
+            "dtype": dtype_name(trt, engine.get_tensor_dtype(name)),
+            "shape": [int(d) for d in engine.get_tensor_shape(name)],
+        }
+        if is_input:
+            mn, opt, mx = engine.get_tensor_profile_shape(name, 0)
+            t.update(min=[int(d) for d in mn], opt=[int(d) for d in opt], max=[int(d) for d in mx])
+        out.append(t)
+    return tuple(out)
+
+
+def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
+    """Build, serialize and describe one engine; nothing is left half-written on failure."""
+    t0 = time.perf_counter()
+    warnings: list[str] = list(plan.notes)
+    logger = _Logger.make(trt, quiet)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    _parse_onnx(trt, network, logger, plan.onnx_path)
+    config = configure(trt, builder, network, plan)
+    cache_path = Path(plan.timing_cache_path)
+    _cache, reused = _load_timing_cache(config, cache_path, warnings)
+    config.progress_monitor = make_progress_monitor(trt, _Progress(quiet))
+
+    if not quiet:
+        click.echo(f"building {Path(plan.plan_path).name} with TensorRT {trt.__version__} (strongly typed, "
+                   f"{plan.precision} graph, batch {plan.batch_min}..{plan.batch_max})", err=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        detail = logger.errors[-1].splitlines()[0] if logger.errors else "no detail from TensorRT"
+        raise EffdeployError(f"TensorRT could not build the engine: {detail}")
+
+    runtime = new_runtime(trt, logger, plan.version_compatible)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EffdeployError("TensorRT built a plan it cannot deserialize; re-run compile (the plan was not written)")
+    io = engine_io(trt, engine)
+
+    plan_path = Path(plan.plan_path)
+    engine_manifest_path(plan_path).unlink(missing_ok=True)  # never a manifest describing an older plan
+    _write_atomic(plan_path, serialized)
+    try:
+        _write_atomic(cache_path, config.get_timing_cache().serialize())
+    except OSError as e:
+        warnings.append(f"timing cache not saved to {cache_path} ({e.strerror})")
+    gpu = gpu or GpuInfo(name="unknown", compute_capability=plan.profile.compute_capability or "?")
+    manifest = EngineManifest(
+        tensorrt_version=str(trt.__version__),
+        gpu=gpu.to_dict(),
+        profile=plan.profile.to_dict(),
+        precision=plan.precision,
+        onnx_sha256=plan.onnx_sha256,
+        calibration_sha256=plan.calibration_sha256,
+        io=io,
+        preprocessing=dict(plan.preprocessing),
+        build=plan.build_settings(),
+        bundle={"path": plan.bundle_path, "model": plan.model_name},
+    )
+    manifest = write_engine_manifest(plan_path, manifest)
+    return CompileResult(plan, manifest, time.perf_counter() - t0, reused, tuple(warnings))
