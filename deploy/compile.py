@@ -318,8 +318,8 @@ def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | 
     v = TrtVersion.parse(version)
     if not strongly_typed_supported(v):
         return (
-            f"TensorRT {v} has no strongly typed networks (need >= {MIN_STRONGLY_TYPED}); install TensorRT 10.x/11.x on "
-            f"the target, or deploy the verified bundle with ONNX Runtime (effdeploy bench BUNDLE)"
+            f"effdeploy builds strongly typed networks, which need TensorRT >= {MIN_STRONGLY_TYPED} (got {v}); install "
+            "TensorRT 10.x/11.x on the target, or deploy the verified bundle with ONNX Runtime (effdeploy bench BUNDLE)"
         )
     if l4t is not None and l4t.jetpack == "6" and v.major >= 11:
         return (
@@ -333,10 +333,14 @@ def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | 
         f"{r.platform}: {r.min_version}" + (f"-<{r.max_version}" if r.max_version else "+") for r in profile.tensorrt
     )
     if v.major >= 11 and jp6:
+        newer = [r for r in profile.tensorrt if TrtVersion.parse(r.min_version).major >= 11]
+        later = (
+            f"; TensorRT 11 reaches {profile.name} only as {newer[0].min_version}+ on {newer[0].platform}"
+            if newer else f"; no JetPack ships TensorRT 11 for {profile.name}"
+        )
         return (
-            f"TensorRT {v} is not available for {profile.name} on JetPack 6 ({jp6[0].platform} ships TensorRT "
-            f"{jp6[0].min_version}); releases for this target: {offered} - use --trt-version {jp6[0].min_version} "
-            "or a JetPack that ships TensorRT 11"
+            f"TensorRT {v} does not run on JetPack 6 ({jp6[0].platform} ships TensorRT {jp6[0].min_version}){later} - "
+            f"use --trt-version {jp6[0].min_version}" + (f" or {newer[0].min_version}+" if newer else "")
         )
     return f"TensorRT {v} is not a release for {profile.name}; releases for this target: {offered}"
 

@@ -176,9 +176,10 @@ def write_engine_manifest(plan_path: str | Path, manifest: EngineManifest) -> En
     )
     target = engine_manifest_path(plan)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
-    return manifest
+    return EngineManifest.from_dict(json.loads(text))  # exactly what a later load returns
 
 
 def load_engine_manifest(plan_path: str | Path, verify: bool = True) -> EngineManifest:

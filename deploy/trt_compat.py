@@ -161,7 +161,7 @@ def network_flags(trt: ModuleType) -> int:
         return 0
     if not strongly_typed_supported(v):
         raise EffdeployError(
-            f"TensorRT {v} has no strongly typed networks; effdeploy needs TensorRT >= {MIN_STRONGLY_TYPED}"
+            f"effdeploy builds strongly typed networks, which need TensorRT >= {MIN_STRONGLY_TYPED} (got {v})"
         )
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
