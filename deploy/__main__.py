@@ -1,0 +1,5 @@
+"""``python -m effdeploy`` == the ``effdeploy`` console script."""
+
+from .cli import main
+
+main()

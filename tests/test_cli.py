@@ -1,0 +1,131 @@
+"""The console script end to end, and every bad input: one line on stderr, exit 2, no traceback,
+no bundle left behind."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from conftest import read_manifest, run_cli
+
+
+def _assert_clean_failure(proc, *needles, code=2):
+    assert proc.returncode == code, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines and lines[-1].startswith("effdeploy: error: "), proc.stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
+def test_build_inspect_end_to_end(tmp_path):
+    out = tmp_path / "b0"
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--profile", "cpu", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "verified"
+    assert summary["parameters"] == 5_288_548
+    assert summary["export_max_abs"] <= 1e-4
+    assert summary["verify"]["top1_agreement"] == 1.0
+    m = read_manifest(out)
+    assert m["precision"] == "fp32" and m["profile"]["name"] == "cpu"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b0"]
+
+    table = run_cli("inspect", str(out))
+    assert table.returncode == 0 and "efficientnet-b0" in table.stdout and "Conv" in table.stdout
+    js = json.loads(run_cli("inspect", str(out / "model.onnx"), "--json").stdout)
+    assert js["graph"]["ops"]["Conv"] == 81 and js["manifest"] is None
+
+
+def test_profiles_lists_builtins():
+    proc = run_cli("profiles", "--json")
+    assert proc.returncode == 0
+    names = {p["name"] for p in json.loads(proc.stdout)}
+    assert {"cpu", "jetson-orin"} <= names
+
+
+def test_gpu_profile_without_tensorrt_prints_compile_command(tmp_path):
+    out = tmp_path / "orin"
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--profile", "jetson-orin", "--precision", "fp32",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"effdeploy compile {out}" in proc.stderr
+    assert read_manifest(out)["status"] == "verified"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--profile", "mars-rover"], "unknown profile 'mars-rover'; known profiles: "),
+    (["--phi", "-1"], "--phi must be a number >= 0"),
+    (["--phi", "one"], "--phi must be a number >= 0"),
+    (["--profile", "does/not/exist.toml"], "does not exist"),
+])
+def test_bad_arguments(tmp_path, args, needle):
+    base = {"--phi": "0", "--profile": "cpu", "--out": str(tmp_path / "b")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["build", "--resolution", "64"] + [x for kv in base.items() for x in kv]
+    proc = run_cli(*argv)
+    _assert_clean_failure(proc, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_profile_lists_known_ones(tmp_path):
+    proc = run_cli("build", "--phi", "0", "--profile", "nope", "--out", str(tmp_path / "b"))
+    _assert_clean_failure(proc, "jetson-orin", "cpu")
+
+
+def test_bad_weights(tmp_path):
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"garbage")
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--weights", str(garbage), "--out", str(tmp_path / "b"))
+    _assert_clean_failure(proc, "cannot read weights")
+    import torch
+
+    from effdeploy import build_model
+
+    wrong = tmp_path / "lite0.pth"
+    torch.save(build_model(0, "lite", resolution=64).state_dict(), wrong)
+    proc = run_cli("build", "--phi", "1", "--resolution", "64", "--weights", str(wrong), "--out", str(tmp_path / "b"))
+    _assert_clean_failure(proc, "do not fit efficientnet-b1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lite0.pth", "w.pth"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; the check below needs a normal user")
+def test_unwritable_out_as_user(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--out", str(locked / "b"))
+    _assert_clean_failure(proc, "not writable")
+
+
+def test_unwritable_out(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--out", str(afile / "b"))
+    _assert_clean_failure(proc, "--out")
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--out", "/proc/effdeploy-bundle")
+    _assert_clean_failure(proc, "--out")
+    other = tmp_path / "notabundle"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--out", str(other))
+    _assert_clean_failure(proc, "not a bundle")
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_unimplemented_precision_for_profile(tmp_path):
+    proc = run_cli("build", "--phi", "0", "--profile", "cpu", "--precision", "bf16", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_full_resolution_b1_build(tmp_path):
+    """The issue's acceptance line: B1 at 240 px, ONNX within 1e-4 of eager."""
+    out = tmp_path / "b1"
+    proc = run_cli("build", "--phi", "1", "--profile", "cpu", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["resolution"] == 240 and s["parameters"] == 7_794_184
+    assert s["export_max_abs"] <= 1e-4 and s["status"] == "verified"
