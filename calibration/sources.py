@@ -1,0 +1,511 @@
+"""Calibration data: pick images deterministically from a source and preprocess them.
+
+A source is an image folder (JPEG/PNG/BMP/WebP, nested), a video file (frames sampled evenly
+with OpenCV), a ``.npy`` array (NCHW float32 already preprocessed, or NHWC uint8 images), or
+nothing: then a few natural images that ship inside the scikit-image wheel are used, with a
+warning, so a first build works offline without any dataset.
+
+Selection happens in two steps so that a cached rebuild never decodes a pixel:
+:func:`plan_calibration` lists and hashes the candidates and fixes the order they are tried in
+(cheap), :func:`load_plan` decodes and preprocesses them with the manifest's
+:class:`~effdeploy.spec.Preprocessing` through :func:`effdeploy.preprocess.preprocess`, the one
+implementation the runtime also uses. :func:`load_calibration_set` does both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Sequence
+
+import numpy as np
+
+from effdeploy.bundle import sha256_json
+from effdeploy.errors import EffdeployError
+from effdeploy.preprocess import load_image, preprocess
+from effdeploy.report import progress
+from effdeploy.spec import Preprocessing
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+ARRAY_SUFFIXES = frozenset({".npy"})
+
+KIND_FOLDER = "folder"
+KIND_VIDEO = "video"
+KIND_ARRAY = "array"
+KIND_BUILTIN = "builtin"
+
+# Natural photographs shipped inside the scikit-image wheel (skimage/data/), no download needed.
+# Synthetic or text images (color.png's saturated colour wheel, chessboard, logo, page, text, the
+# horse silhouette) are left out: they would stretch activation ranges with patterns a camera
+# never produces. Grayscale ones are converted to RGB like any grayscale input.
+BUILTIN_IMAGES: tuple[str, ...] = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "grass.png",
+    "gravel.png",
+    "brick.png",
+)
+
+_FRAME_SEP = "#frame"
+_ROW_SEP = "#"
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Which items to try, in which order; built without decoding anything.
+
+    ``items`` are the ids to load (file paths, ``video.mp4#frame123`` or ``arr.npy#17``) in the
+    order they are tried: the first ``count`` that decode are used, unreadable ones are replaced
+    by the next. ``sha256`` covers the kind, the candidates' names and contents, the try order
+    and ``count``, so it changes whenever the images a load would use could change; it is the
+    image part of the calibration cache key.
+    """
+
+    source: str
+    kind: str
+    items: tuple[str, ...]
+    names: tuple[str, ...]  # items relative to the source root: portable across checkouts
+    count: int
+    seed: int
+    sha256: str
+    content: tuple[str, ...]  # sha256 of each item's file (video/array: the whole file)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.kind == KIND_BUILTIN
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationSet:
+    """Preprocessed calibration images, with where they came from.
+
+    ``data`` is (N, C, H, W) float32 exactly as the runtime feeds the model. ``ids`` are the items
+    used (pass them as ``exclude`` to draw disjoint verification images); ``ids_sha256`` hashes
+    their source-relative names and file contents, so it is the same on every checkout.
+    """
+
+    data: np.ndarray
+    ids: tuple[str, ...]
+    skipped: int
+    warnings: tuple[str, ...]
+    source: str
+    builtin: bool
+    ids_sha256: str
+    plan_sha256: str = ""
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+def builtin_image_dir() -> Path | None:
+    """skimage/data inside the installed wheel, found without importing scikit-image."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        d = Path(root) / "data"
+        if d.is_dir():
+            return d
+    return None
+
+
+def source_kind(source: str | Path | None) -> str:
+    """folder / video / array / builtin; EffdeployError for a missing or unsupported path."""
+    if source is None or str(source) == "":
+        return KIND_BUILTIN
+    p = Path(source)
+    if not p.exists():
+        raise EffdeployError(
+            f"calibration source {p} does not exist; pass a folder of images, a video file or a .npy array"
+        )
+    if p.is_dir():
+        return KIND_FOLDER
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return KIND_VIDEO
+    if suffix in ARRAY_SUFFIXES:
+        return KIND_ARRAY
+    raise EffdeployError(
+        f"calibration source {p} is not a supported kind (a folder of {'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} "
+        f"images, a video {'/'.join(sorted(s[1:] for s in VIDEO_SUFFIXES))} or a .npy array)"
+    )
+
+
+def list_items(source: str | Path | None) -> tuple[str, ...]:
+    """Every candidate id of a source in sorted order (files, frames or array rows)."""
+    kind = source_kind(source)
+    if kind == KIND_BUILTIN:
+        root = _builtin_root()
+        return tuple(str(root / n) for n in _builtin_names(root))
+    p = Path(source)  # type: ignore[arg-type]
+    if kind == KIND_FOLDER:
+        return tuple(str(p / n) for n in _folder_names(p))
+    if kind == KIND_VIDEO:
+        return tuple(f"{p}{_FRAME_SEP}{i}" for i in range(_video_frame_count(p)))
+    return tuple(f"{p}{_ROW_SEP}{i}" for i in range(_array_rows(p)))
+
+
+def complement_ids(source: str | Path | None, ids: Collection[str]) -> tuple[str, ...]:
+    """The items of ``source`` not in ``ids``: the other side of a calibration/verification split."""
+    used = {_id_key(i) for i in ids}
+    return tuple(i for i in list_items(source) if _id_key(i) not in used)
+
+
+def plan_calibration(
+    source: str | Path | None,
+    count: int,
+    seed: int = 0,
+    exclude: Collection[str] = (),
+) -> CalibrationPlan:
+    """Choose (without decoding) which items calibration tries and in which order.
+
+    Folders and arrays: candidates sorted by path, then a seeded permutation, so the same seed
+    always gives the same images. Videos: ``count`` frames evenly spaced over the clip (the seed
+    is not used). ``exclude`` leaves items out (file paths, or ids as returned in
+    :attr:`CalibrationSet.ids`), so verification images can be kept disjoint.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise EffdeployError(f"the number of calibration images must be an integer >= 1 (got {count!r})")
+    count = int(count)
+    kind = source_kind(source)
+    excluded = {_id_key(e) for e in exclude}
+    warnings: list[str] = []
+
+    if kind == KIND_VIDEO:
+        p = Path(source)  # type: ignore[arg-type]
+        total = _video_frame_count(p)
+        frames = [i for i in range(total) if _id_key(f"{p}{_FRAME_SEP}{i}") not in excluded]
+        if not frames:
+            raise EffdeployError(f"video {p} has no frames left to calibrate on (all {total} excluded or unreadable)")
+        if len(frames) > count:
+            pick = np.unique(np.round(np.linspace(0, len(frames) - 1, count)).astype(np.int64))
+            frames = [frames[i] for i in pick]
+        names = tuple(f"{p.name}{_FRAME_SEP}{i}" for i in frames)
+        items = tuple(f"{p}{_FRAME_SEP}{i}" for i in frames)
+        file_hash = _sha256_file(p)
+        content = (file_hash,) * len(items)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+
+    if kind == KIND_ARRAY:
+        p = Path(source)  # type: ignore[arg-type]
+        rows = [i for i in range(_array_rows(p)) if _id_key(f"{p}{_ROW_SEP}{i}") not in excluded]
+        if not rows:
+            raise EffdeployError(f"array {p} has no rows left to calibrate on (all excluded)")
+        order = np.random.default_rng(seed).permutation(len(rows))
+        chosen = sorted(rows[i] for i in order[:count])
+        names = tuple(f"{p.name}{_ROW_SEP}{i}" for i in chosen)
+        items = tuple(f"{p}{_ROW_SEP}{i}" for i in chosen)
+        content = (_sha256_file(p),) * len(items)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+
+    if kind == KIND_BUILTIN:
+        root = _builtin_root()
+        all_names = _builtin_names(root)
+        source_label = f"scikit-image:{root}"
+        warnings.append(
+            f"no calibration data given: calibrating on {min(count, len(all_names))} natural images shipped with "
+            f"scikit-image ({count} asked for); pass a folder of images from your camera/domain for production ranges"
+        )
+    else:
+        root = Path(source)  # type: ignore[arg-type]
+        all_names = _folder_names(root)
+        source_label = str(root)
+        if not all_names:
+            raise EffdeployError(
+                f"no images under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)"
+            )
+    names_list = [n for n in all_names if _id_key(str(root / n)) not in excluded]
+    if not names_list:
+        raise EffdeployError(
+            f"every one of the {len(all_names)} images under {root} is excluded (kept for verification); "
+            "pass more images or a different source"
+        )
+    order = np.random.default_rng(seed).permutation(len(names_list))
+    names = tuple(names_list[i] for i in order)
+    items = tuple(str(root / n) for n in names)
+    content = tuple(_sha256_file(root / n) for n in names)
+    return _make_plan(source_label, kind, items, names, content, count, seed, warnings)
+
+
+def load_plan(plan: CalibrationPlan, spec: Preprocessing, quiet: bool = False) -> CalibrationSet:
+    """Decode and preprocess a plan's items; unreadable ones are skipped, counted and replaced."""
+    if plan.kind == KIND_ARRAY:
+        return _load_array(plan, spec, quiet)
+    if plan.kind == KIND_VIDEO:
+        crops, used, skipped = _read_video_frames(plan, spec, quiet)
+    else:
+        crops, used, skipped = _read_image_files(plan, spec, quiet)
+    warnings = list(plan.warnings)
+    if not crops:
+        raise EffdeployError(
+            f"none of the {skipped} calibration images from {plan.source} could be read "
+            "(corrupt, truncated or not images); pass a folder of readable images"
+        )
+    if skipped:
+        warnings.append(f"skipped {skipped} unreadable calibration image(s) from {plan.source}")
+    return _make_set(plan, np.stack(crops), used, skipped, warnings)
+
+
+def load_calibration_set(
+    source: str | Path | None,
+    count: int,
+    spec: Preprocessing,
+    seed: int = 0,
+    exclude: Collection[str] = (),
+    quiet: bool = False,
+) -> CalibrationSet:
+    """The images calibration runs on: :func:`plan_calibration` then :func:`load_plan`."""
+    return load_plan(plan_calibration(source, count, seed=seed, exclude=exclude), spec, quiet=quiet)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _make_plan(
+    source: str,
+    kind: str,
+    items: Sequence[str],
+    names: Sequence[str],
+    content: Sequence[str],
+    count: int,
+    seed: int,
+    warnings: Sequence[str],
+) -> CalibrationPlan:
+    digest = sha256_json({"kind": kind, "count": count, "items": [[n, c] for n, c in zip(names, content)]})
+    return CalibrationPlan(
+        source=source,
+        kind=kind,
+        items=tuple(items),
+        names=tuple(names),
+        count=count,
+        seed=int(seed),
+        sha256=digest,
+        content=tuple(content),
+        warnings=tuple(warnings),
+    )
+
+
+def _make_set(
+    plan: CalibrationPlan, data: np.ndarray, used: Sequence[int], skipped: int, warnings: list[str]
+) -> CalibrationSet:
+    n = len(used)
+    builtin_all = plan.builtin and skipped == 0 and n == len(plan.items)  # already said by the builtin warning
+    if n < plan.count and not builtin_all:
+        warnings.append(f"only {n} usable calibration image(s) from {plan.source}, {plan.count} were asked for")
+    return CalibrationSet(
+        data=data,
+        ids=tuple(plan.items[i] for i in used),
+        skipped=skipped,
+        warnings=tuple(warnings),
+        source=plan.source,
+        builtin=plan.builtin,
+        ids_sha256=sha256_json([[plan.names[i], plan.content[i]] for i in used]),
+        plan_sha256=plan.sha256,
+    )
+
+
+def _id_key(item: str) -> tuple[str, str]:
+    """Normalise an id so './a.jpg', 'a.jpg' and '/abs/a.jpg' compare equal; keeps '#frame12'."""
+    item = str(item)
+    base, sep, frag = item.rpartition("#")
+    if sep and (frag.isdigit() or frag.startswith("frame")):
+        return (os.path.realpath(base), frag)
+    return (os.path.realpath(item), "")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    return h.hexdigest()
+
+
+def _folder_names(root: Path) -> list[str]:
+    """Image files under ``root`` (recursive, hidden files and folders skipped), sorted, relative."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                out.append(Path(dirpath, f).relative_to(root).as_posix())
+    return sorted(out)
+
+
+def _builtin_root() -> Path:
+    root = builtin_image_dir()
+    if root is None or not _builtin_names(root):
+        raise EffdeployError(
+            "no calibration data given and scikit-image (whose sample photos are the built-in fallback) is not "
+            "installed; pass a folder of images, or pip install scikit-image"
+        )
+    return root
+
+
+def _builtin_names(root: Path) -> list[str]:
+    return sorted(n for n in BUILTIN_IMAGES if (root / n).is_file())
+
+
+def _read_image_files(
+    plan: CalibrationPlan, spec: Preprocessing, quiet: bool
+) -> tuple[list[np.ndarray], list[int], int]:
+    """Walk the try order until ``count`` images decode; each is preprocessed at once (bounded memory)."""
+    crops: list[np.ndarray] = []
+    used: list[int] = []
+    skipped = 0
+    length = min(plan.count, len(plan.items))
+    with progress(range(length), length=length, label="decoding calibration images", quiet=quiet) as bar:
+        ticks = iter(bar)
+        for i, path in enumerate(plan.items):
+            try:
+                image = load_image(path)
+            except EffdeployError:
+                skipped += 1
+                continue
+            crops.append(preprocess(image, spec)[0])
+            used.append(i)
+            next(ticks, None)
+            if len(used) >= plan.count:
+                break
+    order = sorted(range(len(used)), key=lambda k: plan.names[used[k]])
+    return [crops[k] for k in order], [used[k] for k in order], skipped
+
+
+def _video_capture(path: Path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise EffdeployError(f"OpenCV cannot open video {path}; re-encode it (e.g. H.264 .mp4) or extract frames")
+    return cap
+
+
+def _video_frame_count(path: Path) -> int:
+    """Frames in a video; counts by decoding when the container does not say (some .webm/.mkv)."""
+    import cv2
+
+    cap = _video_capture(path)
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n <= 0:
+            n = 0
+            while cap.grab():
+                n += 1
+    finally:
+        cap.release()
+    if n <= 0:
+        raise EffdeployError(f"video {path} has no frames OpenCV can decode")
+    return n
+
+
+def _frame_index(item: str) -> int:
+    return int(item.rpartition(_FRAME_SEP)[2])
+
+
+def _read_video_frames(
+    plan: CalibrationPlan, spec: Preprocessing, quiet: bool
+) -> tuple[list[np.ndarray], list[int], int]:
+    """Seek to far-apart frames, read close ones sequentially (seeking re-decodes from a keyframe)."""
+    import cv2
+
+    path = Path(plan.source)
+    wanted = [_frame_index(i) for i in plan.items]
+    cap = _video_capture(path)
+    frames: list[np.ndarray] = []
+    used: list[int] = []
+    skipped = 0
+    pos = 0
+    try:
+        with progress(list(enumerate(wanted)), length=len(wanted), label="decoding video frames", quiet=quiet) as it:
+            for k, idx in it:
+                ok = True
+                if idx - pos > 32 or idx < pos:
+                    ok = cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+                    pos = idx
+                while ok and pos < idx:
+                    ok = cap.grab()
+                    pos += 1
+                ok, frame = cap.read() if ok else (False, None)
+                pos += 1
+                if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                    skipped += 1
+                    continue
+                frames.append(preprocess(frame, spec, bgr=True)[0])  # OpenCV decodes BGR
+                used.append(k)
+    finally:
+        cap.release()
+    return frames, used, skipped
+
+
+def _array_rows(path: Path) -> int:
+    arr = _open_array(path)
+    if arr.ndim == 3:
+        return 1
+    return int(arr.shape[0])
+
+
+def _open_array(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise EffdeployError(f"cannot read calibration array {path}: {e}") from None
+    if not isinstance(arr, np.ndarray):
+        raise EffdeployError(f"{path} holds no single array; save one with numpy.save")
+    return arr
+
+
+def _load_array(plan: CalibrationPlan, spec: Preprocessing, quiet: bool) -> CalibrationSet:
+    """NCHW float (already preprocessed: shape must match the spec) or NHWC uint8 images."""
+    path = Path(plan.source)
+    arr = _open_array(path)
+    rows = [int(i.rpartition(_ROW_SEP)[2]) for i in plan.items]
+    want = (3, spec.resolution, spec.resolution)
+    if arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 3:
+        images = arr[None] if arr.ndim == 3 else arr
+        with progress(rows, length=len(rows), label="preprocessing calibration images", quiet=quiet) as it:
+            frames = [np.ascontiguousarray(images[r]) for r in it]
+        if any(f.shape[0] == 0 or f.shape[1] == 0 for f in frames):
+            raise EffdeployError(f"{path}: images of zero size")
+        data = _preprocess_in_chunks(frames, spec)
+    elif arr.ndim == 4 and np.issubdtype(arr.dtype, np.floating):
+        if tuple(arr.shape[1:]) != want:
+            raise EffdeployError(
+                f"{path} has shape {tuple(arr.shape)} but the model's preprocessing gives (N, {want[0]}, {want[1]}, "
+                f"{want[2]}) float32; save preprocessed NCHW arrays at {spec.resolution}px or NHWC uint8 images"
+            )
+        data = np.ascontiguousarray(arr[rows], dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise EffdeployError(f"{path} contains NaN or infinite values")
+    else:
+        raise EffdeployError(
+            f"{path} has dtype {arr.dtype} and shape {tuple(arr.shape)}; expected (N, 3, {spec.resolution}, "
+            f"{spec.resolution}) float32 preprocessed tensors or (N, H, W, 3) uint8 RGB images"
+        )
+    return _make_set(plan, data, list(range(len(rows))), 0, list(plan.warnings))
+
+
+def _preprocess_in_chunks(frames: Sequence[np.ndarray], spec: Preprocessing, chunk: int = 64) -> np.ndarray:
+    """One float32 block without holding a second full-size copy of the batch."""
+    n = len(frames)
+    out = np.empty((n, 3, spec.resolution, spec.resolution), dtype=np.float32)
+    for s in range(0, n, chunk):
+        out[s : s + chunk] = preprocess(list(frames[s : s + chunk]), spec)
+    return out
