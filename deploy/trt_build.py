@@ -35,6 +35,7 @@ from .errors import EffdeployError
 from .profile import Profile, load_profile
 from .trt_compat import (
     MISSING_TENSORRT,
+    adjust_parser_for_dla,
     dtype_name,
     hardware_compat_level,
     import_tensorrt,
@@ -146,8 +147,10 @@ def _write_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str) -> None:
+def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str, for_dla: bool) -> None:
     parser = trt.OnnxParser(network, logger)
+    if for_dla:
+        adjust_parser_for_dla(trt, parser)
     if parser.parse_from_file(onnx_path):
         return
     errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or logger.errors
@@ -240,7 +243,7 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
     logger = _Logger.make(trt, quiet)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
-    _parse_onnx(trt, network, logger, plan.onnx_path)
+    _parse_onnx(trt, network, logger, plan.onnx_path, plan.uses_dla)
     config = configure(trt, builder, network, plan)
     cache_path = Path(plan.timing_cache_path)
     _cache, reused = _load_timing_cache(config, cache_path, warnings)

@@ -166,6 +166,19 @@ def network_flags(trt: ModuleType) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
+def adjust_parser_for_dla(trt: ModuleType, parser: Any) -> bool:
+    """Set ``OnnxParserFlag.ADJUST_FOR_DLA`` where it exists (11.x bindings; absent from 10.3).
+
+    The 11.4.1 "Strongly Typed Networks for DLA" page recommends it for DLA builds: the parser may
+    reshape layers to make them DLA-friendly. Returns whether it was set.
+    """
+    flag = getattr(getattr(trt, "OnnxParserFlag", None), "ADJUST_FOR_DLA", None)
+    if flag is None:
+        return False
+    parser.set_flag(flag)
+    return True
+
+
 def hardware_compat_level(trt: ModuleType, level: str) -> Any:
     names = {
         "none": "NONE",
