@@ -247,7 +247,8 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
     config = configure(trt, builder, network, plan)
     cache_path = Path(plan.timing_cache_path)
     _cache, reused = _load_timing_cache(config, cache_path, warnings)
-    config.progress_monitor = make_progress_monitor(trt, _Progress(quiet))
+    monitor = make_progress_monitor(trt, _Progress(quiet))  # kept referenced until the build returns
+    config.progress_monitor = monitor
 
     if not quiet:
         click.echo(f"building {Path(plan.plan_path).name} with TensorRT {trt.__version__} (strongly typed, "
