@@ -9,6 +9,7 @@ workstation.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, field, replace
@@ -394,6 +395,17 @@ def default_plan_path(bundle_path: str | Path) -> Path:
     return Path(bundle_path) / DEFAULT_ENGINE_NAME
 
 
+def check_plan_path(plan_path: Path) -> None:
+    """Refuse (before minutes of building) an --out that cannot be written as a file."""
+    if plan_path.is_dir():
+        raise EffdeployError(f"--out {plan_path} is a directory; pass a file path such as {plan_path / DEFAULT_ENGINE_NAME}")
+    probe = plan_path.resolve().parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EffdeployError(f"--out {plan_path}: {probe} is not writable; choose a writable location")
+
+
 def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOptions()) -> BuildPlan:
     """Translate bundle + profile + flags into a BuildPlan, refusing (one line) what cannot work.
 
@@ -435,6 +447,7 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
         batch = (dims[0],) * 3
 
     plan_path = Path(opts.out) if opts.out else default_plan_path(bundle.path)
+    check_plan_path(plan_path)
     cache = Path(opts.timing_cache) if opts.timing_cache else plan_path.parent / TIMING_CACHE_NAME
     return BuildPlan(
         bundle_path=str(Path(bundle.path).resolve()),

@@ -136,12 +136,16 @@ class _Progress:
 
 
 def _write_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a sibling temp file and rename: a reader never sees half a plan."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(memoryview(data))
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EffdeployError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -269,8 +273,8 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
     _write_atomic(plan_path, serialized)
     try:
         _write_atomic(cache_path, config.get_timing_cache().serialize())
-    except OSError as e:
-        warnings.append(f"timing cache not saved to {cache_path} ({e.strerror})")
+    except EffdeployError as e:  # the engine is fine; only the next build is slower
+        warnings.append(f"timing cache not saved: {e}")
     gpu = gpu or GpuInfo(name="unknown", compute_capability=plan.profile.compute_capability or "?")
     manifest = EngineManifest(
         tensorrt_version=str(trt.__version__),

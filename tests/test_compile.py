@@ -304,6 +304,14 @@ def test_refuse_cpu_profile_and_bad_knobs(bundle: Path):
     assert ">= 10.9" in refusal(bundle, "a100", hardware_compat="same_compute_capability", trt_version="10.3")
 
 
+def test_refuse_an_out_path_that_cannot_be_a_plan(bundle: Path, tmp_path: Path):
+    assert "is a directory" in refusal(bundle, "jetson-orin", out=tmp_path)
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert "not writable" in refusal(bundle, "jetson-orin", out=ro / "e.plan")
+
+
 def test_local_gpu_rules(bundle: Path):
     plan = plan_of(bundle, "jetson-orin")
     h100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
