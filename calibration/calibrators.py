@@ -265,23 +265,18 @@ def calibrate(
 def tensor_range(ts: TensorStatistics, method: str, percentile: float = DEFAULT_PERCENTILE) -> TensorRange:
     """One tensor's range by ``method``.
 
-    ``max``: the observed min/max. ``percentile``: amax is the ``percentile`` of |x|; min/max cut
-    ``(100 - percentile) / 2`` % off each tail of the signed values. ``entropy``/``mse``: amax from
-    the 2048-bin |x| histogram; min/max are the observed ones clipped to ``[-amax, amax]``.
+    ``max``: the observed min/max. The others choose ``amax`` (``percentile``: that percentile of
+    |x|; ``entropy``/``mse``: from the 2048-bin |x| histogram) and report the observed range
+    clipped to ``[-amax, amax]`` as min/max, so both dialects clip at the same place and a
+    post-ReLU tensor keeps min 0.
     """
     lo, hi = float(ts.min), float(ts.max)
     amax = ts.amax
     if method == "max" or amax == 0.0 or ts.samples == 0:
         return TensorRange(lo, hi, amax)
     if method == "percentile":
-        q = float(percentile) / 100.0
-        a = min(_abs_quantile(ts, q), amax)
-        tail = (1.0 - q) / 2.0
-        qlo, qhi = _signed_quantiles(ts, tail, 1.0 - tail)
-        mn, mx = max(lo, qlo), min(hi, qhi)
-        if mn > mx:
-            mn = mx = 0.5 * (mn + mx)
-        return TensorRange(mn, mx, a)
+        a = min(_abs_quantile(ts, float(percentile) / 100.0), amax)
+        return TensorRange(max(lo, -a), min(hi, a), a)
     counts, edges = ts.abs_histogram(NUM_BINS)
     if method == "entropy":
         a = entropy_amax(counts, edges, NUM_QUANTIZED_BINS, START_BIN)
@@ -412,14 +407,14 @@ def calibrate_with_ort(
     percentile: float = DEFAULT_PERCENTILE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     op_types: Sequence[str] | None = None,
-    chunk: int = 32,
     workdir: str | Path | None = None,
 ) -> CalibrationResult:
     """ONNX Runtime's own calibrator (``create_calibrator``), as the reference we are measured against.
 
-    ORT picks its tensors by op type (``op_types``); the result keeps ``tensor_names``. Data are
-    fed ``chunk`` images per ``collect_data`` call, which bounds ORT's memory (it otherwise
-    keeps every activation of every image). ``mse`` has no ORT counterpart.
+    ORT picks its tensors by op type (``op_types``); the result keeps ``tensor_names``. Each
+    ``collect_data`` call gets one batch: that bounds ORT's memory (it keeps every activation of
+    every batch a reader yields) and avoids its failure on batches of unequal size. ``mse`` has
+    no ORT counterpart.
     """
     import tempfile
 
@@ -444,11 +439,11 @@ def calibrate_with_ort(
     }[method]
 
     class _Reader(CalibrationDataReader):
-        def __init__(self, block: np.ndarray):
-            self.batches = iter([block[s : s + batch_size] for s in range(0, len(block), batch_size)])
+        def __init__(self, batch: np.ndarray):
+            self.batch: np.ndarray | None = batch
 
         def get_next(self):
-            b = next(self.batches, None)
+            b, self.batch = self.batch, None
             return None if b is None else {input_name: np.ascontiguousarray(b, dtype=np.float32)}
 
     start = time.perf_counter()
@@ -460,15 +455,15 @@ def calibrate_with_ort(
             calibrate_method=ort_method,
             extra_options=extra,
         )
-        for s in range(0, len(images), chunk):
-            calibrator.collect_data(_Reader(images[s : s + chunk]))
+        for s in range(0, len(images), batch_size):
+            calibrator.collect_data(_Reader(images[s : s + batch_size]))
         tensors_data = calibrator.compute_data()
     seconds = time.perf_counter() - start
     ranges = {}
     for name in tensor_names:
         if name not in tensors_data:
             continue
-        lo, hi = (float(np.asarray(v)) for v in tensors_data[name].range_value)
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in tensors_data[name].range_value)
         ranges[name] = TensorRange(lo, hi, max(abs(lo), abs(hi)))
     params = {"percentile": float(percentile)} if method == "percentile" else {}
     return CalibrationResult(
@@ -560,12 +555,6 @@ def _abs_quantile(ts: TensorStatistics, q: float) -> float:
     return _quantile(counts, 0.0, ts.bin_width, q)
 
 
-def _signed_quantiles(ts: TensorStatistics, q_lo: float, q_hi: float) -> tuple[float, float]:
-    counts = np.concatenate((ts.negative[::-1], ts.positive))
-    start = -ts.bin_width * ts.negative.size
-    return _quantile(counts, start, ts.bin_width, q_lo), _quantile(counts, start, ts.bin_width, q_hi)
-
-
 def _quantile(counts: np.ndarray, start: float, width: float, q: float) -> float:
     """The q-quantile of a histogram (bins from ``start``, ``width`` wide), linear within a bin."""
     cum = np.cumsum(counts, dtype=np.float64)
@@ -582,7 +571,7 @@ def _quantile(counts: np.ndarray, start: float, width: float, q: float) -> float
 
 
 def _as_images(data: Any) -> np.ndarray:
-    arr = getattr(data, "data", data)
+    arr = data if isinstance(data, np.ndarray) else getattr(data, "data", data)  # CalibrationSet.data
     if not isinstance(arr, np.ndarray):
         raise EffdeployError(f"calibration data must be an (N, C, H, W) float32 array, got {type(arr).__name__}")
     if arr.ndim != 4 or arr.shape[0] == 0:
