@@ -310,7 +310,7 @@ def write_trt_calibration_cache(
         ranges = ranges.ranges
     lines = [trt_cache_header(trt_version, algorithm)]
     for name, r in ranges.items():
-        if ":" in name or "\n" in name:
+        if "\n" in name or "\r" in name:
             raise EffdeployError(f"tensor name {name!r} cannot be written to a TensorRT calibration cache")
         lines.append(f"{name}: {trt_scale_hex(float(r.amax) / 127.0)}")
     path = Path(path)
