@@ -1,0 +1,478 @@
+"""effdeploy.runtime: a bundle or a TensorRT engine inside an application, without torch.
+
+    from effdeploy.runtime import Runner
+
+    with Runner.open("bundles/efficientnet-lite0-fp32-cpu") as runner:
+        for class_id, label, score in runner.classify(frame_bgr, top_k=3, bgr=True):
+            print(label, score)
+
+The preprocessing comes from the artifact's manifest and runs through :mod:`effdeploy.preprocess`,
+the same function calibration and verification used, so the numbers match the build side.
+Backends: ONNX Runtime for a bundle (or an ``.onnx`` inside one), TensorRT for an ``engine.plan``
+(imported only then). Nothing here imports torch.
+
+**Thread safety.** A Runner is thread-safe: :meth:`Runner.infer` and :meth:`Runner.classify` may
+be called from several threads. Inference is serialised by one lock per Runner (a Runner owns one
+ONNX Runtime session or one TensorRT execution context, and a TensorRT context must not run
+concurrently), while preprocessing runs outside the lock, in parallel. For parallel inference open
+one Runner per thread. :meth:`Runner.stream` overlaps capture, preprocessing and inference for video.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import EffdeployError
+from .preprocess import check_frame, preprocess
+from .spec import CROP_PCT, Preprocessing
+
+KIND_BUNDLE = "bundle"
+KIND_ONNX = "onnx"
+KIND_ENGINE = "engine"
+
+
+class Prediction(NamedTuple):
+    """One of the top-k classes of a frame: a plain ``(class_id, label, score)`` tuple."""
+
+    class_id: int
+    label: str
+    score: float  # softmax probability
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What :meth:`Runner.open` resolved a path to, before any backend is loaded."""
+
+    path: Path  # as given: bundle directory, .onnx or .plan
+    kind: str  # "bundle" | "onnx" | "engine"
+    model_path: Path  # the file the backend loads
+    preprocessing: Preprocessing
+    status: str  # "verified" | "failed-parity" | "unverified" | "unknown"
+    precision: str
+    model_name: str
+    num_classes: int
+    manifest: Any = None  # the bundle Manifest or EngineManifest, when there is one
+
+
+def _bundle_artifact(path: Path, model_path: Path | None = None) -> Artifact:
+    from .bundle import load_bundle
+
+    bundle = load_bundle(path)
+    m = bundle.manifest
+    return Artifact(
+        path=path, kind=KIND_BUNDLE if model_path is None else KIND_ONNX,
+        model_path=model_path or bundle.model_path, preprocessing=m.preprocessing, status=m.status,
+        precision=m.precision, model_name=m.model.name, num_classes=m.model.num_classes, manifest=m,
+    )
+
+
+def _engine_artifact(path: Path) -> Artifact:
+    from .engine import load_engine_manifest
+
+    m = load_engine_manifest(path, verify=True)
+    if not m.preprocessing:
+        raise EffdeployError(f"{path}: its engine manifest has no preprocessing; compile it again with 'effdeploy compile'")
+    try:
+        pre = Preprocessing.from_dict(m.preprocessing)
+    except (KeyError, TypeError, ValueError) as e:
+        raise EffdeployError(f"{path}: the preprocessing in its engine manifest is invalid ({e}); compile it again") from None
+    outputs = m.outputs
+    shape = outputs[0].get("shape", []) if outputs else []
+    num_classes = int(shape[-1]) if shape and isinstance(shape[-1], int) and shape[-1] > 0 else 1000
+    model = m.bundle.get("model", "model")
+    model_name = model.get("name", "model") if isinstance(model, dict) else str(model)
+    # `effdeploy compile` only compiles verified bundles; a status, when recorded, wins.
+    status = str(getattr(m, "status", None) or m.bundle.get("status") or "verified")
+    return Artifact(path=path, kind=KIND_ENGINE, model_path=path, preprocessing=pre, status=status,
+                    precision=m.precision, model_name=model_name, num_classes=num_classes, manifest=m)
+
+
+def _onnx_input_preprocessing(path: Path) -> tuple[Preprocessing, int]:
+    """For a bare .onnx (benchmarks only): ImageNet preprocessing sized from the input shape."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise EffdeployError(f"cannot read ONNX {path}: {str(e).splitlines()[0][:160]}; is it truncated?") from None
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3 or dims[2] <= 0 or dims[2] != dims[3]:
+        raise EffdeployError(f"{path} takes input of shape {dims}; expected (N, 3, R, R) images")
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    classes = out_dims[-1] if out_dims and out_dims[-1] > 0 else 1000
+    res = int(dims[2])
+    return Preprocessing(resolution=res, resize=int(res / CROP_PCT)), int(classes)
+
+
+def resolve_artifact(path: str | Path, preprocessing: Preprocessing | None = None,
+                     guess_preprocessing: bool = False) -> Artifact:
+    """A bundle directory, an ``.onnx`` (in a bundle, or with explicit preprocessing) or an ``engine.plan``.
+
+    ``guess_preprocessing`` lets a bare ``.onnx`` through with ImageNet defaults sized from its
+    input: right for timing, wrong for accuracy, so only ``effdeploy bench`` uses it.
+    """
+    from .bundle import MANIFEST, is_bundle
+
+    p = Path(path)
+    if not p.exists():
+        raise EffdeployError(f"{p} does not exist; pass a bundle directory, an .onnx file or an engine.plan")
+    if p.is_dir():
+        if not is_bundle(p):
+            raise EffdeployError(f"{p} is not a bundle (no {MANIFEST}); pass a directory written by 'effdeploy build'")
+        art = _bundle_artifact(p)
+    elif p.suffix == ".plan":
+        art = _engine_artifact(p)
+    elif p.suffix == ".onnx":
+        if is_bundle(p.parent):
+            art = _bundle_artifact(p.parent, model_path=p)
+            art = replace(art, path=p)
+        elif preprocessing is not None or guess_preprocessing:
+            guessed, classes = _onnx_input_preprocessing(p)
+            art = Artifact(path=p, kind=KIND_ONNX, model_path=p, preprocessing=preprocessing or guessed,
+                           status="unknown", precision="unknown", model_name=p.stem, num_classes=classes)
+        else:
+            raise EffdeployError(
+                f"{p} is a bare ONNX file without a manifest, so its preprocessing is unknown; pass the bundle "
+                "directory, or Runner.open(path, preprocessing=Preprocessing(...))"
+            )
+    else:
+        raise EffdeployError(f"{p} is not a bundle directory, an .onnx file or an engine.plan")
+    if preprocessing is not None:
+        art = replace(art, preprocessing=preprocessing)
+    return art
+
+
+def check_status(art: Artifact, force: bool = False) -> None:
+    """Refuse a bundle that missed its accuracy budget unless forced."""
+    if art.status == "failed-parity" and not force:
+        raise EffdeployError(
+            f"{art.path} has status failed-parity (it missed its accuracy budget; see 'effdeploy inspect "
+            f"{art.path}'): rebuild it, or pass --force (Runner.open(..., force=True)) to run it anyway"
+        )
+
+
+def open_backend(art: Artifact, threads: int | None = None) -> Any:
+    """The inference backend for an artifact: ONNX Runtime, or TensorRT for an engine."""
+    if art.kind == KIND_ENGINE:
+        from .trt_compat import MISSING_TENSORRT, import_tensorrt
+
+        if import_tensorrt() is None:
+            raise EffdeployError(
+                f"{MISSING_TENSORRT} (needed to run {art.path}); or run the bundle directory with ONNX Runtime"
+            )
+        from .trt_runner import TensorRTRunner
+
+        return TensorRTRunner.open(art.model_path)
+    from .runners import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(art.model_path, threads=threads)
+
+
+def class_labels(num_classes: int) -> tuple[str, ...]:
+    """ImageNet names for 1000-class models (shipped with the package), ``class N`` otherwise."""
+    if num_classes == 1000:
+        from .labels import imagenet_labels
+
+        return tuple(imagenet_labels())
+    return tuple(f"class {i}" for i in range(num_classes))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[list[Prediction]]:
+    """Per row of logits, the ``k`` best classes with softmax scores, best first."""
+    if k < 1:
+        raise EffdeployError(f"top_k must be at least 1 (got {k})")
+    probs = softmax(np.atleast_2d(logits))
+    k = min(k, probs.shape[1])
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [Prediction(int(c), labels[c] if c < len(labels) else f"class {c}", float(row[c])) for c in cols]
+        for row, cols in zip(probs, idx)
+    ]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame out of :meth:`Runner.stream`."""
+
+    index: int  # position in the source, counting dropped frames
+    frame: np.ndarray  # as captured
+    predictions: tuple[Prediction, ...]
+    latency_s: float  # capture -> predictions
+    dropped: int  # frames skipped so far (only with drop_frames=True)
+
+
+class _End:
+    pass
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
+    """Blocking put that gives up when the consumer has stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class Runner:
+    """Preprocessing from the manifest + one backend; see the module docstring for thread safety."""
+
+    def __init__(self, backend: Any, artifact: Artifact, labels: Sequence[str] | None = None) -> None:
+        self.backend = backend
+        self.artifact = artifact
+        self.preprocessing: Preprocessing = artifact.preprocessing
+        self.labels: tuple[str, ...] = tuple(labels) if labels is not None else class_labels(artifact.num_classes)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, artifact: str | Path, *, threads: int | None = None, force: bool = False,
+             preprocessing: Preprocessing | None = None) -> "Runner":
+        """Open a bundle directory, an ``.onnx`` inside one, or an ``engine.plan``.
+
+        A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets ONNX
+        Runtime's intra-op threads (default: all cores).
+        """
+        art = resolve_artifact(artifact, preprocessing=preprocessing)
+        check_status(art, force)
+        return cls(open_backend(art, threads=threads), art)
+
+    # --- properties ------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return str(getattr(self.backend, "name", type(self.backend).__name__))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.backend.input_shape)
+
+    @property
+    def status(self) -> str:
+        return self.artifact.status
+
+    # --- inference -------------------------------------------------------------------------------
+
+    def preprocess(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False) -> np.ndarray:
+        """Frames (RGB, or BGR with ``bgr=True``; uint8, any size) -> the model's NCHW float32 batch."""
+        return preprocess(frames, self.preprocessing, bgr=bgr)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed NCHW float32 batch (any batch size; fixed-batch models are chunked)."""
+        x = np.asarray(batch)
+        res = self.preprocessing.resolution
+        if x.ndim != 4 or x.shape[1:] != (3, res, res):
+            raise EffdeployError(f"infer takes an (N, 3, {res}, {res}) float32 batch, got shape {tuple(x.shape)}; "
+                                 "use classify() for images")
+        if len(x) == 0:
+            raise EffdeployError("empty batch: pass at least one image")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        fixed = self.input_shape[0] if self.input_shape else -1
+        with self._lock:
+            if fixed is None or fixed <= 0 or fixed == len(x):
+                return np.asarray(self.backend.infer(x), dtype=np.float32)
+            parts = []
+            for i in range(0, len(x), fixed):
+                chunk = x[i:i + fixed]
+                n = len(chunk)
+                if n < fixed:
+                    chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
+                parts.append(np.asarray(self.backend.infer(chunk), dtype=np.float32)[:n])
+            return np.concatenate(parts)
+
+    def classify(self, frames: np.ndarray | Sequence[np.ndarray], top_k: int = 5,
+                 bgr: bool = False) -> list[Prediction] | list[list[Prediction]]:
+        """Top-k ``(class_id, label, score)`` for uint8 frames of any size.
+
+        One HxWx3 frame gives a list of predictions; a sequence (or an NxHxWx3 array) gives one list
+        per frame. ``bgr=True`` for OpenCV frames.
+        """
+        single = isinstance(frames, np.ndarray) and frames.ndim == 3
+        batch = self.preprocess(frames, bgr=bgr)
+        preds = _top_k(self.infer(batch), top_k, self.labels)
+        return preds[0] if single else preds
+
+    def stream(self, frames: Iterable[np.ndarray], *, top_k: int = 1, bgr: bool = True, queue_size: int = 2,
+               drop_frames: bool = False) -> Iterator[StreamResult]:
+        """Classify a video: capture, preprocessing and inference run in three overlapped stages.
+
+        ``frames`` is any iterable of frames (e.g. :func:`video_frames`); it is consumed on a
+        capture thread, preprocessing runs on a second thread and inference in the caller's thread,
+        with bounded queues of ``queue_size`` between them, so each stage works on a different frame
+        (NumPy, OpenCV and the backends release the GIL). With ``drop_frames=True`` a live source
+        never waits: when inference falls behind, the oldest waiting frame is dropped (lower latency);
+        without it every frame is classified in order. Stopping the iteration stops the threads and
+        closes ``frames`` if it is a generator.
+        """
+        if queue_size < 1:
+            raise EffdeployError(f"queue_size must be at least 1 (got {queue_size})")
+        stop = threading.Event()
+        captured: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        ready: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        dropped = [0]
+
+        def capture() -> None:
+            try:
+                for index, frame in enumerate(frames):
+                    if stop.is_set():
+                        return
+                    item = (index, time.perf_counter(), frame)
+                    if drop_frames:
+                        while True:
+                            try:
+                                captured.put_nowait(item)
+                                break
+                            except queue.Full:
+                                try:
+                                    captured.get_nowait()
+                                    dropped[0] += 1
+                                except queue.Empty:
+                                    pass
+                    elif not _put(captured, item, stop):
+                        return
+            except BaseException as e:  # the source failed: hand the error to the caller
+                _put(captured, _Failure(e), stop)
+                return
+            _put(captured, _End(), stop)
+
+        def prepare() -> None:
+            while not stop.is_set():
+                try:
+                    item = captured.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if not isinstance(item, tuple):
+                    _put(ready, item, stop)
+                    return
+                index, t0, frame = item
+                try:
+                    batch = self.preprocess(frame, bgr=bgr)
+                except BaseException as e:
+                    _put(ready, _Failure(e), stop)
+                    return
+                if not _put(ready, (index, t0, frame, batch), stop):
+                    return
+
+        workers = [threading.Thread(target=capture, name="effdeploy-capture", daemon=True),
+                   threading.Thread(target=prepare, name="effdeploy-preprocess", daemon=True)]
+        for w in workers:
+            w.start()
+        try:
+            while True:
+                item = ready.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                index, t0, frame, batch = item
+                preds = _top_k(self.infer(batch), top_k, self.labels)[0]
+                yield StreamResult(index, frame, tuple(preds), time.perf_counter() - t0, dropped[0])
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=5.0)
+            close = getattr(frames, "close", None)
+            if callable(close) and not any(w.is_alive() for w in workers):
+                close()
+
+    # --- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Runner({str(self.artifact.path)!r}, backend={self.backend_name}, model={self.artifact.model_name}, "
+                f"status={self.status})")
+
+
+_top_k = top_k  # Runner.classify/stream have a parameter named top_k
+
+
+# --- video sources ---------------------------------------------------------------------------------
+
+
+def parse_source(source: str | int) -> str | int:
+    """``"0"`` -> camera 0; anything else (a file, ``rtsp://...``) unchanged."""
+    if isinstance(source, int):
+        return source
+    s = str(source).strip()
+    return int(s) if s.isdigit() else s
+
+
+def open_video(source: str | int) -> Any:
+    """An opened ``cv2.VideoCapture`` for a device index, a file or a URL; one clear line if not."""
+    import cv2
+
+    src = parse_source(source)
+    if isinstance(src, str) and "://" not in src and not Path(src).exists():
+        raise EffdeployError(f"video source {src} does not exist; pass a camera index (0), a video file or an rtsp:// URL")
+    # OpenCV logs its own multi-line warnings for sources it cannot open; the error below says it once.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        cap = cv2.VideoCapture(src)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not cap.isOpened():
+        cap.release()
+        what = f"camera {src}" if isinstance(src, int) else str(src)
+        raise EffdeployError(f"cannot open video source {what}: no such device, unsupported file or unreachable stream")
+    return cap
+
+
+def video_frames(source: str | int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """BGR uint8 frames from a device index, a file or a URL until it ends; the capture is released
+    when the iteration stops (also when abandoned early)."""
+    cap = open_video(source)
+    try:
+        n = 0
+        while max_frames is None or n < max_frames:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                if n == 0:
+                    raise EffdeployError(f"video source {source} opened but delivered no frames")
+                return
+            if frame.ndim == 2:  # some cameras deliver grayscale
+                import cv2
+
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            check_frame(frame)
+            yield frame
+            n += 1
+    finally:
+        cap.release()
+
+
+__all__ = [
+    "Artifact", "Prediction", "Runner", "StreamResult", "check_status", "class_labels", "open_backend",
+    "open_video", "parse_source", "resolve_artifact", "softmax", "top_k", "video_frames",
+]
