@@ -1,0 +1,162 @@
+"""``effdeploy bench``: latency you can reproduce, compute-only next to in-app (end-to-end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli import cli
+
+
+@cli.command("bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8.")
+@click.option("--iterations", "-n", type=int, default=None, help="Timed calls per measurement [100].")
+@click.option("--duration", type=float, default=None, help="Seconds per measurement instead of a call count.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls first.")
+@click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (and PyTorch with --vs-eager) [all].")
+@click.option("--end-to-end", "end_to_end", is_flag=True,
+              help="Also time Runner.classify on camera-sized frames: preprocessing, copies, inference, top-5.")
+@click.option("--frame-size", default="1920x1080", show_default=True, help="Frame size for --end-to-end (WxH).")
+@click.option("--vs-eager", "vs_eager", is_flag=True, help="Also time the eager PyTorch model (needs torch) and print the speedup.")
+@click.option("--force", is_flag=True, help="Benchmark a bundle whose status is failed-parity.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
+def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: float | None, warmup: int,
+              threads: int | None, end_to_end: bool, frame_size: str, vs_eager: bool, force: bool,
+              as_json: bool) -> None:
+    """Latency (mean/p50/p90/p99) and throughput of a bundle, an .onnx or an engine.plan.
+
+    Example: effdeploy bench bundles/efficientnet-b0-fp32-cpu --batch 1,8 --end-to-end --vs-eager
+    """
+    import numpy as np
+
+    from ..benchmark import (
+        TimingPlan, machine_info, parse_batches, parse_frame_size, summarize, synthetic_frame, time_callable,
+    )
+    from ..errors import EffdeployError
+    from ..report import emit_json, info, table
+    from ..runtime import Runner, check_status, open_backend, resolve_artifact
+
+    sizes = parse_batches(batches)
+    if iterations is not None and duration is not None:
+        raise EffdeployError("give --iterations or --duration, not both")
+    if threads is not None and threads < 1:
+        raise EffdeployError(f"--threads must be >= 1 (got {threads})")
+    plan = TimingPlan(warmup=warmup, iterations=None if duration is not None else (100 if iterations is None else iterations),
+                      duration_s=duration)
+    width, height = parse_frame_size(frame_size)
+
+    art = resolve_artifact(artifact, guess_preprocessing=True)
+    check_status(art, force)
+    eager_manifest = _eager_manifest(art) if vs_eager else None  # refuse before any timing
+    quiet = as_json
+    if art.status == "unknown":
+        info("note: a bare .onnx has no manifest; timing uses ImageNet preprocessing sized from its input", quiet)
+    elif art.status != "verified":
+        info(f"note: {art.path} has status {art.status}", quiet)
+    runner = Runner(open_backend(art, threads=threads), art)
+    backend = runner.backend_name
+    try:
+        eager, eager_max_abs = _eager(eager_manifest, runner, threads, quiet) if vs_eager else (None, None)
+        res = art.preprocessing.resolution
+        frame = synthetic_frame(width, height) if end_to_end else None
+        rng = np.random.default_rng(0)
+        compute = "compute" if backend != "tensorrt" else "compute+copies"
+        e2e = f"end-to-end {width}x{height}"
+        rows: list[dict[str, Any]] = []
+        for b in sizes:
+            batch = rng.standard_normal((b, 3, res, res)).astype(np.float32)
+            frames = [frame] * b
+            measures = [(compute, lambda: runner.infer(batch))]
+            if end_to_end:
+                measures.append((e2e, lambda: runner.classify(frames, top_k=5)))
+            if eager is not None:
+                measures.append(("eager pytorch", lambda: eager(batch)))
+            for name, fn in measures:
+                stats = summarize(_timed(fn, plan, f"batch {b} {name}", quiet), batch=b)
+                rows.append({"batch": b, "measure": name, **stats.to_dict()})
+    finally:
+        runner.close()
+
+    result = {
+        "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
+        "status": art.status, "backend": backend, "threads": threads,
+        "resolution": res, "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
+        "machine": machine_info(), "results": rows,
+    }
+    if end_to_end:
+        result["end_to_end_over_compute_p50"] = {str(b): _p50(rows, b, e2e) / _p50(rows, b, compute) for b in sizes}
+    if eager is not None:
+        result["eager_speedup_p50"] = {str(b): _p50(rows, b, "eager pytorch") / _p50(rows, b, compute) for b in sizes}
+        result["eager_parity_max_abs"] = eager_max_abs
+    if as_json:
+        emit_json(result)
+        return
+    m = result["machine"]
+    click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {backend}, "
+               f"threads {threads or 'all'}, {m['cpu']} ({m['cores']} cores)")
+    click.echo(table(
+        [(r["batch"], r["measure"], r["mean_ms"], r["p50_ms"], r["p90_ms"], r["p99_ms"], f"{r['throughput_ips']:.1f}")
+         for r in rows],
+        headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"],
+    ))
+    for b, v in result.get("end_to_end_over_compute_p50", {}).items():
+        click.echo(f"end-to-end / {compute} latency (p50), batch {b}: {v:.3f}x")
+    for b, v in result.get("eager_speedup_p50", {}).items():
+        click.echo(f"speedup vs eager PyTorch (p50), batch {b}: {v:.2f}x")
+    if eager_max_abs is not None and art.precision == "fp32" and eager_max_abs > 1e-3:
+        info(f"warning: the eager model differs from the artifact (max abs {eager_max_abs:.3g} on random input); "
+             "the speedup compares different models")
+
+
+def _p50(rows: list[dict[str, Any]], batch: int, measure: str) -> float:
+    return next(r["p50_ms"] for r in rows if r["batch"] == batch and r["measure"] == measure)
+
+
+def _timed(fn: Any, plan: Any, label: str, quiet: bool) -> list[float]:
+    """Time with a progress bar on stderr (hidden with --json)."""
+    from ..benchmark import time_callable
+    from ..report import info
+
+    if quiet:
+        return time_callable(fn, plan)
+    if plan.duration_s is not None:
+        info(f"timing {label} for {plan.duration_s:g} s ...")
+        return time_callable(fn, plan)
+    import sys
+
+    with click.progressbar(length=plan.iterations, label=f"timing {label}", file=sys.stderr) as bar:
+        return time_callable(fn, plan, on_iteration=lambda _i: bar.update(1))
+
+
+def _eager_manifest(art: Any) -> Any:
+    """The bundle manifest (model spec and weights) that --vs-eager rebuilds the eager model from."""
+    from ..bundle import is_bundle, load_bundle
+    from ..errors import EffdeployError
+
+    if art.kind == "engine":
+        src = str(art.manifest.bundle.get("path") or "")
+        if not src or not is_bundle(src):
+            raise EffdeployError(f"--vs-eager needs the bundle {art.path} was compiled from ({src or 'not recorded'}); "
+                                 "bench that bundle instead, or copy it to that path")
+        return load_bundle(src).manifest
+    if art.manifest is None:
+        raise EffdeployError("--vs-eager needs a bundle manifest (model spec and weights); a bare .onnx has none")
+    return art.manifest
+
+
+def _eager(manifest: Any, runner: Any, threads: int | None, quiet: bool) -> tuple[Any, float]:
+    """The eager PyTorch model as ``batch -> logits``, and its max abs distance from the artifact
+    on one random batch, so a mismatched model cannot pass silently."""
+    import numpy as np
+
+    from ..benchmark import eager_model, eager_runner
+    from ..report import info
+
+    info("building the eager PyTorch model for --vs-eager ...", quiet)
+    run = eager_runner(eager_model(manifest), threads)
+    res = manifest.model.resolution
+    x = np.random.default_rng(1).standard_normal((2, 3, res, res)).astype(np.float32)
+    return run, float(np.abs(run(x) - runner.infer(x)).max())
