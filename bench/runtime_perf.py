@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Issue 5 performance targets, measured in one run and printed as three ratios with pass/fail.
+
+    python bench/runtime_perf.py                      # builds bundles/efficientnet-b0-fp32-cpu once
+    python bench/runtime_perf.py --bundle DIR --json  # an existing B0 FP32 bundle; JSON on stdout
+
+1. Runner end-to-end latency on a 1920x1080 RGB frame (``runner.classify``: preprocessing,
+   inference, top-5) over its engine-only latency (``runner.infer`` on a ready batch):
+   B0, FP32, ONNX Runtime, batch 1. Target <= 1.10.
+2. Eager PyTorch latency over ONNX Runtime latency for the same FP32 model and weights, batch 1,
+   2 threads each. Target >= 3.
+3. Preprocessing of a 1080p frame on one core (a child process pinned to one CPU) over 2 ms.
+   Target <= 1.
+
+Each pair is timed interleaved (A, B, A, B, ...) and compared on medians, so a machine that gets
+busier during the run moves both sides alike. With the shared ImageNet sample present it also
+prints how far the fast preprocessing is from the Pillow reference (max/mean abs, 0-255 levels).
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
+DEFAULT_BUNDLE = REPO / "bundles" / "efficientnet-b0-fp32-cpu"
+
+TARGET_E2E = 1.10
+TARGET_EAGER = 3.0
+TARGET_PRE_MS = 2.0
+
+# Runs in a child pinned to one CPU before numpy/OpenCV start their thread pools.
+_ONE_CORE = r"""
+import json, os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+from effdeploy.benchmark import TimingPlan, summarize, synthetic_frame, time_callable
+from effdeploy.bundle import load_bundle
+from effdeploy.preprocess import preprocess
+spec = load_bundle(sys.argv[2]).manifest.preprocessing
+frame = synthetic_frame(1920, 1080)
+stats = summarize(time_callable(lambda: preprocess(frame, spec), TimingPlan(warmup=20, iterations=int(sys.argv[3]))))
+print(json.dumps(stats.to_dict()))
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_bundle(path: Path | None) -> Path:
+    """An existing verified B0 FP32 bundle, or build one (random weights: speed does not depend on them)."""
+    from effdeploy.bundle import is_bundle, load_bundle
+
+    target = path or DEFAULT_BUNDLE
+    if is_bundle(target):
+        m = load_bundle(target).manifest
+        if m.model.name != "efficientnet-b0" or m.precision != "fp32" or m.model.resolution != 224:
+            sys.exit(f"runtime_perf: {target} is {m.model.name} {m.precision} {m.model.resolution}px; "
+                     "the targets are for B0 FP32 at 224 px")
+        return target
+    if path is not None:
+        sys.exit(f"runtime_perf: {path} is not a bundle")
+    from effdeploy.pipeline import BuildRequest, build_bundle
+    from effdeploy.profile import load_profile
+
+    log(f"building {target} (B0, FP32, cpu profile) ...")
+    build_bundle(BuildRequest(phi=0, profile=load_profile("cpu"), out=target))
+    return target
+
+
+def one_core_preprocessing(bundle: Path, iterations: int) -> dict[str, Any]:
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    out = subprocess.run([sys.executable, "-c", _ONE_CORE, str(cpu), str(bundle), str(iterations)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"runtime_perf: the one-core preprocessing child failed:\n{out.stderr}")
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "cpu": cpu}
+
+
+def fidelity(spec: Any, limit: int) -> dict[str, Any] | None:
+    """Fast preprocessing vs the Pillow reference on the shared sample, native and at 1080p."""
+    if not SAMPLE.is_dir():
+        return None
+    import numpy as np
+    from PIL import Image
+
+    from effdeploy.preprocess import load_image, resize_crop, resize_crop_pil
+
+    paths = sorted(SAMPLE.glob("*.JPEG"))[:limit]
+    out: dict[str, Any] = {}
+    for name, scale_to in (("native", None), ("1080p", 1080)):
+        worst, means = 0, []
+        for p in paths:
+            img = load_image(p)
+            if scale_to:
+                h, w = img.shape[:2]
+                s = scale_to / min(h, w)
+                img = np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
+            d = np.abs(resize_crop(img, spec).astype(np.int16) - resize_crop_pil(img, spec).astype(np.int16))
+            worst = max(worst, int(d.max()))
+            means.append(float(d.mean()))
+        out[name] = {"images": len(paths), "max_abs": worst, "mean_abs": float(np.mean(means))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=None, help=f"B0 FP32 bundle [{DEFAULT_BUNDLE.relative_to(REPO)}]")
+    ap.add_argument("--iterations", type=int, default=100, help="timed rounds per pair [100]")
+    ap.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch [2]")
+    ap.add_argument("--fidelity-images", type=int, default=500, help="sample images for the Pillow comparison [500]")
+    ap.add_argument("--json", action="store_true", help="results as JSON on stdout")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+
+    from effdeploy.benchmark import (
+        TimingPlan, eager_model, eager_runner, machine_info, ratio, summarize, synthetic_frame, time_interleaved,
+    )
+    from effdeploy.bundle import load_bundle
+    from effdeploy.runtime import Runner
+
+    bundle = ensure_bundle(args.bundle)
+    manifest = load_bundle(bundle).manifest
+    plan = TimingPlan(warmup=10, iterations=args.iterations)
+    frame = synthetic_frame(1920, 1080)
+    results: dict[str, Any] = {"bundle": str(bundle), "threads": args.threads, "iterations": args.iterations,
+                               "machine": machine_info()}
+
+    with Runner.open(bundle, threads=args.threads) as runner:
+        batch = runner.preprocess(frame)
+        log("1/3 Runner end-to-end vs engine-only (interleaved) ...")
+        t = time_interleaved({"engine": lambda: runner.infer(batch),
+                              "end_to_end": lambda: runner.classify(frame, top_k=5)}, plan)
+        engine, e2e = summarize(t["engine"]), summarize(t["end_to_end"])
+        results["end_to_end"] = {"engine_ms": engine.to_dict(), "end_to_end_ms": e2e.to_dict(),
+                                 "ratio": ratio(e2e, engine), "target": TARGET_E2E}
+
+        log("2/3 ONNX Runtime vs eager PyTorch (interleaved) ...")
+        eager = eager_runner(eager_model(manifest), args.threads)
+        max_abs = float(np.abs(eager(batch) - runner.infer(batch)).max())
+        t = time_interleaved({"onnxruntime": lambda: runner.infer(batch), "eager": lambda: eager(batch)}, plan)
+        ort_s, eager_s = summarize(t["onnxruntime"]), summarize(t["eager"])
+        results["vs_eager"] = {"onnxruntime_ms": ort_s.to_dict(), "eager_ms": eager_s.to_dict(),
+                               "ratio": ratio(eager_s, ort_s), "target": TARGET_EAGER, "parity_max_abs": max_abs}
+
+    log("3/3 preprocessing of a 1080p frame on one core ...")
+    pre = one_core_preprocessing(bundle, max(args.iterations, 100))
+    results["preprocess"] = {"ms": pre, "ratio": pre["p50_ms"] / TARGET_PRE_MS, "target": 1.0}
+    fid = fidelity(manifest.preprocessing, args.fidelity_images)
+    if fid is not None:
+        results["preprocess"]["vs_pillow"] = fid
+
+    checks = [
+        ("Runner end-to-end (1080p) / engine-only, B0 FP32 ORT batch 1", results["end_to_end"]["ratio"], "<=", TARGET_E2E),
+        (f"eager PyTorch / ONNX Runtime, batch 1, {args.threads} threads", results["vs_eager"]["ratio"], ">=", TARGET_EAGER),
+        ("1080p preprocessing on one core / 2 ms", results["preprocess"]["ratio"], "<=", 1.0),
+    ]
+    passed = [v <= t if op == "<=" else v >= t for _, v, op, t in checks]
+    results["checks"] = [{"name": n, "ratio": v, "target": f"{op} {t}", "pass": ok}
+                         for (n, v, op, t), ok in zip(checks, passed)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        m = results["machine"]
+        print(f"machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}; bundle {bundle}")
+        width = max(len(n) for n, *_ in checks)
+        for (name, value, op, target), ok in zip(checks, passed):
+            print(f"{name.ljust(width)}  {value:6.3f}  (target {op} {target})  {'PASS' if ok else 'FAIL'}")
+        e, v = results["end_to_end"], results["vs_eager"]
+        print(f"  engine {e['engine_ms']['p50_ms']:.2f} ms, end-to-end {e['end_to_end_ms']['p50_ms']:.2f} ms; "
+              f"onnxruntime {v['onnxruntime_ms']['p50_ms']:.2f} ms, eager {v['eager_ms']['p50_ms']:.2f} ms "
+              f"(parity max abs {v['parity_max_abs']:.1e}); preprocessing {pre['p50_ms']:.3f} ms on cpu {pre['cpu']} (p50)")
+        for name, f in (fid or {}).items():
+            print(f"  preprocessing vs Pillow, {name}: max {f['max_abs']}, mean {f['mean_abs']:.4f} levels "
+                  f"over {f['images']} images")
+    return 0 if all(passed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
