@@ -3,6 +3,7 @@ libraries (torch, TensorRT) only inside the command body, so the CLI starts fast
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("EFFDEPLOY_DEBUG"):
+            raise
+        click.echo(f"effdeploy: internal error: {type(e).__name__}: {str(e)[:300]} "
+                   "(please report it; EFFDEPLOY_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
 
 
 def _register() -> None:

@@ -14,9 +14,6 @@ from typing import Collection, Sequence
 from .errors import EffdeployError
 from .labels import label_from_filename, synset_index
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
-
 @dataclass(frozen=True)
 class LabelledImage:
     path: Path
@@ -24,12 +21,15 @@ class LabelledImage:
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (nested), sorted; the calibration sources define what counts."""
+    from .calibration import list_items, source_kind
+
     folder = Path(folder)
     if not folder.exists():
         raise EffdeployError(f"image folder {folder} does not exist")
-    if not folder.is_dir():
+    if source_kind(folder) != "folder":
         raise EffdeployError(f"{folder} is not a folder of images")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [Path(p) for p in list_items(folder)]
 
 
 def labelled_images(folder: str | Path) -> list[LabelledImage]:
@@ -61,27 +61,8 @@ def split(items: Sequence[LabelledImage], exclude: Collection[str], count: int |
     return pool
 
 
-# Natural colour photographs shipped inside the scikit-image wheel (skimage/data); no download.
-BUILTIN_IMAGES = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "color.png",
-    "logo.png", "grass.png", "gravel.png", "brick.png", "camera.png", "moon.png", "coins.png",
-    "cell.png", "clock_motion.png",
-)
-
-
 def builtin_image_paths() -> list[Path]:
-    """A small built-in set of natural images from scikit-image, for runs without data."""
-    try:
-        import importlib.util
+    """The small built-in set of natural images (shipped by scikit-image; see effdeploy.calibration)."""
+    from .calibration import list_items
 
-        spec = importlib.util.find_spec("skimage")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise EffdeployError(
-            "no image data given and scikit-image (which ships the built-in sample images) is not installed; "
-            "pass --calib-data/--verify-data DIR or pip install 'effdeploy[build]'"
-        )
-    root = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return [root / n for n in BUILTIN_IMAGES if (root / n).is_file()]
+    return [Path(p) for p in list_items(None)]

@@ -176,6 +176,11 @@ def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
 
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of Conv/Gemm/MatMul for batch 1, from ONNX shape inference."""
+    return sum(macs_per_node(model).values())
+
+
+def macs_per_node(model: onnx.ModelProto) -> dict[str, int]:
+    """Batch-1 multiply-accumulates of each Conv/Gemm/MatMul node, by node name."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
@@ -190,15 +195,15 @@ def count_macs(model: onnx.ModelProto) -> int:
         shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
     for init in m.graph.initializer:
         shapes[init.name] = list(init.dims)
-    macs = 0
+    macs: dict[str, int] = {}
     for node in m.graph.node:
         if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in shapes:
             w = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
             out = shapes[node.output[0]]  # (N, Cout, H, W)
-            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+            macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in shapes and node.output[0] in shapes:
             w = shapes[node.input[1]]
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             reduce_dim = w[1] if trans_b else w[0]
-            macs += int(np.prod(shapes[node.output[0]])) * int(reduce_dim)
+            macs[node.name] = int(np.prod(shapes[node.output[0]])) * int(reduce_dim)
     return macs

@@ -10,7 +10,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from .profile import Profile
 from .report import info
 from .verify import Budget
 
-IMPLEMENTED_PRECISIONS = ("fp32",)
+IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
+SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
+DRIFT_IMAGES = 32
+MAX_KEPT_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class BuildRequest:
     verify_images: int = 200
     seed: int = 0
     budget: Budget | None = None
+    accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
     allow_parity_failure: bool = False
     quiet: bool = False
 
@@ -61,6 +65,14 @@ class BuildResult:
     bundle: Bundle
     timings: dict[str, float] = field(default_factory=dict)
     next_step: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifySet:
+    data: np.ndarray
+    labels: list[int | None] | None
+    source: str
+    ids: tuple[str, ...]
 
 
 def default_out(spec_name: str, precision: str, profile: str) -> Path:
@@ -74,12 +86,13 @@ def versions() -> dict[str, str]:
 
     v = {"effdeploy": __version__, "python": platform.python_version(), "torch": torch.__version__,
          "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    try:
-        import onnxsim
+    for mod in ("onnxsim", "onnxconverter_common"):
+        try:
+            import importlib
 
-        v["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
-    except ImportError:
-        pass
+            v[mod] = getattr(importlib.import_module(mod), "__version__", "unknown")
+        except ImportError:
+            pass
     return v
 
 
@@ -93,33 +106,85 @@ def check_request(req: BuildRequest) -> None:
             f"profile {req.profile.name} has no fast {req.precision} kernels "
             f"(supported: {', '.join(req.profile.precisions)}); choose one of those"
         )
-    if req.precision not in IMPLEMENTED_PRECISIONS:
-        raise EffdeployError(f"--precision {req.precision} is not implemented yet; use --precision fp32")
     if req.calib_images < 1 or req.verify_images < 1:
         raise EffdeployError("--calib-images and --verify-images must be at least 1")
+    if req.accuracy_budget is not None and not (0 < req.accuracy_budget < 100):
+        raise EffdeployError("--accuracy-budget is a percentage of top-1 disagreement, e.g. 1 (for 99 % agreement)")
+    if req.precision == "int8":
+        from .calibration import source_kind
+
+        source_kind(req.calib_data)  # a missing or unsupported --calib-data fails here, not after export
+    if req.verify_data is not None:
+        from .datasets import list_images
+
+        if not list_images(req.verify_data):
+            raise EffdeployError(f"--verify-data {req.verify_data} holds no images")
 
 
-def sample_inputs(spec: Any, verify_data: str | None, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+def budget_for(req: BuildRequest) -> Budget:
+    if req.budget is not None:
+        return req.budget
+    base = Budget.for_precision(req.precision)
+    if req.accuracy_budget is not None:
+        from dataclasses import replace
+
+        base = replace(base, top1_agreement=1.0 - req.accuracy_budget / 100.0,
+                       accuracy_drop_pt=req.accuracy_budget if req.precision != "fp32" else None)
+    return base
+
+
+def sample_inputs(spec: Any, verify: VerifySet, seed: int) -> list[tuple[str, np.ndarray]]:
     """Random inputs plus a few real images (the same preprocessing as deployment)."""
-    from .datasets import builtin_image_paths, labelled_images, split
-    from .preprocess import preprocess_files
-
     rng = np.random.default_rng(seed)
     res = spec.preprocessing.resolution
     sets = [("random", rng.standard_normal((4, 3, res, res)).astype(np.float32))]
-    if verify_data:
-        paths = [it.path for it in split(labelled_images(verify_data), (), count, seed)]
-    else:
-        paths = builtin_image_paths()[:count]
-    if paths:
-        sets.append(("images", preprocess_files(paths, spec.preprocessing)))
+    if len(verify.data):
+        sets.append(("images", verify.data[:8]))
     return sets
+
+
+def reserved_builtin_verification() -> tuple[str, ...]:
+    """Built-in images kept out of calibration so an INT8 build without data still verifies on
+    images it was not calibrated on (every third one)."""
+    from .datasets import builtin_image_paths
+
+    return tuple(str(p) for p in builtin_image_paths()[::3])
+
+
+def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str] = ()) -> VerifySet:
+    """Images not used for calibration, with labels where they are known."""
+    from .calibration import load_calibration_set, source_kind
+    from .datasets import builtin_image_paths, labelled_images, split
+    from .preprocess import preprocess_files
+
+    pre = spec.preprocessing
+    if req.verify_data:
+        items = split(labelled_images(req.verify_data), calibration_ids, req.verify_images, req.seed)
+        source = str(req.verify_data)
+    elif req.precision == "int8" and req.calib_data and source_kind(req.calib_data) == "folder":
+        items = split(labelled_images(req.calib_data), calibration_ids, req.verify_images, req.seed)
+        source = f"{req.calib_data} (images not used for calibration)"
+    elif req.precision == "int8" and req.calib_data:
+        s = load_calibration_set(req.calib_data, req.verify_images, pre, seed=req.seed + 1,
+                                 exclude=calibration_ids, quiet=True)
+        return VerifySet(s.data, None, f"{req.calib_data} (items not used for calibration)", tuple(s.ids))
+    elif req.precision == "int8":
+        paths = [Path(p) for p in reserved_builtin_verification()]
+        return VerifySet(preprocess_files(paths, pre), None, "built-in images not used for calibration",
+                         tuple(map(str, paths)))
+    else:
+        paths = builtin_image_paths()[: req.verify_images]
+        return VerifySet(preprocess_files(paths, pre), None, "built-in images", tuple(map(str, paths)))
+    if not items:
+        raise EffdeployError(f"no verification images left in {source}; pass --verify-data DIR")
+    return VerifySet(preprocess_files([i.path for i in items], pre), [i.label for i in items], source,
+                     tuple(str(i.path) for i in items))
 
 
 def build_bundle(req: BuildRequest) -> BuildResult:
     import onnx
 
-    from .export import check_parity, count_macs, export_onnx, graph_summary, simplify
+    from .export import check_parity, count_macs, export_onnx, graph_summary, run_eager, simplify
     from .model import build_model
 
     assert req.profile is not None
@@ -132,29 +197,126 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     out = Path(req.out) if req.out else default_out(spec.name, req.precision, req.profile.name)
     check_output_dir(out)
     timings["model"] = time.perf_counter() - t0
-    info(f"[1/4] {spec.name}: {spec.parameters:,} parameters, {spec.resolution} px, weights: "
+    steps = 5 if req.precision != "fp32" else 4
+    info(f"[1/{steps}] {spec.name}: {spec.parameters:,} parameters, {spec.resolution} px, weights: "
          f"{model.weights_info['source']}", req.quiet)
 
     with staging_dir(out) as tmp:
         t = time.perf_counter()
-        proto = simplify(export_onnx(model, spec.resolution))
-        fp32_path = tmp / MODEL
-        onnx.save(proto, str(fp32_path))
+        fp32 = simplify(export_onnx(model, spec.resolution))
+        fp32_path = tmp / (MODEL if req.precision == "fp32" else REFERENCE)
+        onnx.save(fp32, str(fp32_path))
         timings["export"] = time.perf_counter() - t
-        info(f"[2/4] exported and simplified: {len(proto.graph.node)} nodes", req.quiet)
+        info(f"[2/{steps}] exported and simplified: {len(fp32.graph.node)} nodes", req.quiet)
+
+        quant: dict[str, Any] = {}
+        notes: list[str] = []
+        int8 = None
+        calibration_ids: tuple[str, ...] = ()
+        if req.precision == "int8":
+            from .calibration import (
+                CALIBRATION_JSON,
+                TRT_CALIBRATION_CACHE,
+                load_calibration_set,
+                plan_calibration,
+                source_kind,
+                write_calibration_json,
+                write_trt_calibration_cache,
+            )
+            from .precision import config_for
+            from .quantize_stage import run_int8
+
+            t = time.perf_counter()
+            exclude = reserved_builtin_verification() if req.calib_data is None else ()
+            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude)
+            config = config_for(req.profile.is_gpu)
+            info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
+                 f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
+
+            def selection() -> np.ndarray:
+                return load_calibration_set(req.calib_data, SELECTION_IMAGES, spec.preprocessing, seed=req.seed,
+                                            exclude=exclude, quiet=True).data
+
+            int8 = run_int8(fp32, fp32_path, config, plan, spec.preprocessing, req.calib_method, selection, req.quiet)
+            calibration_ids = int8.calibration_ids
+            for w in int8.warnings:
+                info(f"warning: {w}", req.quiet)
+                notes.append(w)
+            write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
+            write_trt_calibration_cache(tmp / TRT_CALIBRATION_CACHE, int8.artifact)
+            candidate = int8.model
+            timings["calibration"] = time.perf_counter() - t
+        elif req.precision == "fp16":
+            from .precision import to_fp16
+
+            info(f"[3/{steps}] FP16 conversion (onnxconverter-common, FP32 inputs/outputs)", req.quiet)
+            candidate = to_fp16(fp32)
+        else:
+            candidate = fp32
 
         t = time.perf_counter()
-        parity = check_parity(model, fp32_path, sample_inputs(spec, req.verify_data, 8, req.seed))
+        verify = verification_set(req, spec, calibration_ids)
+        parity = check_parity(model, fp32_path, sample_inputs(spec, verify, req.seed))
         timings["export_parity"] = time.perf_counter() - t
         if not parity["passed"]:
             raise EffdeployError(
                 f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']}); "
                 "this is an exporter bug, please report it"
             )
-        info(f"[3/4] export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
+        info(f"      export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
 
-        summary = graph_summary(proto)
-        summary["macs"] = count_macs(proto)
+        t = time.perf_counter()
+        # The reference graph is eager-equivalent (export parity above, on random and real
+        # images) and 5x faster to run than eager on the CPU; `effdeploy verify` uses eager.
+        from .quantize_stage import ort_logits
+
+        eager_reference = req.precision == "fp32"
+        reference_logits = run_eager(model, verify.data) if eager_reference else ort_logits(fp32, verify.data)
+        budget = budget_for(req)
+        report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
+        if eager_reference:
+            report["reference"] = "eager"
+        info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
+             f"top-1 agreement {100 * report['comparison']['top1_agreement']:.2f} %", req.quiet)
+        drift: list[dict[str, Any]] = []
+        repair: dict[str, Any] = {}
+        if req.precision != "fp32":
+            from .quantize_stage import drift_report
+
+            drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
+        if int8 is not None and report["misses"] and req.accuracy_budget is not None:
+            candidate, int8, report, repair, candidate_opt, drift = repair_int8(
+                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet)
+            write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
+        timings["verify"] = time.perf_counter() - t
+        if req.precision != "fp32":
+            from .precision import precision_summary
+
+            onnx.save(candidate, str(tmp / MODEL))
+            quant = {"precision_summary": precision_summary(candidate),
+                     "ort_graph_optimization": "all" if candidate_opt else "disabled",
+                     "drift": drift, "repair": repair}
+            if req.precision == "fp16":
+                quant["converter"] = "onnxconverter-common float16 (keep_io_types)"
+        if int8 is not None:
+            quant.update({
+                "dialect": int8.config.dialect,
+                "config": int8.config.to_dict(),
+                "activations": "S8 symmetric" if int8.config.activations == "int8" else "U8 asymmetric",
+                "weights": "S8 symmetric per-channel",
+                "method": int8.config.method,
+                "method_scores": dict(int8.method_scores),
+                "cpu_dialect_latency_ms": dict(int8.dialect_timings_ms),
+                "calibration": {**int8.artifact.manifest_entry(), "cache_hit": int8.cache_hit,
+                                "builtin": int8.artifact.builtin, "warnings": list(int8.warnings)},
+            })
+            if int8.artifact.builtin:
+                notes.append("calibrated on the small built-in image set (no --calib-data); "
+                             "pass --calib-data DIR with images from the deployment for best accuracy")
+
+        summary = graph_summary(candidate)
+        summary["macs"] = count_macs(fp32)
+        status = STATUS_VERIFIED if not report["misses"] else STATUS_FAILED_PARITY
         manifest = Manifest(
             model=spec,
             precision=req.precision,
@@ -162,50 +324,69 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             weights=dict(model.weights_info),
             io={"inputs": summary["inputs"], "outputs": summary["outputs"]},
             versions=versions(),
-            parity={"export": parity},
+            parity={"export": parity, "verify": report},
             graph={k: summary[k] for k in ("nodes", "opset", "ops", "macs", "initializer_parameters")},
+            quantization=quant,
+            notes=tuple(notes),
+            status=status,
         )
-
-        t = time.perf_counter()
-        report = verify_fp32(model, fp32_path, req, spec)
-        timings["verify"] = time.perf_counter() - t
-        status = STATUS_VERIFIED if not report["misses"] else STATUS_FAILED_PARITY
-        manifest = manifest.with_(status=status, parity={**manifest.parity, "verify": report})
-        info(f"[4/4] verify: {status} on {report['comparison']['samples']} images", req.quiet)
+        info(f"[{steps}/{steps}] bundle {status}", req.quiet)
         write_manifest(tmp, manifest)
     timings["total"] = time.perf_counter() - t0
     bundle = load_bundle(out)
     if status != STATUS_VERIFIED and not req.allow_parity_failure:
         raise ParityError(
-            f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); "
-            "it is kept with status failed-parity, see 'effdeploy inspect'"
+            f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); it is kept with status "
+            "failed-parity (see 'effdeploy inspect'); try --accuracy-budget, more --calib-images or --precision fp16"
         )
     return BuildResult(bundle=bundle, timings=timings, next_step=next_step(bundle, req.profile))
 
 
-def verify_fp32(model: Any, onnx_path: Path, req: BuildRequest, spec: Any) -> dict[str, Any]:
-    from .datasets import builtin_image_paths, labelled_images, split
-    from .export import run_eager
-    from .preprocess import preprocess_files
-    from .runners import OnnxRuntimeRunner
-    from .verify import check_budget, compare, run_batched
+def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: VerifySet, budget: Budget,
+                     quiet: bool) -> tuple[dict[str, Any], bool]:
+    """Reference logits vs the candidate graph on ONNX Runtime; the report and the ORT setting."""
+    from .precision import needs_unoptimized_ort
+    from .quantize_stage import ort_logits
+    from .verify import check_budget, compare
 
-    if req.verify_data:
-        items = split(labelled_images(req.verify_data), (), req.verify_images, req.seed)
-        paths, labels = [i.path for i in items], [i.label for i in items]
-    else:
-        paths, labels = builtin_image_paths()[: req.verify_images], None
-    data = preprocess_files(paths, spec.preprocessing)
-    reference = run_eager(model, data)
-    runner = OnnxRuntimeRunner(onnx_path)
-    try:
-        candidate = run_batched(runner.infer, data, label="verify", quiet=req.quiet)
-    finally:
-        runner.close()
-    comp = compare(reference, candidate, labels)
-    budget = req.budget or Budget.for_precision(req.precision)
-    return {"reference": "eager", "data": req.verify_data or "built-in images", "budget": budget.__dict__,
-            "comparison": comp.to_dict(), "misses": check_budget(comp, budget)}
+    optimize = not needs_unoptimized_ort(candidate)
+    logits = ort_logits(candidate, verify.data, optimize=optimize)
+    comp = compare(reference_logits, logits, verify.labels)
+    return {"reference": "fp32 reference graph (eager parity above)", "data": verify.source, "budget": budget.__dict__,
+            "comparison": comp.to_dict(), "misses": check_budget(comp, budget)}, optimize
+
+
+def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
+                budget: Budget, drift: list[dict[str, Any]], quiet: bool):
+    """Keep the blocks that add the most error in higher precision until the budget holds."""
+    from dataclasses import replace
+
+    from .precision import quantize
+    from .quantize_stage import drift_report, macs_share, sensitivity_order
+
+    order = sensitivity_order(drift)
+    info(f"      budget missed; blocks by sensitivity: {', '.join(order[:MAX_KEPT_BLOCKS])}", quiet)
+    report: dict[str, Any] = {}
+    candidate, optimize = int8.model, True
+    tried = []
+    for k in range(1, min(MAX_KEPT_BLOCKS, len(order)) + 1):
+        keep = tuple(order[:k])
+        config = replace(int8.config, keep_blocks=keep)
+        candidate = quantize(fp32, int8.artifact.ranges, config)
+        report, optimize = verify_candidate(candidate, reference_logits, verify, budget, quiet)
+        agree = report["comparison"]["top1_agreement"]
+        tried.append({"keep_blocks": list(keep), "top1_agreement": agree, "misses": report["misses"]})
+        info(f"      keeping {', '.join(keep)} in higher precision: top-1 agreement {100 * agree:.2f} %", quiet)
+        int8 = replace(int8, model=candidate, config=config)
+        if not report["misses"]:
+            break
+    repair = {
+        "kept_blocks": list(int8.config.keep_blocks),
+        "macs_share_kept": macs_share(fp32, int8.config.keep_blocks),
+        "tried": tried,
+        "held": not report["misses"],
+    }
+    return candidate, int8, report, repair, optimize, drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
 
 
 def next_step(bundle: Bundle, profile: Profile) -> str | None:

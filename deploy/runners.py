@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -32,14 +32,19 @@ class OnnxRuntimeRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, model_path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                 optimize: bool = True):
         import onnxruntime as ort
 
         path = Path(model_path)
         if not path.is_file():
             raise EffdeployError(f"ONNX model {path} does not exist")
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # optimize=False for graphs ORT's CPU optimiser rewrites wrongly (FP16 Q/DQ graphs made for
+        # TensorRT, see effdeploy.precision.needs_unoptimized_ort); the manifest says which.
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
@@ -68,3 +73,9 @@ class OnnxRuntimeRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def bundle_runner(bundle: "Any", threads: int | None = None) -> OnnxRuntimeRunner:
+    """The ONNX Runtime runner for a bundle's model, with the settings its manifest asks for."""
+    optimize = bundle.manifest.quantization.get("ort_graph_optimization", "all") != "disabled"
+    return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=optimize)

@@ -31,6 +31,23 @@ class Budget:
         raise EffdeployError(f"unknown precision {precision!r}")
 
 
+def budget_with(base: Budget, max_abs: float | None = None, min_agreement_pct: float | None = None,
+                max_drop_pt: float | None = None) -> Budget | None:
+    """The default budget with the user's flags applied (None when no flag was given)."""
+    if max_abs is None and min_agreement_pct is None and max_drop_pt is None:
+        return None
+    if min_agreement_pct is not None and not (0 <= min_agreement_pct <= 100):
+        raise EffdeployError("--min-agreement is a percentage between 0 and 100")
+    from dataclasses import replace
+
+    return replace(
+        base,
+        max_abs=max_abs if max_abs is not None else base.max_abs,
+        top1_agreement=min_agreement_pct / 100.0 if min_agreement_pct is not None else base.top1_agreement,
+        accuracy_drop_pt=max_drop_pt if max_drop_pt is not None else base.accuracy_drop_pt,
+    )
+
+
 @dataclass(frozen=True)
 class Comparison:
     samples: int

@@ -1,0 +1,261 @@
+"""The INT8 stage of a build: calibrate, choose the method by measurement, insert Q/DQ, pick the
+CPU dialect by timing, and repair a missed accuracy budget by keeping sensitive blocks in
+higher precision. Pure functions over ONNX protos and arrays; the build orchestrates them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .precision import (
+    ORT_CPU,
+    QuantConfig,
+    block_of,
+    calibration_tensors,
+    needs_unoptimized_ort,
+    quantize,
+)
+from .report import info
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    model: onnx.ModelProto
+    config: QuantConfig
+    artifact: Any  # effdeploy.calibration.CalibrationArtifact
+    cache_hit: bool
+    calibration_ids: tuple[str, ...]
+    method_scores: Mapping[str, float] = field(default_factory=dict)
+    dialect_timings_ms: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
+    from .runners import OnnxRuntimeRunner
+
+    if isinstance(model, onnx.ModelProto):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "m.onnx"
+            onnx.save(model, str(p))
+            return ort_logits(p, data, optimize, batch)
+    runner = OnnxRuntimeRunner(model, optimize=optimize)
+    try:
+        return np.concatenate([runner.infer(data[i:i + batch]) for i in range(0, len(data), batch)])
+    finally:
+        runner.close()
+
+
+def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    return float(((candidate.astype(np.float64) - ref) ** 2).mean() / max((ref ** 2).mean(), 1e-30))
+
+
+def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency on ONNX Runtime (CPU dialect choice)."""
+    import tempfile
+
+    from .runners import OnnxRuntimeRunner
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.onnx"
+        onnx.save(model, str(p))
+        r = OnnxRuntimeRunner(p)
+        x = sample[:1]
+        for _ in range(2):
+            r.infer(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            r.infer(x)
+            times.append((time.perf_counter() - t) * 1e3)
+        r.close()
+    return float(np.median(times))
+
+
+def run_int8(
+    fp32: onnx.ModelProto,
+    fp32_path: Path,
+    config: QuantConfig,
+    plan: Any,
+    spec: Any,
+    method: str,
+    selection_data: Callable[[], np.ndarray],
+    quiet: bool = False,
+) -> Int8Result:
+    """Calibrate on ``plan``, choose the method (``auto``: lowest logit error on calibration
+    images), quantize, and for the CPU dialect choose U8S8 or S8S8 by timing both."""
+    from .calibration import METHODS, run_calibration
+
+    t0 = time.perf_counter()
+    tensors = calibration_tensors(fp32, config)
+    candidates = METHODS if method == "auto" else (method,)
+    outcomes = {m: run_calibration(fp32_path, tensors, plan, spec, method=m, quiet=quiet) for m in candidates}
+    first = outcomes[candidates[0]]
+    info(f"      calibration: {first.artifact.image_count} images, "
+         f"{'cache hit' if first.cache_hit else f'{first.artifact.seconds:.1f} s'}", quiet)
+    scores: dict[str, float] = {}
+    models: dict[str, onnx.ModelProto] = {}
+    if len(candidates) > 1:
+        saved = _load_selection(outcomes, config)
+        if saved is not None:
+            scores = saved
+        else:
+            # Ranges are judged on the FP32-typed twin (same Q/DQ, ORT-optimised, fast); the FP16
+            # typing of the other ops is independent of the calibration method.
+            x = selection_data()
+            ref = ort_logits(fp32, x)
+            for m in candidates:
+                twin = quantize(fp32, outcomes[m].artifact.ranges, replace(config, method=m, fp16_rest=False))
+                scores[m] = relative_mse(ref, ort_logits(twin, x))
+            _store_selection(outcomes, config, scores)
+        chosen = min(scores, key=scores.get)
+        info("      method by measurement (relative logit MSE on calibration images): "
+             + ", ".join(f"{m} {s:.2e}" for m, s in scores.items()) + f" -> {chosen}"
+             + (" (cached)" if saved is not None else ""), quiet)
+    else:
+        chosen = candidates[0]
+    config = replace(config, method=chosen)
+    model = models.get(chosen) or quantize(fp32, outcomes[chosen].artifact.ranges, config)
+    timings: dict[str, float] = {}
+    if config.dialect == ORT_CPU:
+        x = selection_data()
+        other = replace(config, activations="int8" if config.activations == "uint8" else "uint8")
+        other_model = quantize(fp32, outcomes[chosen].artifact.ranges, other)
+        timings = {
+            f"{'U8S8' if config.activations == 'uint8' else 'S8S8'}": latency_ms(model, x),
+            f"{'U8S8' if other.activations == 'uint8' else 'S8S8'}": latency_ms(other_model, x),
+            "fp32": latency_ms(fp32, x),
+        }
+        mine = "U8S8" if config.activations == "uint8" else "S8S8"
+        theirs = "U8S8" if other.activations == "uint8" else "S8S8"
+        if timings[theirs] < timings[mine]:
+            model, config = other_model, other
+        info("      cpu dialect by timing (batch 1, ms): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+             + f" -> {'U8S8' if config.activations == 'uint8' else 'S8S8'}", quiet)
+    out = outcomes[chosen]
+    return Int8Result(
+        model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
+        calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
+        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0,
+    )
+
+
+def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:
+    from .bundle import sha256_json
+    from .calibration import default_cache_dir
+
+    keys = sorted(o.artifact.key for o in outcomes.values())
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("method", "fp16_rest")}
+    return default_cache_dir() / f"selection-{sha256_json({'keys': keys, 'config': cfg})[:32]}.json"
+
+
+def _load_selection(outcomes: Mapping[str, Any], config: QuantConfig) -> dict[str, float] | None:
+    """A method choice measured before on the same calibration data and graph."""
+    import json
+
+    p = _selection_path(outcomes, config)
+    try:
+        scores = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return scores if set(scores) == set(outcomes) else None
+
+
+def _store_selection(outcomes: Mapping[str, Any], config: QuantConfig, scores: Mapping[str, float]) -> None:
+    import json
+    import os
+
+    p = _selection_path(outcomes, config)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(scores)))
+        os.replace(tmp, p)
+    except OSError:
+        pass  # an unwritable cache only costs the measurement next time
+
+
+# --- drift and sensitivity ----------------------------------------------------------------------
+
+def block_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """MBConv block -> the tensor it produces (the output of its last node), in graph order."""
+    last: dict[str, str] = {}
+    for n in model.graph.node:
+        b = block_of(n.name)
+        if b and n.output:
+            last[b] = n.output[0]
+    return last
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
+    return m
+
+
+def _run_outputs(model: onnx.ModelProto, names: Sequence[str], data: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    m = _with_outputs(model, names)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    inp = s.get_inputs()[0].name
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(0, len(data), 16):
+        res = s.run(list(names), {inp: data[i:i + 16]})
+        for n, r in zip(names, res):
+            outs[n].append(r.astype(np.float32))
+    return {n: np.concatenate(v) for n, v in outs.items()}
+
+
+def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: np.ndarray) -> list[dict[str, Any]]:
+    """Per-MBConv-block relative error (||a-b|| / ||a||) between the FP32 reference and the
+    reduced-precision graph, and how much each block adds: where accuracy goes."""
+    blocks = block_outputs(reference)
+    cand_tensors = {o for n in candidate.graph.node for o in n.output}
+    blocks = {b: t for b, t in blocks.items() if t in cand_tensors}
+    if not blocks:
+        return []
+    names = list(blocks.values())
+    a = _run_outputs(reference, names, data, optimize=True)
+    b = _run_outputs(candidate, names, data, optimize=not needs_unoptimized_ort(candidate))
+    rows, prev = [], 0.0
+    for block, t in blocks.items():
+        ra, rb = a[t].astype(np.float64), b[t].astype(np.float64)
+        err = float(np.linalg.norm(ra - rb) / max(np.linalg.norm(ra), 1e-30))
+        rows.append({"block": block, "tensor": t, "relative_error": err, "added": err - prev})
+        prev = err
+    return rows
+
+
+def sensitivity_order(drift: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Blocks by the error they add (largest first): the ones to keep in higher precision."""
+    return [r["block"] for r in sorted(drift, key=lambda r: -r["added"])]
+
+
+def macs_share(model: onnx.ModelProto, blocks: Sequence[str]) -> float:
+    """Fraction of the network's multiply-adds inside ``blocks`` (the cost of keeping them)."""
+    from .export import macs_per_node
+
+    per_node = macs_per_node(model)
+    total = sum(per_node.values())
+    keep = set(blocks)
+    return sum(v for k, v in per_node.items() if block_of(k) in keep) / total if total else 0.0
