@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = TimingPlan(warmup=10, iterations=args.iterations)
     frame = synthetic_frame(1920, 1080)
     results: dict[str, Any] = {"bundle": str(bundle), "threads": args.threads, "iterations": args.iterations,
-                               "machine": machine_info()}
+                               "machine": machine_info(), "load_before": os.getloadavg()[0]}
 
     with Runner.open(bundle, threads=args.threads) as runner:
         batch = runner.preprocess(frame)
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         log("2/3 ONNX Runtime vs eager PyTorch (interleaved) ...")
         eager = eager_runner(eager_model(manifest), args.threads)
         max_abs = float(np.abs(eager(batch) - runner.infer(batch)).max())
-        t = time_interleaved({"onnxruntime": lambda: runner.infer(batch), "eager": lambda: eager(batch)}, plan)
+        rounds = TimingPlan(warmup=2, iterations=max(2, args.iterations // 10))
+        t = time_interleaved({"onnxruntime": lambda: runner.infer(batch), "eager": lambda: eager(batch)}, rounds,
+                             block=10)
         ort_s, eager_s = summarize(t["onnxruntime"]), summarize(t["eager"])
         results["vs_eager"] = {"onnxruntime_ms": ort_s.to_dict(), "eager_ms": eager_s.to_dict(),
                                "ratio": ratio(eager_s, ort_s), "target": TARGET_EAGER, "parity_max_abs": max_abs}
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if fid is not None:
         results["preprocess"]["vs_pillow"] = fid
 
+    results["load_after"] = os.getloadavg()[0]
+    busy = max(results["load_before"], results["load_after"]) > 0.5 * results["machine"]["cores"]
     checks = [
         ("Runner end-to-end (1080p) / engine-only, B0 FP32 ORT batch 1", results["end_to_end"]["ratio"], "<=", TARGET_E2E),
         (f"eager PyTorch / ONNX Runtime, batch 1, {args.threads} threads", results["vs_eager"]["ratio"], ">=", TARGET_EAGER),
@@ -170,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         m = results["machine"]
-        print(f"machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}; bundle {bundle}")
+        print(f"machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}; bundle {bundle}; "
+              f"load average {results['load_before']:.2f} -> {results['load_after']:.2f}")
+        if busy:
+            print("warning: other processes were using the CPUs during the run; absolute times are inflated "
+                  "and the ratios less reliable (rerun on an idle machine)")
         width = max(len(n) for n, *_ in checks)
         for (name, value, op, target), ok in zip(checks, passed):
             print(f"{name.ljust(width)}  {value:6.3f}  (target {op} {target})  {'PASS' if ok else 'FAIL'}")

@@ -94,11 +94,16 @@ def time_callable(fn: Callable[[], Any], plan: TimingPlan = TimingPlan(),
     return samples
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = TimingPlan(),
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = TimingPlan(), block: int = 1,
                      on_iteration: Callable[[int], None] | None = None,
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Time several callables round-robin (A, B, A, B, ...): a ratio of two figures measured like
-    this is immune to the machine getting faster or slower during the run."""
+    """Time several callables round-robin (A, B, A, B, ...; ``block`` calls of each per turn): a
+    ratio of two figures measured like this is immune to the machine getting faster or slower
+    during the run. ``plan.iterations`` counts rounds, so each callable runs ``iterations * block``
+    timed calls. Use ``block > 1`` between runtimes with spinning thread pools (ONNX Runtime and
+    PyTorch), where each switch costs the first call a little."""
+    if block < 1:
+        raise EffdeployError(f"block must be >= 1 (got {block})")
     for _ in range(plan.warmup):
         for fn in fns.values():
             fn()
@@ -107,9 +112,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = Ti
     rounds = 0
     while not plan.done(rounds, clock() - start):
         for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            samples[name].append(clock() - t0)
+            for _ in range(block):
+                t0 = clock()
+                fn()
+                samples[name].append(clock() - t0)
         rounds += 1
         if on_iteration is not None:
             on_iteration(rounds)

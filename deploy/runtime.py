@@ -170,9 +170,15 @@ def open_backend(art: Artifact, threads: int | None = None) -> Any:
         from .trt_runner import TensorRTRunner
 
         return TensorRTRunner.open(art.model_path)
-    from .runners import OnnxRuntimeRunner
+    from . import runners
 
-    return OnnxRuntimeRunner(art.model_path, threads=threads)
+    if art.kind == KIND_BUNDLE and hasattr(runners, "bundle_runner"):
+        # The bundle's own ONNX Runtime settings (e.g. graph optimisation off for Q/DQ graphs made
+        # for TensorRT), exactly as verify ran it.
+        from .bundle import Bundle
+
+        return runners.bundle_runner(Bundle(art.path, art.manifest), threads=threads)
+    return runners.OnnxRuntimeRunner(art.model_path, threads=threads)
 
 
 def class_labels(num_classes: int) -> tuple[str, ...]:
