@@ -64,7 +64,9 @@ class BuildRequest:
 class BuildResult:
     bundle: Bundle
     timings: dict[str, float] = field(default_factory=dict)
-    next_step: str | None = None
+    next_step: str | None = None  # the compile command for the target, when not compiled here
+    engine: Path | None = None
+    compile_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,9 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); it is kept with status "
             "failed-parity (see 'effdeploy inspect'); try --accuracy-budget, more --calib-images or --precision fp16"
         )
-    return BuildResult(bundle=bundle, timings=timings, next_step=next_step(bundle, req.profile))
+    auto = compile_step(bundle, req.profile, req.quiet)
+    return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
+                       compile_reason=auto.reason)
 
 
 def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: VerifySet, budget: Budget,
@@ -389,8 +393,8 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
     return candidate, int8, report, repair, optimize, drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
 
 
-def next_step(bundle: Bundle, profile: Profile) -> str | None:
-    """For GPU profiles: compile here when possible, else the one command to run on the target."""
-    if not profile.is_gpu:
-        return None
-    return f"effdeploy compile {bundle.path} --profile {profile.path or profile.name} --out {bundle.path}/engine.plan"
+def compile_step(bundle: Bundle, profile: Profile, quiet: bool) -> Any:
+    """GPU profiles: compile here when TensorRT and a matching GPU exist, else say how on the target."""
+    from .compile import compile_after_build
+
+    return compile_after_build(bundle.path, profile, quiet=quiet)

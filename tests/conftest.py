@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Calibration caches go to a per-run folder, never the user's ~/.cache (subprocesses inherit it).
+if "EFFDEPLOY_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["EFFDEPLOY_CACHE_DIR"] = tempfile.mkdtemp(prefix="effdeploy-test-cache-")
 SHARED = REPO.parent / "shared" / "data"
 IMAGENET_SAMPLE = SHARED / "imagenet-sample"
 

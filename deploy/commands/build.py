@@ -59,11 +59,14 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
     if as_json:
-        emit_json({**summary, "next_step": result.next_step})
+        emit_json({**summary, "engine": str(result.engine) if result.engine else None,
+                   "next_step": result.next_step, "compile": result.compile_reason})
         return
     click.echo(kv_table(summary_rows(summary)))
-    if result.next_step:
-        info(f"\nTensorRT is not available here; compile on the target with:\n  {result.next_step}")
+    if result.engine:
+        info(f"\nengine: {result.engine} ({result.compile_reason})")
+    elif result.next_step:
+        info(f"\n{result.compile_reason}\ncompile on the target with:\n  {result.next_step}")
 
 
 def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Any]:

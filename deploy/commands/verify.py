@@ -1,0 +1,133 @@
+"""``effdeploy verify``: a bundle (or engine) against the eager model on images, with budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..cli import cli
+from ..errors import EffdeployError, ParityError
+from ..report import emit_json, info, kv_table
+
+
+def eager_model_for(manifest: Any) -> tuple[Any, str] | None:
+    """Rebuild the eager model a bundle came from, when torch and its weights are here."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    from ..model import build_model
+
+    spec, w = manifest.model, manifest.weights
+    source = str(w.get("source", "random"))
+    if source == "random":
+        weights = None
+    elif source.startswith("pretrained:"):
+        weights = "pretrained"
+    else:
+        path = w.get("path") or source
+        if not Path(path).is_file():
+            return None
+        weights = path
+    model = build_model(spec.phi, spec.variant, weights=weights, num_classes=spec.num_classes,
+                        resolution=spec.resolution, seed=w.get("seed", 0) if weights is None else 0)
+    return model, f"eager ({source})"
+
+
+def calibration_names(bundle: Any) -> set[str]:
+    from ..calibration import CALIBRATION_JSON, read_calibration_json
+
+    p = bundle.path / CALIBRATION_JSON
+    if not p.is_file():
+        return set()
+    return {Path(n).name for n in read_calibration_json(p).images}
+
+
+@cli.command("verify")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--data", "data", default=None, help="Image folder (labels from synset file names or ImageFolder sub-folders); default: built-in images.")
+@click.option("--images", "count", type=int, default=200, show_default=True, help="At most this many images.")
+@click.option("--reference", type=click.Choice(["auto", "eager", "onnx"]), default="auto", show_default=True,
+              help="auto: eager PyTorch when torch and the weights are here, else the bundle's FP32 reference graph.")
+@click.option("--max-abs", type=float, default=None)
+@click.option("--min-agreement", type=float, default=None, help="Percent.")
+@click.option("--max-drop", type=float, default=None, help="Points.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max_abs: float | None,
+               min_agreement: float | None, max_drop: float | None, seed: int, as_json: bool) -> None:
+    """Compare a bundle with the eager model on images: agreement, cosine, error, accuracy.
+
+    Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
+    """
+    from ..bundle import REFERENCE, load_bundle
+    from ..datasets import builtin_image_paths, labelled_images, split
+    from ..export import run_eager
+    from ..preprocess import preprocess_files
+    from ..quantize_stage import drift_report, ort_logits
+    from ..runners import bundle_runner
+    from ..verify import Budget, budget_with, check_budget, compare, comparison_rows, run_batched
+
+    if count < 1:
+        raise EffdeployError("--images must be at least 1")
+    bundle = load_bundle(artifact)
+    m = bundle.manifest
+    exclude = calibration_names(bundle)
+    if data:
+        items = [it for it in labelled_images(data) if it.path.name not in exclude]
+        items = split(items, (), count, seed)
+        paths, labels, source = [i.path for i in items], [i.label for i in items], str(data)
+    else:
+        paths = [p for p in builtin_image_paths() if p.name not in exclude][:count]
+        labels, source = None, "built-in images"
+    if not paths:
+        raise EffdeployError(f"no images to verify on in {source} (calibration images are left out)")
+    x = preprocess_files(paths, m.preprocessing)
+
+    ref_logits, ref_name = None, ""
+    if reference in ("auto", "eager"):
+        eager = eager_model_for(m)
+        if eager is not None:
+            model, ref_name = eager
+            info(f"reference: {ref_name} on {len(x)} images", as_json)
+            ref_logits = run_eager(model, x)
+        elif reference == "eager":
+            raise EffdeployError("--reference eager needs torch and the bundle's weights here; use --reference onnx")
+    if ref_logits is None:
+        ref_path = bundle.reference_path or (bundle.model_path if m.precision == "fp32" else None)
+        if ref_path is None:
+            raise EffdeployError("this bundle has no FP32 reference graph; install torch to verify against eager")
+        ref_name = f"FP32 reference graph ({Path(ref_path).name})"
+        ref_logits = ort_logits(Path(ref_path), x)
+    runner = bundle_runner(bundle)
+    try:
+        cand = run_batched(runner.infer, x, batch=16, label="verify", quiet=as_json)
+    finally:
+        runner.close()
+    comp = compare(ref_logits, cand, labels)
+    budget = budget_with(Budget.for_precision(m.precision), max_abs, min_agreement, max_drop) or Budget.for_precision(m.precision)
+    misses = check_budget(comp, budget)
+    drift = []
+    if m.precision != "fp32" and (bundle.path / REFERENCE).is_file():
+        import onnx
+
+        drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), x[:32])
+    result = {"bundle": str(bundle.path), "precision": m.precision, "reference": ref_name, "data": source,
+              "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
+              "drift": drift}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(kv_table([("bundle", f"{bundle.path} ({m.model.name}, {m.precision})"), ("reference", ref_name),
+                             ("data", source), *comparison_rows(comp),
+                             ("verdict", "within budget" if not misses else "MISSED: " + "; ".join(misses))]))
+        if drift:
+            worst = sorted(drift, key=lambda r: -r["added"])[:3]
+            click.echo("drift (relative error at the last block): "
+                       f"{drift[-1]['relative_error']:.3g}; most added by " +
+                       ", ".join(f"{r['block']} (+{r['added']:.3g})" for r in worst))
+    if misses:
+        raise ParityError(f"{bundle.path} missed its budget: {'; '.join(misses)}")

@@ -1,0 +1,171 @@
+"""INT8 and FP16 bundles end to end: graphs carry their precision, the gate decides the status."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import read_manifest, run_cli
+
+LITE = ["--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "128"]
+
+
+def _initializers(path: Path) -> dict:
+    m = onnx.load(str(path))
+    return m, {i.name: i for i in m.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def gpu_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "lite0-orin"
+    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout)
+
+
+def test_tensorrt_dialect_graph(gpu_int8):
+    out, summary = gpu_int8
+    m, inits = _initializers(out / "model.onnx")
+    opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 19
+    q = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    # symmetric INT8: every zero point is int8 zero
+    for n in q + dq:
+        zp = numpy_helper.to_array(inits[n.input[2]])
+        assert zp.dtype == np.int8 and not zp.any()
+    # per-channel weights: conv weight scales are vectors, one per output channel
+    weight_dq = [n for n in dq if n.input[0].endswith("weight_quantized")]
+    assert weight_dq and all(numpy_helper.to_array(inits[n.input[1]]).ndim == 1 for n in weight_dq)
+    # Q/DQ only at the inputs of Conv/Gemm/Add, where TensorRT fuses them
+    consumers = {}
+    for n in m.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n.op_type)
+    act_dq = [n for n in dq if not n.input[0].endswith("weight_quantized")]
+    assert act_dq and all(set(consumers[n.output[0]]) <= {"Conv", "Gemm", "Add"} for n in act_dq)
+    # the rest is FP16 with FP32 graph inputs/outputs
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in inits.values())
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    q_info = read_manifest(out)["quantization"]
+    assert q_info["dialect"] == "tensorrt" and q_info["activations"] == "S8 symmetric"
+    assert q_info["ort_graph_optimization"] == "disabled"
+    assert q_info["precision_summary"]["conv_gemm_int8"] >= 40
+    assert [r["block"] for r in q_info["drift"]][:2] == ["blocks.0.0", "blocks.1.0"]
+
+
+def test_calibration_artifacts(gpu_int8):
+    out, _ = gpu_int8
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["method"] == "max" and cal["image_count"] >= 1
+    assert "input" in cal["tensors"] and cal["tensors"]["input"]["amax"] > 0
+    caches = [p for p in out.iterdir() if p.suffix in (".cache", ".calib") or "cache" in p.name]
+    assert caches, list(out.iterdir())
+    text = caches[0].read_text().splitlines()
+    assert text[0].startswith("TRT-") and ":" in text[1]
+    m = read_manifest(out)
+    assert any("built-in" in n for n in m["notes"])  # calibrated without --calib-data: recorded
+    assert m["quantization"]["calibration"]["builtin"] is True
+
+
+def test_rebuild_hits_calibration_cache(gpu_int8, tmp_path):
+    out = tmp_path / "again"
+    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+    assert proc.returncode == 0, proc.stderr
+    assert read_manifest(out)["quantization"]["calibration"]["cache_hit"] is True
+    first = json.loads((gpu_int8[0] / "calibration.json").read_text())["tensors"]
+    assert json.loads((out / "calibration.json").read_text())["tensors"] == first
+
+
+def test_cpu_dialect_chosen_by_timing(tmp_path):
+    out = tmp_path / "cpu"
+    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "12",
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+    assert proc.returncode == 0, proc.stderr
+    q = read_manifest(out)["quantization"]
+    assert q["dialect"] == "ort-cpu"
+    timings = q["cpu_dialect_latency_ms"]
+    assert set(timings) == {"U8S8", "S8S8", "fp32"}
+    chosen = "U8S8" if q["activations"].startswith("U8") else "S8S8"
+    assert timings[chosen] == min(timings["U8S8"], timings["S8S8"])
+    m = onnx.load(str(out / "model.onnx"))
+    # QDQ around convs (outputs quantized too) so ONNX Runtime can fuse QLinearConv
+    conv_outputs = {n.output[0] for n in m.graph.node if n.op_type == "Conv"}
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] in conv_outputs for n in m.graph.node)
+
+
+def test_fp16_bundle(tmp_path):
+    out = tmp_path / "fp16"
+    proc = run_cli("build", *LITE, "--precision", "fp16", "--profile", "jetson-orin", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["status"] == "verified" and s["verify"]["top1_agreement"] >= 0.995
+    m, inits = _initializers(out / "model.onnx")
+    floats = [i for i in inits.values() if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in floats) >= 0.9 * len(floats)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert (out / "reference.onnx").is_file()
+
+
+def test_missed_budget_fails_and_keeps_report(tmp_path):
+    out = tmp_path / "strict"
+    proc = run_cli("build", *LITE, "--precision", "fp16", "--profile", "jetson-orin", "--max-abs", "1e-9",
+                   "--out", str(out))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "missed its accuracy budget" in proc.stderr.strip().splitlines()[-1]
+    m = read_manifest(out)
+    assert m["status"] == "failed-parity"
+    assert m["parity"]["verify"]["misses"] and m["parity"]["verify"]["misses"][0].startswith("max abs error")
+
+
+def test_verify_command_with_labels(tmp_path, tiny_bundle):
+    from effdeploy.datasets import builtin_image_paths
+
+    folder = tmp_path / "imagefolder"
+    # an ImageFolder tree named by synsets: chelsea is a tabby cat (n02123045), coffee a cup (n03063599)
+    for synset, name in (("n02123045", "chelsea.png"), ("n03063599", "coffee.png")):
+        (folder / synset).mkdir(parents=True)
+        src = [p for p in builtin_image_paths() if p.name == name][0]
+        shutil.copy(src, folder / synset / name)
+    proc = run_cli("verify", str(tiny_bundle), "--data", str(folder), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["reference"].startswith("eager") and r["comparison"]["labelled"] == 2
+    assert r["comparison"]["samples"] == 2 and r["passed"]
+    table = run_cli("verify", str(tiny_bundle))
+    assert table.returncode == 0 and "top-1 agreement" in table.stdout
+
+
+def test_bad_calibration_source(tmp_path):
+    proc = run_cli("build", *LITE, "--precision", "int8", "--calib-data", str(tmp_path / "nope"), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr.strip().splitlines()[-1]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("build", *LITE, "--precision", "int8", "--calib-data", str(empty), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_int8_accuracy_on_real_images(imagenet_sample, tmp_path):
+    """Pretrained Lite0 at full resolution, calibrated on 128 real images, verified on 200 others,
+    repairing (keeping sensitive blocks in FP32) until 98 % agreement and a 2 pt drop hold."""
+    out = tmp_path / "lite0"
+    proc = run_cli("build", "--phi", "0", "--variant", "lite", "--weights", "pretrained", "--precision", "int8",
+                   "--profile", "cpu", "--calib-data", str(imagenet_sample), "--calib-images", "128",
+                   "--verify-images", "200", "--accuracy-budget", "2", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    v = json.loads(proc.stdout)["verify"]
+    assert v["labelled"] == 200
+    assert v["top1_agreement"] >= 0.98
+    assert v["reference_top1"] - v["candidate_top1"] <= 0.02
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["image_count"] == 128
+    assert "not used for calibration" in read_manifest(out)["parity"]["verify"]["data"]
