@@ -44,11 +44,13 @@ NUM_BINS = 2048  # TensorRT's histogram of |x| over [0, amax]
 NUM_QUANTIZED_BINS = 128  # int8 levels on one side
 START_BIN = 128  # smallest candidate threshold (in bins) for entropy and mse, as in TensorRT
 STORE_BINS = 8192  # per sign; the stored histogram is >= 2x finer than the 2048-bin one
-DEFAULT_BATCH_SIZE = 16
-# Elements histogrammed per image and tensor (min/max always see every element). 8192 x 256
-# images = 2M samples per tensor: ~200 beyond the 99.99th percentile, and far more than the 2048
-# bins entropy and mse work on. Measured agreement with the full-data histogram is in the bench.
-DEFAULT_SAMPLES_PER_IMAGE = 8192
+DEFAULT_BATCH_SIZE = 8  # as fast as 16-32 on 2 cores (measured), half the activation memory
+# Elements histogrammed per image and tensor (min/max always see every element). 32768 x 256
+# images = 8.4M samples per tensor. Measured on EfficientNet-B1 (225 tensors, 256 images) against
+# histograms of every element, |d amax| p90 / max: percentile 1.0 % / 3.0 %, entropy 3.1 % / 18 %,
+# mse 1.7 % / 20 % (8192 samples: entropy 7.1 % / 32 %), for a pass ~1.8x faster than every element
+# (whose sample outputs alone are 22 GB of copies out of the session for B1).
+DEFAULT_SAMPLES_PER_IMAGE = 32768
 _INT64_MAX = np.iinfo(np.int64).max
 
 
