@@ -363,7 +363,35 @@ def run_calibration(
     On a miss, one pass collects the statistics and all four methods are derived and cached
     (milliseconds each), so switching ``--calibration-method`` later is a cache hit too.
     """
-    check_method(method, percentile)
+    return run_calibrations(
+        model, tensor_names, plan, spec, (method,), percentile, batch_size, samples_per_image,
+        cache_dir, use_cache, quiet,
+    )[method]
+
+
+def run_calibrations(
+    model: Any,
+    tensor_names: Sequence[str],
+    plan: CalibrationPlan,
+    spec: Preprocessing,
+    methods: Sequence[str] = METHODS,
+    percentile: float = DEFAULT_PERCENTILE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples_per_image: int | None = DEFAULT_SAMPLES_PER_IMAGE,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    quiet: bool = False,
+) -> dict[str, CalibrationOutcome]:
+    """Several methods from at most one pass: {method: outcome}, cached ones straight from disk.
+
+    Comparing methods (e.g. choosing the one with the lowest logit error) costs one calibration
+    pass even when the cache is disabled or not writable.
+    """
+    methods = tuple(dict.fromkeys(methods))
+    if not methods:
+        raise EffdeployError("no calibration method requested")
+    for m in methods:
+        check_method(m, percentile)
     names = list(dict.fromkeys(tensor_names))
     if not names:
         raise EffdeployError("no tensors to calibrate")
@@ -374,26 +402,31 @@ def run_calibration(
         params = method_parameters(m, percentile, samples_per_image)
         return params, calibration_key(model_sha, prep_sha, plan.sha256, m, params, names)
 
-    params, key = key_for(method)
+    outcomes: dict[str, CalibrationOutcome] = {}
     if use_cache:
-        hit = cache_lookup(key, cache_dir)
-        if hit is not None:
-            return CalibrationOutcome(
-                artifact=hit,
-                cache_hit=True,
-                ids=_ids_on_this_machine(plan, hit.images),
-                warnings=hit.warnings,
-                cache_path=cache_entry_path(key, cache_dir),
-            )
+        for m in methods:
+            key = key_for(m)[1]
+            hit = cache_lookup(key, cache_dir)
+            if hit is not None:
+                outcomes[m] = CalibrationOutcome(
+                    artifact=hit,
+                    cache_hit=True,
+                    ids=_ids_on_this_machine(plan, hit.images),
+                    warnings=hit.warnings,
+                    cache_path=cache_entry_path(key, cache_dir),
+                )
+    missing = [m for m in methods if m not in outcomes]
+    if not missing:
+        return outcomes
 
     calib_set = load_plan(plan, spec, quiet=quiet)
     stats = collect_statistics(model, names, calib_set, batch_size, samples_per_image, quiet=quiet)
     index = {item: k for k, item in enumerate(plan.items)}
     images = tuple(plan.names[index[i]] for i in calib_set.ids)
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    chosen: CalibrationArtifact | None = None
-    chosen_path: Path | None = None
-    for m in METHODS if use_cache else (method,):
+    unwritable = False
+    # with a cache, derive every method (ms each) so a later switch of method is a hit too
+    for m in dict.fromkeys([*missing, *(METHODS if use_cache else ())]):
         result = ranges_from_statistics(stats, m, percentile)
         m_params, m_key = key_for(m)
         artifact = CalibrationArtifact(
@@ -415,14 +448,14 @@ def run_calibration(
             created=created,
         )
         stored = cache_store(artifact, cache_dir) if use_cache else None
-        if m == method:
-            chosen, chosen_path = artifact, stored
-    assert chosen is not None
-    if use_cache and chosen_path is None:
+        unwritable = unwritable or (use_cache and stored is None)
+        if m in missing:
+            outcomes[m] = CalibrationOutcome(
+                artifact=artifact, cache_hit=False, ids=calib_set.ids, warnings=calib_set.warnings, cache_path=stored
+            )
+    if unwritable:
         info(f"warning: calibration cache {default_cache_dir(cache_dir)} is not writable; not caching", quiet)
-    return CalibrationOutcome(
-        artifact=chosen, cache_hit=False, ids=calib_set.ids, warnings=calib_set.warnings, cache_path=chosen_path
-    )
+    return {m: outcomes[m] for m in methods}
 
 
 # --- helpers -------------------------------------------------------------------------------

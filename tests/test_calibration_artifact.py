@@ -27,6 +27,7 @@ from effdeploy.calibration import (
     read_calibration_json,
     read_trt_calibration_cache,
     run_calibration,
+    run_calibrations,
     trt_cache_header,
     trt_scale_hex,
     trt_version_code,
@@ -244,6 +245,32 @@ def test_no_cache_mode_computes_only_the_method(model_path: Path, images: Path, 
     out = run_calibration(model_path, TENSORS, plan_calibration(images, 4), SPEC, method="max", cache_dir=cache,
                           use_cache=False, quiet=True)
     assert out.artifact.method == "max" and not cache.exists()
+
+
+def test_several_methods_cost_one_pass_even_without_cache(
+    model_path: Path, images: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = artifact_mod.collect_statistics
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(artifact_mod, "collect_statistics", counting)
+    plan = plan_calibration(images, 5)
+    out = run_calibrations(model_path, TENSORS, plan, SPEC, use_cache=False, quiet=True)
+    assert list(out) == ["max", "percentile", "entropy", "mse"] and len(calls) == 1
+    assert all(not o.cache_hit for o in out.values()) and not cache.exists()
+    maxed = out["max"].artifact.ranges["relu1"]
+    assert all(o.artifact.ranges["relu1"].amax <= maxed.amax for o in out.values())
+    # with a cache: one pass for the first call, none for the next, whatever the methods
+    first = run_calibrations(model_path, TENSORS, plan, SPEC, ("mse", "max"), cache_dir=cache, quiet=True)
+    again = run_calibrations(model_path, TENSORS, plan, SPEC, cache_dir=cache, quiet=True)
+    assert len(calls) == 2 and not first["mse"].cache_hit and all(o.cache_hit for o in again.values())
+    assert again["mse"].artifact == first["mse"].artifact
+    with pytest.raises(EffdeployError, match="method must be one of"):
+        run_calibrations(model_path, TENSORS, plan, SPEC, ("max", "kl"), cache_dir=cache)
 
 
 def test_external_data_is_part_of_the_model_hash(tmp_path: Path) -> None:
