@@ -20,6 +20,7 @@ one Runner per thread. :meth:`Runner.stream` overlaps capture, preprocessing and
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -158,8 +159,59 @@ def check_status(art: Artifact, force: bool = False) -> None:
         )
 
 
-def open_backend(art: Artifact, threads: int | None = None) -> Any:
-    """The inference backend for an artifact: ONNX Runtime, or TensorRT for an engine."""
+def _ort_optimize(art: Artifact) -> bool:
+    """Graph optimisation as the bundle was verified (off for Q/DQ graphs ORT's CPU optimiser
+    rewrites wrongly; the manifest records it, see effdeploy.runners.bundle_runner)."""
+    quant = getattr(art.manifest, "quantization", None) or {}
+    return quant.get("ort_graph_optimization", "all") != "disabled"
+
+
+def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: bool, spin: bool) -> Any:
+    """``OnnxRuntimeRunner`` with ONNX Runtime's intra-op spinning chosen by the caller.
+
+    By default ORT's worker threads busy-wait after every run; in an application they then burn the
+    cores that capture, preprocessing and drawing need (measured here: a 1080p end-to-end call
+    1.24x its inference alone with spinning, 1.09x without, on a shared 2-core machine), so the
+    Runner turns it off unless asked. TODO(owner): a ``session_config`` argument on
+    OnnxRuntimeRunner would make this subclass unnecessary.
+    """
+    import onnxruntime as ort
+
+    from .runners import OnnxRuntimeRunner
+
+    class _Runner(OnnxRuntimeRunner):
+        def __init__(self) -> None:  # noqa: D107 - mirrors OnnxRuntimeRunner.__init__ plus one entry
+            if not model_path.is_file():
+                raise EffdeployError(f"ONNX model {model_path} does not exist")
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+            if threads:
+                opts.intra_op_num_threads = int(threads)
+                opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            opts.log_severity_level = 3
+            try:
+                self.session = ort.InferenceSession(str(model_path), sess_options=opts,
+                                                    providers=["CPUExecutionProvider"])
+            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+                raise EffdeployError(f"ONNX Runtime cannot load {model_path}: {str(e).splitlines()[0]}") from None
+            inp = self.session.get_inputs()[0]
+            self.input_name = inp.name
+            self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+            self.output_names = [o.name for o in self.session.get_outputs()]
+            self.threads = threads or os.cpu_count()
+            self.spin = spin
+
+    return _Runner()
+
+
+def open_backend(art: Artifact, threads: int | None = None, spin: bool = False) -> Any:
+    """The inference backend for an artifact: ONNX Runtime, or TensorRT for an engine.
+
+    ``spin``: let ONNX Runtime's threads busy-wait between calls (lower latency on an idle machine,
+    stolen cores in an application); ignored by TensorRT.
+    """
     if art.kind == KIND_ENGINE:
         from .trt_compat import MISSING_TENSORRT, import_tensorrt
 
@@ -170,15 +222,7 @@ def open_backend(art: Artifact, threads: int | None = None) -> Any:
         from .trt_runner import TensorRTRunner
 
         return TensorRTRunner.open(art.model_path)
-    from . import runners
-
-    if art.kind == KIND_BUNDLE and hasattr(runners, "bundle_runner"):
-        # The bundle's own ONNX Runtime settings (e.g. graph optimisation off for Q/DQ graphs made
-        # for TensorRT), exactly as verify ran it.
-        from .bundle import Bundle
-
-        return runners.bundle_runner(Bundle(art.path, art.manifest), threads=threads)
-    return runners.OnnxRuntimeRunner(art.model_path, threads=threads)
+    return _app_onnxruntime_runner(art.model_path, threads, _ort_optimize(art), spin)
 
 
 def class_labels(num_classes: int) -> tuple[str, ...]:
@@ -253,15 +297,16 @@ class Runner:
 
     @classmethod
     def open(cls, artifact: str | Path, *, threads: int | None = None, force: bool = False,
-             preprocessing: Preprocessing | None = None) -> "Runner":
+             preprocessing: Preprocessing | None = None, spin: bool = False) -> "Runner":
         """Open a bundle directory, an ``.onnx`` inside one, or an ``engine.plan``.
 
         A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets ONNX
-        Runtime's intra-op threads (default: all cores).
+        Runtime's intra-op threads (default: all cores); ``spin=True`` lets them busy-wait between
+        calls (see :func:`open_backend`).
         """
         art = resolve_artifact(artifact, preprocessing=preprocessing)
         check_status(art, force)
-        return cls(open_backend(art, threads=threads), art)
+        return cls(open_backend(art, threads=threads, spin=spin), art)
 
     # --- properties ------------------------------------------------------------------------------
 

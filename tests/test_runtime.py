@@ -86,6 +86,14 @@ def test_classify_shapes_labels_and_scores(runner: Runner) -> None:
     assert stacked[0] == stacked[1] == runner.classify(frame, top_k=1)
 
 
+def test_spinning_is_a_choice(tiny_bundle: Path, runner: Runner) -> None:
+    """Apps get ORT threads that sleep between calls; benchmarks may ask for spinning. Same numbers."""
+    frame = synthetic_frame(90, 60)
+    with Runner.open(tiny_bundle, threads=1, spin=True) as spinning:
+        assert spinning.backend.spin and not runner.backend.spin
+        assert spinning.classify(frame, top_k=3) == runner.classify(frame, top_k=3)
+
+
 def test_bgr_frames(runner: Runner) -> None:
     rgb = synthetic_frame(320, 240, seed=3)
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])

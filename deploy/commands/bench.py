@@ -21,10 +21,12 @@ from ..cli import cli
               help="Also time Runner.classify on camera-sized frames: preprocessing, copies, inference, top-5.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Frame size for --end-to-end (WxH).")
 @click.option("--vs-eager", "vs_eager", is_flag=True, help="Also time the eager PyTorch model (needs torch) and print the speedup.")
+@click.option("--spin", is_flag=True,
+              help="Let ONNX Runtime's threads busy-wait between calls (the Runner's default is not to).")
 @click.option("--force", is_flag=True, help="Benchmark a bundle whose status is failed-parity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: float | None, warmup: int,
-              threads: int | None, end_to_end: bool, frame_size: str, vs_eager: bool, force: bool,
+              threads: int | None, end_to_end: bool, frame_size: str, vs_eager: bool, spin: bool, force: bool,
               as_json: bool) -> None:
     """Latency (mean/p50/p90/p99) and throughput of a bundle, an .onnx or an engine.plan.
 
@@ -56,7 +58,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
         info("note: a bare .onnx has no manifest; timing uses ImageNet preprocessing sized from its input", quiet)
     elif art.status != "verified":
         info(f"note: {art.path} has status {art.status}", quiet)
-    runner = Runner(open_backend(art, threads=threads), art)
+    runner = Runner(open_backend(art, threads=threads, spin=spin), art)
     backend = runner.backend_name
     try:
         eager, eager_max_abs = _eager(eager_manifest, runner, threads, quiet) if vs_eager else (None, None)
@@ -82,7 +84,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
 
     result = {
         "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
-        "status": art.status, "backend": backend, "threads": threads,
+        "status": art.status, "backend": backend, "threads": threads, "spin": spin,
         "resolution": res, "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
         "machine": machine_info(), "results": rows,
     }
