@@ -639,7 +639,14 @@ def _augment(proto, names: Sequence[str], samples_per_image: int | None):
                 f"{len(missing)} tensor(s) to calibrate are not in the model, e.g. {missing[0]!r}; "
                 "pass names of the simplified ONNX graph"
             )
-    per_image = _per_image_elements(proto, names)
+    per_image, types = _shape_info(proto, names)
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    not_float = [t for t in names if t in types and types[t] not in floats]
+    if not_float:
+        raise EffdeployError(
+            f"tensor {not_float[0]} is a {TensorProto.DataType.Name(types[not_float[0]]).lower()} tensor, "
+            "not a float activation; calibrate float activations only"
+        )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     prefix = "__effdeploy_calib"
     new_nodes = []
@@ -678,30 +685,22 @@ def _augment(proto, names: Sequence[str], samples_per_image: int | None):
         outputs[t] = (mn, mx, smp)
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    elem = TensorProto.FLOAT
     del graph.output[:]
     for t in names:
-        mn, mx, smp = outputs[t]
-        graph.output.append(helper.make_tensor_value_info(mn, elem, None))
-        graph.output.append(helper.make_tensor_value_info(mx, elem, None))
-        graph.output.append(helper.make_tensor_value_info(smp, elem, None))
-    _fix_output_types(model, names, outputs)
+        for o in outputs[t]:
+            graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+    # declare the outputs with the tensor's own element type (a float16 model stays valid)
+    by_name = {o.name: o for o in graph.output}
+    for t in names:
+        if t in types:
+            for o in outputs[t]:
+                by_name[o].type.tensor_type.elem_type = types[t]
     return model, outputs
 
 
-def _fix_output_types(model, names: Sequence[str], outputs: Mapping[str, tuple[str, str, str]]) -> None:
-    """Declare outputs with the tensor's own element type (float16 models stay valid)."""
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.input)}
-    by_name = {o.name: o for o in model.graph.output}
-    for t in names:
-        elem = types.get(t)
-        if elem:
-            for o in outputs[t]:
-                by_name[o].type.tensor_type.elem_type = elem
-
-
-def _per_image_elements(proto, names: Sequence[str]) -> dict[str, int]:
-    """Elements per image (product of dims after the first) where shape inference knows them."""
+def _shape_info(proto, names: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per tensor: elements per image (dims after the first, where shape inference knows them) and
+    the element type (where known)."""
     import onnx
 
     try:
@@ -709,16 +708,19 @@ def _per_image_elements(proto, names: Sequence[str]) -> dict[str, int]:
     except Exception:  # shape inference is best effort: unknown sizes just mean no sampling
         inferred = proto
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    out = {}
+    per_image: dict[str, int] = {}
+    types: dict[str, int] = {}
     for t in names:
         vi = infos.get(t)
         if vi is None:
             continue
+        if vi.type.tensor_type.elem_type:
+            types[t] = vi.type.tensor_type.elem_type
         dims = vi.type.tensor_type.shape.dim
         if len(dims) < 2 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
             continue
-        out[t] = int(np.prod([d.dim_value for d in dims[1:]]))
-    return out
+        per_image[t] = int(np.prod([d.dim_value for d in dims[1:]]))
+    return per_image, types
 
 
 def _sample_stride(per_image: int | None, samples_per_image: int | None) -> int:

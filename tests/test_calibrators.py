@@ -358,6 +358,11 @@ def test_bad_inputs_are_one_line_errors(model, data) -> None:
         collect_statistics(model, ["conv1"], np.zeros((0, 3, 12, 12), np.float32))
     with pytest.raises(EffdeployError, match="does not exist"):
         collect_statistics("/nonexistent/model.onnx", ["conv1"], data)
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(model)
+    shaped.graph.node.append(helper.make_node("Shape", ["relu1"], ["shape1"]))
+    with pytest.raises(EffdeployError, match="shape1 is a int64 tensor, not a float activation"):
+        collect_statistics(shaped, ["conv1", "shape1"], data)
 
 
 def test_per_channel_weight_scales() -> None:
