@@ -6,9 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.effdeploy-installed
 PHI ?= 1
+VARIANT ?= lite
+WEIGHTS ?= pretrained
 PRECISION ?= int8
 PROFILE ?= jetson-orin
-OUT ?= bundles/effdeploy-b$(PHI)-$(PRECISION)-$(PROFILE)
+OUT ?= bundles/efficientnet-$(VARIANT)$(PHI)-$(PRECISION)-$(PROFILE)
+WEIGHTS_FLAG := $(if $(WEIGHTS),--weights $(WEIGHTS),)
 
 .PHONY: install demo test test-all clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/effdeploy build --phi $(PHI) --precision $(PRECISION) --profile $(PROFILE) --out $(OUT)
+	$(BIN)/effdeploy build --phi $(PHI) --variant $(VARIANT) $(WEIGHTS_FLAG) --precision $(PRECISION) --profile $(PROFILE) --out $(OUT)
 	$(BIN)/effdeploy inspect $(OUT)
 
 test: $(STAMP)

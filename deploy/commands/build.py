@@ -86,6 +86,11 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
         "export_max_abs": m["parity"]["export"]["max_abs"],
         "verify": verify.get("comparison"),
         "budget_misses": verify.get("misses", []),
+        "quantization": {k: m.get("quantization", {}).get(k) for k in ("dialect", "activations", "method")
+                         if m.get("quantization", {}).get(k)},
+        "calibration_images": m.get("quantization", {}).get("calibration", {}).get("image_count"),
+        "kept_blocks": m.get("quantization", {}).get("repair", {}).get("kept_blocks", []),
+        "drift_final": (m.get("quantization", {}).get("drift") or [{}])[-1].get("relative_error"),
         "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
     }
 
@@ -109,6 +114,14 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         if v.get("labelled"):
             rows.append(("top-1 accuracy eager -> bundle",
                          f"{100 * v['reference_top1']:.2f} % -> {100 * v['candidate_top1']:.2f} %"))
+    if s.get("quantization"):
+        q = s["quantization"]
+        rows.append(("INT8", f"{q.get('dialect')} dialect, activations {q.get('activations')}, "
+                              f"{q.get('method')} ranges from {s.get('calibration_images')} images"))
+    if s.get("kept_blocks"):
+        rows.append(("kept in higher precision", ", ".join(s["kept_blocks"])))
+    if s.get("drift_final") is not None:
+        rows.append(("drift at the last block", f"{s['drift_final']:.3g} (relative error vs FP32)"))
     for miss in s.get("budget_misses", []):
         rows.append(("budget missed", miss))
     if s.get("timings_s", {}).get("total"):

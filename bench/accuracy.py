@@ -1,0 +1,111 @@
+"""Accuracy benchmark (issue 3 §7): pretrained EfficientNet-Lite0 on the shared ImageNet sample.
+
+Calibrates on 256 images and evaluates on the other 244 (never seen by calibration), for FP32,
+FP16 and INT8 (TensorRT dialect for jetson-orin, ONNX Runtime dialect for cpu); then B0 with
+random weights (agreement and drift only: random weights have no accuracy). Prints one table.
+
+    python bench/accuracy.py [--shared ../shared/data/imagenet-sample] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_DROP_PT, TARGET_AGREEMENT = 0.3, 0.99
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--skip-b0", action="store_true")
+    args = ap.parse_args()
+    data = Path(args.shared)
+    if not data.is_dir():
+        print(f"needs the ImageNet sample at {data} (--shared DIR)", file=sys.stderr)
+        return 2
+    from effdeploy.pipeline import BuildRequest, build_bundle
+    from effdeploy.profile import load_profile
+
+    runs = [
+        ("lite0", "fp32", "cpu"), ("lite0", "fp16", "jetson-orin"),
+        ("lite0", "int8", "jetson-orin"), ("lite0", "int8", "cpu"),
+    ]
+    if not args.skip_b0:
+        runs += [("b0", "int8", "jetson-orin"), ("b0", "int8", "cpu")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, precision, profile in runs:
+            lite = model == "lite0"
+            t = time.perf_counter()
+            req = BuildRequest(
+                phi=0, variant="lite" if lite else "b", precision=precision, profile=load_profile(profile),
+                weights="pretrained" if lite else None, out=Path(tmp) / f"{model}-{precision}-{profile}",
+                calib_data=str(data), calib_images=256, verify_data=None if precision == "int8" else str(data),
+                verify_images=244, allow_parity_failure=True, quiet=True,
+            )
+            if precision != "int8":  # same 244 evaluation images as the INT8 runs
+                req = _same_split(req, data)
+            result = build_bundle(req)
+            m = result.bundle.manifest
+            v = m.parity["verify"]["comparison"]
+            q = m.quantization
+            drift = q.get("drift") or []
+            rows.append({
+                "model": f"efficientnet-{model}", "precision": precision, "profile": profile,
+                "dialect": q.get("dialect", "-"), "method": q.get("method", "-"),
+                "images": v["samples"],
+                "eager_top1": v.get("reference_top1"), "top1": v.get("candidate_top1"),
+                "drop_pt": v.get("accuracy_drop_pt"), "agreement": v["top1_agreement"],
+                "cosine_mean": v["cosine_mean"], "status": m.status,
+                "final_block_drift": drift[-1]["relative_error"] if drift else None,
+                "most_sensitive": [r["block"] for r in sorted(drift, key=lambda r: -r["added"])[:3]],
+                "seconds": round(time.perf_counter() - t, 1),
+            })
+            print(f"done {model} {precision} {profile} in {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from effdeploy.report import table
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    print(table([(r["model"], r["precision"], r["profile"], r["dialect"], r["method"], r["images"],
+                  pct(r["eager_top1"]), pct(r["top1"]), "-" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}",
+                  pct(r["agreement"]), f"{r['cosine_mean']:.4f}",
+                  "-" if r["final_block_drift"] is None else f"{r['final_block_drift']:.3f}",
+                  ",".join(r["most_sensitive"]), r["status"]) for r in rows],
+                ["model", "prec", "profile", "dialect", "method", "n", "eager top1 %", "top1 %", "drop pt",
+                 "agree %", "cosine", "drift", "most sensitive blocks", "status"]))
+    for r in rows:
+        if r["model"].endswith("lite0") and r["precision"] == "int8":
+            ok = (r["drop_pt"] or 0) <= TARGET_DROP_PT and r["agreement"] >= TARGET_AGREEMENT
+            print(f"target INT8 {r['profile']}: drop {r['drop_pt']:.2f} pt (<= {TARGET_DROP_PT}), agreement "
+                  f"{100 * r['agreement']:.2f} % (>= {100 * TARGET_AGREEMENT:.0f} %): {'MET' if ok else 'MISSED'}")
+    return 0
+
+
+def _same_split(req, data: Path):
+    """FP32/FP16 runs evaluate on the images the INT8 runs left out of calibration."""
+    from dataclasses import replace
+
+    from effdeploy.calibration import plan_calibration
+
+    plan = plan_calibration(str(data), req.calib_images, req.seed)
+    used = {Path(p).name for p in plan.items}
+    tmp = Path(tempfile.mkdtemp(prefix="effdeploy-eval-"))
+    for p in data.iterdir():
+        if p.name not in used:
+            (tmp / p.name).symlink_to(p.resolve())
+    return replace(req, verify_data=str(tmp))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Build-speed benchmark (issue 3 §7): a full `effdeploy build --phi 1 --precision int8` (export,
+calibration on 256 images, verification on 200) against 90 s, and a rebuild that hits the
+calibration cache against 20 s, measured in one run on this machine.
+
+    python bench/build_speed.py [--shared ../shared/data/imagenet-sample] [--profile cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], env: dict) -> tuple[float, dict]:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "effdeploy", *args, "--json"], capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t
+    if proc.returncode not in (0, 3):
+        print(proc.stderr, file=sys.stderr)
+        raise SystemExit(proc.returncode)
+    return dt, json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
+    ap.add_argument("--profile", default="cpu")
+    a = ap.parse_args()
+    if not Path(a.shared).is_dir():
+        print(f"needs the ImageNet sample at {a.shared}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "EFFDEPLOY_CACHE_DIR": str(Path(tmp) / "cache")}
+        common = ["build", "--phi", "1", "--precision", "int8", "--profile", a.profile, "--calib-data", a.shared,
+                  "--calib-images", "256", "--verify-images", "200", "--allow-parity-failure"]
+        cold, s1 = run([*common, "--out", str(Path(tmp) / "cold")], env)
+        warm, s2 = run([*common, "--out", str(Path(tmp) / "warm")], env)
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.2f} at the end")
+    print(f"stages (cold): {s1.get('timings_s')}")
+    print(f"stages (cache hit): {s2.get('timings_s')}")
+    print(f"full INT8 build of B1: {cold:.1f} s  (target 90 s: ratio {cold / 90:.2f}, {'MET' if cold <= 90 else 'MISSED'})")
+    print(f"cache-hit rebuild:     {warm:.1f} s  (target 20 s: ratio {warm / 20:.2f}, {'MET' if warm <= 20 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
