@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -103,7 +104,7 @@ def _same_split(req, data: Path):
     tmp = Path(tempfile.mkdtemp(prefix="effdeploy-eval-"))
     for p in data.iterdir():
         if p.name not in used:
-            (tmp / p.name).symlink_to(p.resolve())
+            shutil.copy(p, tmp / p.name)
     return replace(req, verify_data=str(tmp))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,6 +56,7 @@ class BuildRequest:
     seed: int = 0
     budget: Budget | None = None
     accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
+    int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
     allow_parity_failure: bool = False
     quiet: bool = False
 
@@ -231,7 +232,10 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             t = time.perf_counter()
             exclude = reserved_builtin_verification() if req.calib_data is None else ()
             plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude)
-            config = config_for(req.profile.is_gpu)
+            config = replace(config_for(req.profile.is_gpu),
+                             quantize_se="se" not in req.int8_float_parts,
+                             quantize_stem="stem" not in req.int8_float_parts,
+                             quantize_classifier="classifier" not in req.int8_float_parts)
             info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
                  f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
 
@@ -363,12 +367,11 @@ def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: Verif
 def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
                 budget: Budget, drift: list[dict[str, Any]], quiet: bool):
     """Keep the blocks that add the most error in higher precision until the budget holds."""
-    from dataclasses import replace
-
     from .precision import quantize
     from .quantize_stage import drift_report, macs_share, sensitivity_order
 
     order = sensitivity_order(drift)
+    first_size = int8.model.ByteSize()
     info(f"      budget missed; blocks by sensitivity: {', '.join(order[:MAX_KEPT_BLOCKS])}", quiet)
     report: dict[str, Any] = {}
     candidate, optimize = int8.model, True
@@ -387,6 +390,7 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
     repair = {
         "kept_blocks": list(int8.config.keep_blocks),
         "macs_share_kept": macs_share(fp32, int8.config.keep_blocks),
+        "model_bytes": {"all_int8": first_size, "repaired": candidate.ByteSize()},
         "tried": tried,
         "held": not report["misses"],
     }

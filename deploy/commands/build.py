@@ -23,6 +23,8 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--calib-data", default=None, help="Calibration images: folder, video file or .npy (int8).")
 @click.option("--calib-images", type=int, default=256, show_default=True)
 @click.option("--calib-method", type=click.Choice(["auto", "max", "percentile", "entropy", "mse"]), default="auto", show_default=True)
+@click.option("--int8-float", "int8_float", default="se", show_default=True,
+              help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier; 'none' for none).")
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -35,7 +37,7 @@ from ..report import emit_json, info, kv_table, table
 def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, resolution: int | None,
               num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
-              max_abs: float | None, min_agreement: float | None, max_drop: float | None,
+              max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str,
               allow_parity_failure: bool, as_json: bool) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
@@ -45,16 +47,21 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     from ..profile import load_profile
     from ..spec import parse_phi
 
+    from ..errors import EffdeployError
     from ..verify import Budget, budget_with
 
     parse_phi(phi)
     profile = load_profile(profile_name)
     budget = budget_with(Budget.for_precision(precision), max_abs, min_agreement, max_drop)
+    parts = tuple(p.strip() for p in int8_float.split(",") if p.strip() and p.strip() != "none")
+    bad = [p for p in parts if p not in ("se", "stem", "classifier")]
+    if bad:
+        raise EffdeployError(f"--int8-float takes se, stem, classifier or none (got {', '.join(bad)})")
     req = BuildRequest(
         phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, resolution=resolution,
         out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
-        budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json,
+        budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts,
     )
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
