@@ -189,7 +189,8 @@ def plan_calibration(
     if kind == KIND_VIDEO:
         p = Path(source)  # type: ignore[arg-type]
         total = _video_frame_count(p)
-        frames = [i for i in range(total) if _id_key(f"{p}{_FRAME_SEP}{i}") not in excluded]
+        gone = _excluded_fragments(p, excluded)
+        frames = [i for i in range(total) if f"frame{i}" not in gone]
         if not frames:
             raise EffdeployError(f"video {p} has no frames left to calibrate on (all {total} excluded or unreadable)")
         if len(frames) > count:
@@ -203,7 +204,8 @@ def plan_calibration(
 
     if kind == KIND_ARRAY:
         p = Path(source)  # type: ignore[arg-type]
-        rows = [i for i in range(_array_rows(p)) if _id_key(f"{p}{_ROW_SEP}{i}") not in excluded]
+        gone = _excluded_fragments(p, excluded)
+        rows = [i for i in range(_array_rows(p)) if str(i) not in gone]
         if not rows:
             raise EffdeployError(f"array {p} has no rows left to calibrate on (all excluded)")
         order = np.random.default_rng(seed).permutation(len(rows))
@@ -217,10 +219,6 @@ def plan_calibration(
         root = _builtin_root()
         all_names = _builtin_names(root)
         source_label = f"scikit-image:{root}"
-        warnings.append(
-            f"no calibration data given: calibrating on {min(count, len(all_names))} natural images shipped with "
-            f"scikit-image ({count} asked for); pass a folder of images from your camera/domain for production ranges"
-        )
     else:
         root = Path(source)  # type: ignore[arg-type]
         all_names = _folder_names(root)
@@ -234,6 +232,11 @@ def plan_calibration(
         raise EffdeployError(
             f"every one of the {len(all_names)} images under {root} is excluded (kept for verification); "
             "pass more images or a different source"
+        )
+    if kind == KIND_BUILTIN:
+        warnings.append(
+            f"no calibration data given: calibrating on {min(count, len(names_list))} natural images shipped with "
+            f"scikit-image ({count} asked for); pass a folder of images from your camera/domain for production ranges"
         )
     order = np.random.default_rng(seed).permutation(len(names_list))
     names = tuple(names_list[i] for i in order)
@@ -326,6 +329,12 @@ def _id_key(item: str) -> tuple[str, str]:
     if sep and (frag.isdigit() or frag.startswith("frame")):
         return (os.path.realpath(base), frag)
     return (os.path.realpath(item), "")
+
+
+def _excluded_fragments(path: Path, excluded: set[tuple[str, str]]) -> set[str]:
+    """The '#...' parts of excluded ids that refer to ``path`` (frames or rows)."""
+    real = os.path.realpath(path)
+    return {frag for base, frag in excluded if base == real and frag}
 
 
 def _sha256_file(path: Path) -> str:

@@ -240,6 +240,10 @@ def test_builtin_images_without_a_source() -> None:
     present = [n for n in BUILTIN_IMAGES if (root / n).is_file()]
     assert len(everything) == len(present) >= 10
     assert len(everything.warnings) == 1  # one warning, with the count, not two
+    reserved = everything.ids[::3]  # e.g. kept for verification
+    rest = load_calibration_set(None, 100, SPEC, exclude=reserved, quiet=True)
+    assert set(rest.ids).isdisjoint(reserved) and len(rest) == len(present) - len(reserved)
+    assert f"calibrating on {len(rest)} natural images" in rest.warnings[0]
 
 
 def test_plan_hash_follows_content_not_location(folder: Path, tmp_path: Path) -> None:
