@@ -79,13 +79,19 @@ class TimingPlan:
 
 def time_callable(fn: Callable[[], Any], plan: TimingPlan = TimingPlan(),
                   on_iteration: Callable[[int], None] | None = None,
-                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Seconds per call of ``fn`` after ``plan.warmup`` untimed calls."""
+                  clock: Callable[[], float] = time.perf_counter,
+                  setup: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds per call of ``fn`` after ``plan.warmup`` untimed calls; ``setup`` runs untimed
+    before every call (e.g. a decoder writing the next frame)."""
     for _ in range(plan.warmup):
+        if setup is not None:
+            setup()
         fn()
     samples: list[float] = []
     start = clock()
     while not plan.done(len(samples), clock() - start):
+        if setup is not None:
+            setup()
         t0 = clock()
         fn()
         samples.append(clock() - t0)
@@ -96,16 +102,21 @@ def time_callable(fn: Callable[[], Any], plan: TimingPlan = TimingPlan(),
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = TimingPlan(), block: int = 1,
                      on_iteration: Callable[[int], None] | None = None,
-                     clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+                     clock: Callable[[], float] = time.perf_counter,
+                     setup: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
     """Time several callables round-robin (A, B, A, B, ...; ``block`` calls of each per turn): a
     ratio of two figures measured like this is immune to the machine getting faster or slower
     during the run. ``plan.iterations`` counts rounds, so each callable runs ``iterations * block``
     timed calls. Use ``block > 1`` between runtimes with spinning thread pools (ONNX Runtime and
-    PyTorch), where each switch costs the first call a little."""
+    PyTorch), where each switch costs the first call a little. ``setup[name]`` runs untimed before
+    every call of ``fns[name]``."""
     if block < 1:
         raise EffdeployError(f"block must be >= 1 (got {block})")
+    setup = setup or {}
     for _ in range(plan.warmup):
-        for fn in fns.values():
+        for name, fn in fns.items():
+            if name in setup:
+                setup[name]()
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     start = clock()
@@ -113,6 +124,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = Ti
     while not plan.done(rounds, clock() - start):
         for name, fn in fns.items():
             for _ in range(block):
+                if name in setup:
+                    setup[name]()
                 t0 = clock()
                 fn()
                 samples[name].append(clock() - t0)
@@ -125,6 +138,27 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], plan: TimingPlan = Ti
 def ratio(numerator: LatencyStats, denominator: LatencyStats, stat: str = "p50_ms") -> float:
     """``numerator / denominator`` on one statistic (the median by default: robust to outliers)."""
     return float(getattr(numerator, stat)) / float(getattr(denominator, stat))
+
+
+class FrameSource:
+    """Camera-sized frames the way a decoder delivers them: :meth:`next` writes the next frames
+    into ``batch`` buffers (untimed, as ``setup``), so each timed call sees freshly written frames
+    rather than ones left in cache by the previous call or evicted by inference."""
+
+    def __init__(self, width: int = 1920, height: int = 1080, batch: int = 1) -> None:
+        self.frames = [synthetic_frame(width, height, seed=i) for i in range(batch + 1)]
+        self.batch = [f.copy() for f in self.frames[:batch]]
+        self._i = 0
+
+    @property
+    def frame(self) -> np.ndarray:
+        return self.batch[0]
+
+    def next(self) -> list[np.ndarray]:
+        self._i += 1
+        for j, buf in enumerate(self.batch):
+            np.copyto(buf, self.frames[(self._i + j) % len(self.frames)])
+        return self.batch
 
 
 def synthetic_frame(width: int = 1920, height: int = 1080, seed: int = 0) -> np.ndarray:

@@ -59,8 +59,9 @@ _RESAMPLE = {
 # Pre-reduce by powers of two while the remaining downscale factor stays >= this (see module doc).
 REDUCING_GAP = 2.0
 # Output rows per dense block of the banded weight matrix: small blocks waste few multiplications
-# on zeros, large ones make fewer BLAS calls; 8 was fastest from 480p to 4K on x86 and Arm.
-BLOCK = 8
+# on zeros, large ones make fewer BLAS calls; 16 was fastest from 480p to 4K here (8 and 24 within
+# 10 %), and with cold caches (a frame arriving between inferences) fewer calls matter more.
+BLOCK = 16
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -35,7 +35,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     import numpy as np
 
     from ..benchmark import (
-        TimingPlan, machine_info, parse_batches, parse_frame_size, summarize, synthetic_frame, time_callable,
+        FrameSource, TimingPlan, machine_info, parse_batches, parse_frame_size, summarize,
     )
     from ..errors import EffdeployError
     from ..report import emit_json, info, table
@@ -63,21 +63,21 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     try:
         eager, eager_max_abs = _eager(eager_manifest, runner, threads, quiet) if vs_eager else (None, None)
         res = art.preprocessing.resolution
-        frame = synthetic_frame(width, height) if end_to_end else None
         rng = np.random.default_rng(0)
         compute = "compute" if backend != "tensorrt" else "compute+copies"
         e2e = f"end-to-end {width}x{height}"
         rows: list[dict[str, Any]] = []
         for b in sizes:
             batch = rng.standard_normal((b, 3, res, res)).astype(np.float32)
-            frames = [frame] * b
-            measures = [(compute, lambda: runner.infer(batch))]
+            measures = [(compute, lambda: runner.infer(batch), None)]
             if end_to_end:
-                measures.append((e2e, lambda: runner.classify(frames, top_k=5)))
+                # b frames per call, freshly written (untimed) the way a decoder delivers them
+                source = FrameSource(width, height, batch=b)
+                measures.append((e2e, lambda: runner.classify(source.batch, top_k=5), source.next))
             if eager is not None:
-                measures.append(("eager pytorch", lambda: eager(batch)))
-            for name, fn in measures:
-                stats = summarize(_timed(fn, plan, f"batch {b} {name}", quiet), batch=b)
+                measures.append(("eager pytorch", lambda: eager(batch), None))
+            for name, fn, setup in measures:
+                stats = summarize(_timed(fn, plan, f"batch {b} {name}", quiet, setup), batch=b)
                 rows.append({"batch": b, "measure": name, **stats.to_dict()})
     finally:
         runner.close()
@@ -117,20 +117,20 @@ def _p50(rows: list[dict[str, Any]], batch: int, measure: str) -> float:
     return next(r["p50_ms"] for r in rows if r["batch"] == batch and r["measure"] == measure)
 
 
-def _timed(fn: Any, plan: Any, label: str, quiet: bool) -> list[float]:
+def _timed(fn: Any, plan: Any, label: str, quiet: bool, setup: Any = None) -> list[float]:
     """Time with a progress bar on stderr (hidden with --json)."""
     from ..benchmark import time_callable
     from ..report import info
 
     if quiet:
-        return time_callable(fn, plan)
+        return time_callable(fn, plan, setup=setup)
     if plan.duration_s is not None:
         info(f"timing {label} for {plan.duration_s:g} s ...")
-        return time_callable(fn, plan)
+        return time_callable(fn, plan, setup=setup)
     import sys
 
     with click.progressbar(length=plan.iterations, label=f"timing {label}", file=sys.stderr) as bar:
-        return time_callable(fn, plan, on_iteration=lambda _i: bar.update(1))
+        return time_callable(fn, plan, on_iteration=lambda _i: bar.update(1), setup=setup)
 
 
 def _eager_manifest(art: Any) -> Any:
