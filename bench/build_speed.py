@@ -40,7 +40,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "EFFDEPLOY_CACHE_DIR": str(Path(tmp) / "cache")}
         common = ["build", "--phi", "1", "--precision", "int8", "--profile", a.profile, "--calib-data", a.shared,
-                  "--calib-images", "256", "--verify-images", "200", "--allow-parity-failure"]
+                  "--calib-images", "256", "--verify-images", "200", "--allow-parity-failure", "--no-repair"]
         cold, s1 = run([*common, "--out", str(Path(tmp) / "cold")], env)
         warm, s2 = run([*common, "--out", str(Path(tmp) / "warm")], env)
     load = os.getloadavg()[0]

@@ -56,6 +56,7 @@ class BuildRequest:
     seed: int = 0
     budget: Budget | None = None
     accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
+    repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
     int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
     allow_parity_failure: bool = False
     quiet: bool = False
@@ -290,7 +291,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             from .quantize_stage import drift_report
 
             drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
-        if int8 is not None and report["misses"] and req.accuracy_budget is not None:
+        if int8 is not None and report["misses"] and req.repair:
             candidate, int8, report, repair, candidate_opt, drift = repair_int8(
                 fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)

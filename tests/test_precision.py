@@ -23,7 +23,7 @@ def _initializers(path: Path) -> dict:
 def gpu_int8(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "lite0-orin"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
-                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair")
     assert proc.returncode == 0, proc.stderr
     return out, json.loads(proc.stdout)
 
@@ -77,7 +77,7 @@ def test_calibration_artifacts(gpu_int8):
 def test_rebuild_hits_calibration_cache(gpu_int8, tmp_path):
     out = tmp_path / "again"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
-                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair")
     assert proc.returncode == 0, proc.stderr
     assert read_manifest(out)["quantization"]["calibration"]["cache_hit"] is True
     first = json.loads((gpu_int8[0] / "calibration.json").read_text())["tensors"]
@@ -87,7 +87,7 @@ def test_rebuild_hits_calibration_cache(gpu_int8, tmp_path):
 def test_cpu_dialect_chosen_by_timing(tmp_path):
     out = tmp_path / "cpu"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "12",
-                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure")
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair")
     assert proc.returncode == 0, proc.stderr
     q = read_manifest(out)["quantization"]
     assert q["dialect"] == "ort-cpu"

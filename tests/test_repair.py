@@ -46,7 +46,7 @@ def test_repair_loop_runs_and_reports(tmp_path):
     """An unreachable budget: every step is tried in drift order, then the build fails loudly."""
     out = tmp_path / "b"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "8",
-                   "--calib-method", "max", "--accuracy-budget", "1", "--max-abs", "1e-9", "--out", str(out))
+                   "--calib-method", "max", "--max-abs", "1e-9", "--out", str(out))
     assert proc.returncode == 3, proc.stderr
     m = read_manifest(out)
     repair = m["quantization"]["repair"]
