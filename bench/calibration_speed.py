@@ -182,6 +182,7 @@ def main() -> None:
             if m == "max":
                 line += f"; |d min| {agreement(ours[m], ref, 'min')}; |d max| {agreement(ours[m], ref, 'max')}"
             print(line, flush=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":
