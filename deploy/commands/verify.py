@@ -59,7 +59,7 @@ def calibration_names(bundle: Any) -> set[str]:
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max_abs: float | None,
                min_agreement: float | None, max_drop: float | None, seed: int, as_json: bool) -> None:
-    """Compare a bundle with the eager model on images: agreement, cosine, error, accuracy.
+    """Compare a bundle (or an engine.plan, where TensorRT exists) with the eager model on images.
 
     Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
     """
@@ -73,6 +73,17 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")
+    engine_art = None
+    if artifact.suffix == ".plan":
+        # An engine is verified against the eager model of the bundle it was compiled from.
+        from ..runtime import resolve_artifact
+
+        engine_art = resolve_artifact(artifact)
+        source_bundle = engine_art.manifest.bundle.get("path")
+        if not source_bundle or not Path(source_bundle).is_dir():
+            raise EffdeployError(f"{artifact}: the bundle it was compiled from ({source_bundle}) is not here; "
+                                 "copy it beside the engine or verify the bundle itself")
+        artifact = Path(source_bundle)
     bundle = load_bundle(artifact)
     m = bundle.manifest
     exclude = calibration_names(bundle)
@@ -102,7 +113,12 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
             raise EffdeployError("this bundle has no FP32 reference graph; install torch to verify against eager")
         ref_name = f"FP32 reference graph ({Path(ref_path).name})"
         ref_logits = ort_logits(Path(ref_path), x)
-    runner = bundle_runner(bundle)
+    if engine_art is not None:
+        from ..runtime import open_backend
+
+        runner = open_backend(engine_art)
+    else:
+        runner = bundle_runner(bundle)
     try:
         cand = run_batched(runner.infer, x, batch=16, label="verify", quiet=as_json)
     finally:
@@ -115,7 +131,8 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
         import onnx
 
         drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), x[:32])
-    result = {"bundle": str(bundle.path), "precision": m.precision, "reference": ref_name, "data": source,
+    result = {"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
+              "precision": m.precision, "reference": ref_name, "data": source,
               "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
               "drift": drift}
     if as_json:
