@@ -100,7 +100,7 @@ def _same_split(req, data: Path):
     from effdeploy.calibration import plan_calibration
 
     plan = plan_calibration(str(data), req.calib_images, req.seed)
-    used = {Path(p).name for p in plan.items}
+    used = set(plan.names[: plan.count])  # every sample image is readable: the first `count` are used
     tmp = Path(tempfile.mkdtemp(prefix="effdeploy-eval-"))
     for p in data.iterdir():
         if p.name not in used:
