@@ -258,7 +258,7 @@ def build_model(
 
 
 def init_batchnorm_statistics(model: EfficientNet, seed: int) -> str:
-    """Data-dependent init for random weights (BatchNorm statistics from one batch).
+    """Data-dependent init for random weights (BatchNorm statistics from one batch, in order).
 
     With default statistics activations shrink ~1e-5x through the network; with statistics from
     only white noise (or only images) the network is chaotic on the other kind of input (logits
@@ -279,16 +279,22 @@ def init_batchnorm_statistics(model: EfficientNet, seed: int) -> str:
         x = noise
         what = "BatchNorm statistics from 8 noise images (scikit-image not installed)"
     model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 1.0  # running stats := this batch's stats
-        m.train()
-    with torch.no_grad():
-        model(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.eval()
+
+    def set_stats(bn: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...]) -> None:
+        # Per-channel means, one variance per layer: per-channel variances would blow channels
+        # that are nearly silent up to unit scale, and with them their quantization noise (INT8
+        # of a random B0 went from 7 % top-1 agreement to PTQ-typical figures with this).
+        x = inputs[0]
+        bn.running_mean.copy_(x.mean((0, 2, 3)))
+        bn.running_var.fill_(float(x.var((0, 2, 3)).mean()))
+
+    hooks = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model(x)  # in order: each BatchNorm sees its input through the already-set layers
+    finally:
+        for h in hooks:
+            h.remove()
     return what
 
 
