@@ -92,12 +92,12 @@ def run_int8(
 ) -> Int8Result:
     """Calibrate on ``plan``, choose the method (``auto``: lowest logit error on calibration
     images), quantize, and for the CPU dialect choose U8S8 or S8S8 by timing both."""
-    from .calibration import METHODS, run_calibration
+    from .calibration import METHODS, run_calibrations
 
     t0 = time.perf_counter()
     tensors = calibration_tensors(fp32, config)
     candidates = METHODS if method == "auto" else (method,)
-    outcomes = {m: run_calibration(fp32_path, tensors, plan, spec, method=m, quiet=quiet) for m in candidates}
+    outcomes = run_calibrations(fp32_path, tensors, plan, spec, methods=candidates, quiet=quiet)  # one pass
     first = outcomes[candidates[0]]
     info(f"      calibration: {first.artifact.image_count} images, "
          f"{'cache hit' if first.cache_hit else f'{first.artifact.seconds:.1f} s'}", quiet)
