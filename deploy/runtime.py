@@ -169,11 +169,12 @@ def _ort_optimize(art: Artifact) -> bool:
 def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: bool, spin: bool) -> Any:
     """``OnnxRuntimeRunner`` with ONNX Runtime's intra-op spinning chosen by the caller.
 
-    By default ORT's worker threads busy-wait after every run; in an application they then burn the
-    cores that capture, preprocessing and drawing need (measured here: a 1080p end-to-end call
-    1.24x its inference alone with spinning, 1.09x without, on a shared 2-core machine), so the
-    Runner turns it off unless asked. TODO(owner): a ``session_config`` argument on
-    OnnxRuntimeRunner would make this subclass unnecessary.
+    ORT's worker threads busy-wait after every run by default. On a machine the application has to
+    itself that is the fast choice (B0 on 2 cores here: 6.7 ms with spinning, 10.0 ms without);
+    where other processes compete for the cores, spinning threads fight them and the median
+    latency more than doubles (24 ms vs 12 ms here under a load of 3 on 2 cores), so
+    ``spin=False`` is offered for shared or oversubscribed CPUs. TODO(owner): a ``session_config``
+    argument on OnnxRuntimeRunner would make this subclass unnecessary.
     """
     import onnxruntime as ort
 
@@ -206,11 +207,11 @@ def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: boo
     return _Runner()
 
 
-def open_backend(art: Artifact, threads: int | None = None, spin: bool = False) -> Any:
+def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -> Any:
     """The inference backend for an artifact: ONNX Runtime, or TensorRT for an engine.
 
-    ``spin``: let ONNX Runtime's threads busy-wait between calls (lower latency on an idle machine,
-    stolen cores in an application); ignored by TensorRT.
+    ``spin``: ONNX Runtime's threads busy-wait between calls (its default: lowest latency when the
+    cores are yours); ``False`` for CPUs shared with other busy processes. Ignored by TensorRT.
     """
     if art.kind == KIND_ENGINE:
         from .trt_compat import MISSING_TENSORRT, import_tensorrt
@@ -308,12 +309,12 @@ class Runner:
 
     @classmethod
     def open(cls, artifact: str | Path, *, threads: int | None = None, force: bool = False,
-             preprocessing: Preprocessing | None = None, spin: bool = False) -> "Runner":
+             preprocessing: Preprocessing | None = None, spin: bool = True) -> "Runner":
         """Open a bundle directory, an ``.onnx`` inside one, or an ``engine.plan``.
 
         A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets ONNX
-        Runtime's intra-op threads (default: all cores); ``spin=True`` lets them busy-wait between
-        calls (see :func:`open_backend`).
+        Runtime's intra-op threads (default: all cores); ``spin=False`` makes them sleep between
+        calls, for CPUs shared with other busy processes (see :func:`open_backend`).
         """
         art = resolve_artifact(artifact, preprocessing=preprocessing)
         check_status(art, force)

@@ -21,8 +21,8 @@ from ..cli import cli
               help="Also time Runner.classify on camera-sized frames: preprocessing, copies, inference, top-5.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Frame size for --end-to-end (WxH).")
 @click.option("--vs-eager", "vs_eager", is_flag=True, help="Also time the eager PyTorch model (needs torch) and print the speedup.")
-@click.option("--spin", is_flag=True,
-              help="Let ONNX Runtime's threads busy-wait between calls (the Runner's default is not to).")
+@click.option("--spin/--no-spin", default=True, show_default=True,
+              help="ONNX Runtime's threads busy-wait between calls; --no-spin for CPUs shared with busy processes.")
 @click.option("--force", is_flag=True, help="Benchmark a bundle whose status is failed-parity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: float | None, warmup: int,
