@@ -67,6 +67,9 @@ def main() -> int:
                 "cosine_mean": v["cosine_mean"], "status": m.status,
                 "final_block_drift": drift[-1]["relative_error"] if drift else None,
                 "most_sensitive": [r["block"] for r in sorted(drift, key=lambda r: -r["added"])[:3]],
+                "kept_blocks": (q.get("repair") or {}).get("kept_blocks", []),
+                "kept_macs": (q.get("repair") or {}).get("macs_share_kept"),
+                "before_repair_agreement": ((q.get("repair") or {}).get("tried") or [{}])[0].get("top1_agreement"),
                 "seconds": round(time.perf_counter() - t, 1),
             })
             print(f"done {model} {precision} {profile} in {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
@@ -82,9 +85,11 @@ def main() -> int:
                   pct(r["eager_top1"]), pct(r["top1"]), "-" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}",
                   pct(r["agreement"]), f"{r['cosine_mean']:.4f}",
                   "-" if r["final_block_drift"] is None else f"{r['final_block_drift']:.3f}",
-                  ",".join(r["most_sensitive"]), r["status"]) for r in rows],
+                  ",".join(r["most_sensitive"]),
+                  f"{len(r['kept_blocks'])} ({100 * r['kept_macs']:.1f} % MACs)" if r["kept_blocks"] else "-",
+                  r["status"]) for r in rows],
                 ["model", "prec", "profile", "dialect", "method", "n", "eager top1 %", "top1 %", "drop pt",
-                 "agree %", "cosine", "drift", "most sensitive blocks", "status"]))
+                 "agree %", "cosine", "drift", "most sensitive blocks", "kept in FP16/FP32", "status"]))
     for r in rows:
         if r["model"].endswith("lite0") and r["precision"] == "int8":
             ok = (r["drop_pt"] or 0) <= TARGET_DROP_PT and r["agreement"] >= TARGET_AGREEMENT
