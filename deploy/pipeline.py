@@ -293,7 +293,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
         if int8 is not None and report["misses"] and req.repair:
             candidate, int8, report, repair, candidate_opt, drift = repair_int8(
-                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet)
+                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet, report)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
         timings["verify"] = time.perf_counter() - t
         if req.precision != "fp32":
@@ -366,13 +366,14 @@ def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: Verif
 
 
 def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
-                budget: Budget, drift: list[dict[str, Any]], quiet: bool):
+                budget: Budget, drift: list[dict[str, Any]], quiet: bool, first_report: dict[str, Any] | None = None):
     """Keep the blocks that add the most error in higher precision until the budget holds."""
     from .precision import quantize
     from .quantize_stage import drift_report, macs_share, sensitivity_order
 
     order = sensitivity_order(drift)
     first_size = int8.model.ByteSize()
+    initial = {"top1_agreement": None, "misses": []}
     info(f"      budget missed; blocks by sensitivity: {', '.join(order[:MAX_KEPT_BLOCKS])}", quiet)
     report: dict[str, Any] = {}
     candidate, optimize = int8.model, True
@@ -388,7 +389,10 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
         int8 = replace(int8, model=candidate, config=config)
         if not report["misses"]:
             break
+    if first_report:
+        initial = {"top1_agreement": first_report["comparison"]["top1_agreement"], "misses": first_report["misses"]}
     repair = {
+        "initial": initial,
         "kept_blocks": list(int8.config.keep_blocks),
         "macs_share_kept": macs_share(fp32, int8.config.keep_blocks),
         "model_bytes": {"all_int8": first_size, "repaired": candidate.ByteSize()},
