@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def __init__(self, model_path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                 optimize: bool = True):
+                 optimize: bool = True, session_config: Mapping[str, str] | None = None):
         import onnxruntime as ort
 
         path = Path(model_path)
@@ -49,6 +49,8 @@ class OnnxRuntimeRunner:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        for key, value in (session_config or {}).items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
@@ -75,7 +77,15 @@ class OnnxRuntimeRunner:
         self.close()
 
 
-def bundle_runner(bundle: "Any", threads: int | None = None) -> OnnxRuntimeRunner:
+def manifest_optimize(manifest: Any) -> bool:
+    """Graph optimisation as the bundle was verified (off for graphs ORT's CPU optimiser rewrites
+    wrongly; see effdeploy.precision.needs_unoptimized_ort)."""
+    quant = getattr(manifest, "quantization", None) or {}
+    return quant.get("ort_graph_optimization", "all") != "disabled"
+
+
+def bundle_runner(bundle: "Any", threads: int | None = None,
+                  session_config: Mapping[str, str] | None = None) -> OnnxRuntimeRunner:
     """The ONNX Runtime runner for a bundle's model, with the settings its manifest asks for."""
-    optimize = bundle.manifest.quantization.get("ort_graph_optimization", "all") != "disabled"
-    return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=optimize)
+    return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=manifest_optimize(bundle.manifest),
+                             session_config=session_config)

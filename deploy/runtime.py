@@ -159,13 +159,6 @@ def check_status(art: Artifact, force: bool = False) -> None:
         )
 
 
-def _ort_optimize(art: Artifact) -> bool:
-    """Graph optimisation as the bundle was verified (off for Q/DQ graphs ORT's CPU optimiser
-    rewrites wrongly; the manifest records it, see effdeploy.runners.bundle_runner)."""
-    quant = getattr(art.manifest, "quantization", None) or {}
-    return quant.get("ort_graph_optimization", "all") != "disabled"
-
-
 def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: bool, spin: bool) -> Any:
     """``OnnxRuntimeRunner`` with ONNX Runtime's intra-op spinning chosen by the caller.
 
@@ -173,38 +166,14 @@ def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: boo
     itself that is the fast choice (B0 on 2 cores here: 6.7 ms with spinning, 10.0 ms without);
     where other processes compete for the cores, spinning threads fight them and the median
     latency more than doubles (24 ms vs 12 ms here under a load of 3 on 2 cores), so
-    ``spin=False`` is offered for shared or oversubscribed CPUs. TODO(owner): a ``session_config``
-    argument on OnnxRuntimeRunner would make this subclass unnecessary.
+    ``spin=False`` is offered for shared or oversubscribed CPUs.
     """
-    import onnxruntime as ort
-
     from .runners import OnnxRuntimeRunner
 
-    class _Runner(OnnxRuntimeRunner):
-        def __init__(self) -> None:  # noqa: D107 - mirrors OnnxRuntimeRunner.__init__ plus one entry
-            if not model_path.is_file():
-                raise EffdeployError(f"ONNX model {model_path} does not exist")
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-            if threads:
-                opts.intra_op_num_threads = int(threads)
-                opts.inter_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            opts.log_severity_level = 3
-            try:
-                self.session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                                    providers=["CPUExecutionProvider"])
-            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                raise EffdeployError(f"ONNX Runtime cannot load {model_path}: {str(e).splitlines()[0]}") from None
-            inp = self.session.get_inputs()[0]
-            self.input_name = inp.name
-            self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-            self.output_names = [o.name for o in self.session.get_outputs()]
-            self.threads = threads or os.cpu_count()
-            self.spin = spin
-
-    return _Runner()
+    runner = OnnxRuntimeRunner(model_path, threads=threads, optimize=optimize,
+                               session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
+    runner.spin = spin  # type: ignore[attr-defined]
+    return runner
 
 
 def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -> Any:
@@ -223,7 +192,9 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -
         from .trt_runner import TensorRTRunner
 
         return TensorRTRunner.open(art.model_path)
-    return _app_onnxruntime_runner(art.model_path, threads, _ort_optimize(art), spin)
+    from .runners import manifest_optimize
+
+    return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
 
 
 def class_labels(num_classes: int) -> tuple[str, ...]:
