@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,18 +23,6 @@ from .errors import EffdeployError
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-
-
-@dataclass(frozen=True)
-class ParityFigures:
-    max_abs: float
-    mean_abs: float
-    top1_agreement: float
-    samples: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_abs": self.max_abs, "mean_abs": self.mean_abs,
-                "top1_agreement": self.top1_agreement, "samples": self.samples}
 
 
 def _module_scope(node: onnx.NodeProto) -> str | None:
@@ -121,27 +108,18 @@ def run_eager(model: Any, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityFigures:
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    return ParityFigures(
-        max_abs=float(diff.max()),
-        mean_abs=float(diff.mean()),
-        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        samples=int(len(reference)),
-    )
-
-
 def check_parity(model: Any, onnx_path: Path, inputs: Sequence[np.ndarray], tolerance: float = 1e-4) -> dict[str, Any]:
     """Eager vs ONNX Runtime on each named input set; fail when max abs diff exceeds ``tolerance``."""
     from .runners import OnnxRuntimeRunner
+    from .verify import compare, run_batched
 
     runner = OnnxRuntimeRunner(onnx_path)
     figures = {}
     try:
         for name, batch in inputs:
-            eager = run_eager(model, batch)
-            ort = np.concatenate([runner.infer(batch[i:i + 32]) for i in range(0, len(batch), 32)])
-            figures[name] = compare_logits(eager, ort).to_dict()
+            c = compare(run_eager(model, batch), run_batched(runner.infer, batch))
+            figures[name] = {"max_abs": c.max_abs, "mean_abs": c.mean_abs,
+                             "top1_agreement": c.top1_agreement, "samples": c.samples}
     finally:
         runner.close()
     worst = max(f["max_abs"] for f in figures.values())

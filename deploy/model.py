@@ -296,7 +296,3 @@ def init_batchnorm_statistics(model: EfficientNet, seed: int) -> str:
         for h in hooks:
             h.remove()
     return what
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -38,17 +38,11 @@ class Int8Result:
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
     from .runners import OnnxRuntimeRunner
+    from .verify import run_batched
 
-    if isinstance(model, onnx.ModelProto):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / "m.onnx"
-            onnx.save(model, str(p))
-            return ort_logits(p, data, optimize, batch)
     runner = OnnxRuntimeRunner(model, optimize=optimize)
     try:
-        return np.concatenate([runner.infer(data[i:i + batch]) for i in range(0, len(data), batch)])
+        return run_batched(runner.infer, data, batch)
     finally:
         runner.close()
 
@@ -60,23 +54,18 @@ def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
     """Median batch-1 latency on ONNX Runtime (CPU dialect choice)."""
-    import tempfile
-
     from .runners import OnnxRuntimeRunner
 
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "m.onnx"
-        onnx.save(model, str(p))
-        r = OnnxRuntimeRunner(p)
-        x = sample[:1]
-        for _ in range(2):
-            r.infer(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            r.infer(x)
-            times.append((time.perf_counter() - t) * 1e3)
-        r.close()
+    r = OnnxRuntimeRunner(model)
+    x = sample[:1]
+    for _ in range(2):
+        r.infer(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r.infer(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    r.close()
     return float(np.median(times))
 
 

@@ -32,13 +32,20 @@ class OnnxRuntimeRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                 optimize: bool = True, session_config: Mapping[str, str] | None = None):
+    def __init__(self, model_path: "str | Path | Any", threads: int | None = None,
+                 providers: Sequence[str] | None = None, optimize: bool = True,
+                 session_config: Mapping[str, str] | None = None):
+        """``model_path``: a file, or an in-memory ``onnx.ModelProto`` (build stages, no temp files)."""
         import onnxruntime as ort
 
-        path = Path(model_path)
-        if not path.is_file():
-            raise EffdeployError(f"ONNX model {path} does not exist")
+        if hasattr(model_path, "SerializeToString"):
+            source: str | bytes = model_path.SerializeToString()
+            path = Path("<in-memory model>")
+        else:
+            path = Path(model_path)
+            if not path.is_file():
+                raise EffdeployError(f"ONNX model {path} does not exist")
+            source = str(path)
         opts = ort.SessionOptions()
         # optimize=False for graphs ORT's CPU optimiser rewrites wrongly (FP16 Q/DQ graphs made for
         # TensorRT, see effdeploy.precision.needs_unoptimized_ort); the manifest says which.
@@ -53,7 +60,7 @@ class OnnxRuntimeRunner:
             opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
+                source, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise EffdeployError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None

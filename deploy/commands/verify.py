@@ -14,27 +14,14 @@ from ..report import emit_json, info, kv_table
 
 
 def eager_model_for(manifest: Any) -> tuple[Any, str] | None:
-    """Rebuild the eager model a bundle came from, when torch and its weights are here."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None
-    from ..model import build_model
+    """The eager model a bundle came from (effdeploy.benchmark.eager_model), or None when torch
+    or the bundle's weights are not on this machine."""
+    from ..benchmark import eager_model
 
-    spec, w = manifest.model, manifest.weights
-    source = str(w.get("source", "random"))
-    if source == "random":
-        weights = None
-    elif source.startswith("pretrained:"):
-        weights = "pretrained"
-    else:
-        path = w.get("path") or source
-        if not Path(path).is_file():
-            return None
-        weights = path
-    model = build_model(spec.phi, spec.variant, weights=weights, num_classes=spec.num_classes,
-                        resolution=spec.resolution, seed=w.get("seed", 0) if weights is None else 0)
-    return model, f"eager ({source})"
+    try:
+        return eager_model(manifest), f"eager ({manifest.weights.get('source', 'random')})"
+    except EffdeployError:
+        return None
 
 
 def calibration_names(bundle: Any) -> set[str]:
