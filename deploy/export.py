@@ -80,6 +80,78 @@ def export_onnx(model: Any, resolution: int, opset: int = OPSET) -> onnx.ModelPr
     return rename_nodes(proto)
 
 
+def export_key(model: Any, resolution: int, opset: int = OPSET) -> str:
+    """Everything the simplified graph depends on: the weights and buffers (hashed tensor by
+    tensor, ~0.1 s for B1), the spec, the exporter and simplifier versions and the source of the
+    modules that build and export the network."""
+    import hashlib
+    import importlib.metadata as md
+
+    import torch
+
+    from . import __version__
+    from .bundle import sha256_json
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    here = Path(__file__).parent
+    code = {f: hashlib.sha256((here / f).read_bytes()).hexdigest() for f in ("model.py", "spec.py", "export.py")}
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "absent"
+
+    return sha256_json({
+        "tensors": h.hexdigest(), "spec": model.spec.to_dict(), "resolution": resolution, "opset": opset,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxsim": version("onnxsim"),
+                     "onnxscript": version("onnxscript"), "effdeploy": __version__},
+        "code": code,
+    })
+
+
+def export_cache_dir() -> Path:
+    from .calibration import default_cache_dir
+
+    return default_cache_dir().parent / "export"
+
+
+def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bool = True) -> tuple[onnx.ModelProto, bool]:
+    """``simplify(export_onnx(...))``, reused when the same weights, spec and toolchain were exported
+    before (the dynamo exporter is ~9 s of a B1 rebuild). Parity against eager is still checked on
+    every build, so a stale or corrupt entry cannot pass unnoticed; a corrupt one is re-exported."""
+    import os
+    import tempfile
+
+    path = export_cache_dir() / f"{export_key(model, resolution, opset)}.onnx" if use_cache else None
+    if path is not None and path.is_file():
+        try:
+            proto = onnx.load(str(path))
+            onnx.checker.check_model(proto)
+            return proto, True
+        except Exception:  # truncated or foreign file: export again and overwrite it
+            pass
+    proto = simplify(export_onnx(model, resolution, opset))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            try:
+                onnx.save(proto, tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError:
+            pass  # an unwritable cache only costs the export next time
+    return proto, False
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxsim: constant folding and dead-node removal; the graph must stay equivalent."""
     from onnxsim import simplify as onnxsim_simplify

@@ -188,7 +188,7 @@ def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str
 def build_bundle(req: BuildRequest) -> BuildResult:
     import onnx
 
-    from .export import check_parity, count_macs, export_onnx, graph_summary, run_eager, simplify
+    from .export import cached_export, check_parity, count_macs, graph_summary, run_eager
     from .model import build_model
 
     assert req.profile is not None
@@ -207,11 +207,12 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
     with staging_dir(out) as tmp:
         t = time.perf_counter()
-        fp32 = simplify(export_onnx(model, spec.resolution))
+        fp32, export_hit = cached_export(model, spec.resolution)
         fp32_path = tmp / (MODEL if req.precision == "fp32" else REFERENCE)
         onnx.save(fp32, str(fp32_path))
         timings["export"] = time.perf_counter() - t
-        info(f"[2/{steps}] exported and simplified: {len(fp32.graph.node)} nodes", req.quiet)
+        info(f"[2/{steps}] exported and simplified: {len(fp32.graph.node)} nodes"
+             + (" (export cache hit)" if export_hit else ""), req.quiet)
 
         quant: dict[str, Any] = {}
         notes: list[str] = []
@@ -265,6 +266,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         verify = verification_set(req, spec, calibration_ids)
         parity = check_parity(model, fp32_path, sample_inputs(spec, verify, req.seed))
         timings["export_parity"] = time.perf_counter() - t
+        parity["export_cache_hit"] = export_hit
         if not parity["passed"]:
             raise EffdeployError(
                 f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']}); "
@@ -275,14 +277,19 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         t = time.perf_counter()
         # The reference graph is eager-equivalent (export parity above, on random and real
         # images) and 5x faster to run than eager on the CPU; `effdeploy verify` uses eager.
-        from .quantize_stage import ort_logits
+        from .quantize_stage import reference_logits as fp32_logits
 
         eager_reference = req.precision == "fp32"
-        reference_logits = run_eager(model, verify.data) if eager_reference else ort_logits(fp32, verify.data)
+        reference_hit = False
+        if eager_reference:
+            reference_logits = run_eager(model, verify.data)
+        else:
+            reference_logits, reference_hit = fp32_logits(fp32, verify.data)
         budget = budget_for(req)
         report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
         if eager_reference:
             report["reference"] = "eager"
+        report["reference_logits_cached"] = reference_hit
         info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
              f"top-1 agreement {100 * report['comparison']['top1_agreement']:.2f} %", req.quiet)
         drift: list[dict[str, Any]] = []
@@ -314,6 +321,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
                 "method": int8.config.method,
                 "method_scores": dict(int8.method_scores),
                 "cpu_dialect_latency_ms": dict(int8.dialect_timings_ms),
+                "cpu_dialect_timed_before": int8.dialect_timed_before,
                 "calibration": {**int8.artifact.manifest_entry(), "cache_hit": int8.cache_hit,
                                 "builtin": int8.artifact.builtin, "warnings": list(int8.warnings)},
             })

@@ -32,6 +32,7 @@ class Int8Result:
     calibration_ids: tuple[str, ...]
     method_scores: Mapping[str, float] = field(default_factory=dict)
     dialect_timings_ms: Mapping[str, float] = field(default_factory=dict)
+    dialect_timed_before: bool = False  # the timings come from an earlier build on this machine
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -45,6 +46,43 @@ def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool =
         return run_batched(runner.infer, data, batch)
     finally:
         runner.close()
+
+
+def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = True) -> tuple[np.ndarray, bool]:
+    """FP32-graph logits on the verification images, reused when the same graph saw the same
+    pixels before (a rebuild spends ~3 s of B1's verification here). Keyed by the graph's bytes,
+    the input array's bytes and ONNX Runtime's version."""
+    import hashlib
+    import os
+
+    import onnxruntime
+
+    from .bundle import sha256_json
+    from .calibration import default_cache_dir
+
+    if not use_cache:
+        return ort_logits(fp32, data), False
+    key = sha256_json({
+        "model": hashlib.sha256(fp32.SerializeToString(deterministic=True)).hexdigest(),
+        "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
+        "shape": list(data.shape), "ort": onnxruntime.__version__,
+    })
+    path = default_cache_dir().parent / "reference" / f"{key[:40]}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape[0] == len(data):
+            return cached, True
+    except (OSError, ValueError):
+        pass
+    logits = ort_logits(fp32, data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+        np.save(tmp, logits)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs the run next time
+    return logits, False
 
 
 def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -114,26 +152,34 @@ def run_int8(
     config = replace(config, method=chosen)
     model = models.get(chosen) or quantize(fp32, outcomes[chosen].artifact.ranges, config)
     timings: dict[str, float] = {}
+    timed = None
     if config.dialect == ORT_CPU:
-        x = selection_data()
-        other = replace(config, activations="int8" if config.activations == "uint8" else "uint8")
-        other_model = quantize(fp32, outcomes[chosen].artifact.ranges, other)
-        timings = {
-            f"{'U8S8' if config.activations == 'uint8' else 'S8S8'}": latency_ms(model, x),
-            f"{'U8S8' if other.activations == 'uint8' else 'S8S8'}": latency_ms(other_model, x),
-            "fp32": latency_ms(fp32, x),
-        }
-        mine = "U8S8" if config.activations == "uint8" else "S8S8"
-        theirs = "U8S8" if other.activations == "uint8" else "S8S8"
-        if timings[theirs] < timings[mine]:
-            model, config = other_model, other
+        timed = _load_dialect(outcomes[chosen].artifact.key, config)
+        if timed is None:
+            x = selection_data()
+            other = replace(config, activations="int8" if config.activations == "uint8" else "uint8")
+            other_model = quantize(fp32, outcomes[chosen].artifact.ranges, other)
+            timings = {
+                _form(config): latency_ms(model, x),
+                _form(other): latency_ms(other_model, x),
+                "fp32": latency_ms(fp32, x),
+            }
+            if timings[_form(other)] < timings[_form(config)]:
+                model, config = other_model, other
+            _store_dialect(outcomes[chosen].artifact.key, config, timings)
+        else:
+            timings, activations = timed
+            if activations != config.activations:
+                config = replace(config, activations=activations)
+                model = quantize(fp32, outcomes[chosen].artifact.ranges, config)
         info("      cpu dialect by timing (batch 1, ms): "
              + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-             + f" -> {'U8S8' if config.activations == 'uint8' else 'S8S8'}", quiet)
+             + f" -> {_form(config)}" + (" (measured before on this machine)" if timed else ""), quiet)
     out = outcomes[chosen]
     return Int8Result(
         model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
         calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
+        dialect_timed_before=timed is not None,
         warnings=tuple(out.warnings), seconds=time.perf_counter() - t0,
     )
 
@@ -171,6 +217,59 @@ def _store_selection(outcomes: Mapping[str, Any], config: QuantConfig, scores: M
         os.replace(tmp, p)
     except OSError:
         pass  # an unwritable cache only costs the measurement next time
+
+
+def _form(config: QuantConfig) -> str:
+    return "U8S8" if config.activations == "uint8" else "S8S8"
+
+
+def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
+    """Keyed by the graph and ranges (the calibration key), the Q/DQ options, ONNX Runtime's
+    version and this machine's CPU: the timing is only valid where it was taken."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    from .bundle import sha256_json
+    from .calibration import default_cache_dir
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
+    key = sha256_json({"calibration": calibration_key, "config": cfg, "ort": onnxruntime.__version__,
+                       "cpu": cpu, "cores": os.cpu_count()})
+    return default_cache_dir() / f"dialect-{key[:32]}.json"
+
+
+def _load_dialect(calibration_key: str, config: QuantConfig) -> tuple[dict[str, float], str] | None:
+    """The CPU dialect timed before for the same graph and ranges on this machine."""
+    import json
+
+    try:
+        d = json.loads(_dialect_path(calibration_key, config).read_text())
+        timings = {str(k): float(v) for k, v in d["timings_ms"].items()}
+        return (timings, d["activations"]) if d["activations"] in ("uint8", "int8") else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _store_dialect(calibration_key: str, config: QuantConfig, timings: Mapping[str, float]) -> None:
+    import json
+    import os
+
+    p = _dialect_path(calibration_key, config)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"timings_ms": dict(timings), "activations": config.activations}))
+        os.replace(tmp, p)
+    except OSError:
+        pass  # an unwritable cache only costs the timing next time
 
 
 # --- drift and sensitivity ----------------------------------------------------------------------
