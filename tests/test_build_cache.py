@@ -1,0 +1,97 @@
+"""What a rebuild reuses (export, CPU dialect timing, reference logits) and that reuse never
+hides a change: a different weight, a corrupt entry or different pixels miss the cache."""
+
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import read_manifest, run_cli
+from effdeploy import build_model
+from effdeploy.export import cached_export, export_cache_dir, export_key
+from effdeploy.pipeline import logit_margin
+from effdeploy.quantize_stage import ort_logits, reference_logits
+
+LITE = ["--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "128"]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_export_cache_hit_miss_and_corruption(cache):
+    model = build_model(0, "b", resolution=64)
+    first, hit = cached_export(model, 64)
+    assert not hit and len(list(export_cache_dir().glob("*.onnx"))) == 1
+    again, hit = cached_export(model, 64)
+    assert hit and again.SerializeToString() == first.SerializeToString()
+    # any weight change is a different key, so a stale graph is never reused
+    key = export_key(model, 64)
+    with torch.no_grad():
+        model.classifier.bias[0] += 1e-3
+    assert export_key(model, 64) != key
+    _, hit = cached_export(model, 64)
+    assert not hit
+    # a truncated entry is re-exported, not loaded
+    entry = export_cache_dir() / f"{export_key(model, 64)}.onnx"
+    entry.write_bytes(entry.read_bytes()[:1000])
+    proto, hit = cached_export(model, 64)
+    assert not hit
+    onnx.checker.check_model(proto)
+    assert entry.stat().st_size > 1000
+
+
+def test_reference_logits_cache(cache):
+    model = build_model(0, "b", resolution=64)
+    proto, _ = cached_export(model, 64)
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    first, hit = reference_logits(proto, x)
+    assert not hit
+    again, hit = reference_logits(proto, x)
+    assert hit and np.array_equal(first, again)
+    np.testing.assert_allclose(again, ort_logits(proto, x), atol=1e-6)
+    other, hit = reference_logits(proto, x + 0.5)  # different pixels: measured again
+    assert not hit and not np.allclose(other, first)
+
+
+def test_logit_margin_separates_trained_from_near_tied():
+    rng = np.random.default_rng(0)
+    tied = rng.standard_normal((200, 1000))
+    confident = tied.copy()
+    confident[np.arange(200), rng.integers(0, 1000, 200)] += 8.0
+    assert logit_margin(tied) < 0.6 < 3.0 < logit_margin(confident)
+
+
+def test_rebuild_reuses_export_and_dialect_timing(tmp_path):
+    args = ["build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "12", "--calib-method",
+            "max", "--json", "--allow-parity-failure", "--no-repair"]
+    env = {"EFFDEPLOY_CACHE_DIR": str(tmp_path / "cache")}
+    first = run_cli(*args, "--out", str(tmp_path / "a"), env=env)
+    assert first.returncode == 0, first.stderr
+    second = run_cli(*args, "--out", str(tmp_path / "b"), env=env)
+    assert second.returncode == 0, second.stderr
+    a, b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert a["parity"]["export"]["export_cache_hit"] is False and b["parity"]["export"]["export_cache_hit"] is True
+    assert b["parity"]["export"]["passed"]  # eager parity is checked again on the reused graph
+    assert a["quantization"]["cpu_dialect_timed_before"] is False
+    assert b["quantization"]["cpu_dialect_timed_before"] is True
+    assert a["quantization"]["activations"] == b["quantization"]["activations"]
+    assert b["parity"]["verify"]["reference_logits_cached"] is True
+    assert a["parity"]["verify"]["comparison"] == b["parity"]["verify"]["comparison"]
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+
+
+def test_random_weights_int8_failure_says_why(tmp_path):
+    out = tmp_path / "b0"
+    proc = run_cli("build", "--phi", "0", "--resolution", "96", "--precision", "int8", "--profile", "jetson-orin",
+                   "--calib-images", "8", "--calib-method", "max", "--no-repair", "--out", str(out))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "INT8 of random weights" in proc.stderr  # warned before the minutes are spent
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "random weights give near-tied logits" in last and "--weights" in last
+    margin = read_manifest(out)["parity"]["verify"]["reference_logit_margin"]
+    assert 0 < margin < 1.0
+    assert f"{margin:.2f}" in last
