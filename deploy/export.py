@@ -21,6 +21,7 @@ import onnx
 from .errors import EffdeployError
 
 OPSET = 18
+EXPORT_CACHE_ENTRIES = 8  # most recently used exports kept (a B1 graph is 31 MB)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -132,6 +133,7 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
         try:
             proto = onnx.load(str(path))
             onnx.checker.check_model(proto)
+            os.utime(path)  # least recently used goes first when the cache is pruned
             return proto, True
         except Exception:  # truncated or foreign file: export again and overwrite it
             pass
@@ -147,6 +149,9 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+            entries = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in entries[EXPORT_CACHE_ENTRIES:]:
+                old.unlink(missing_ok=True)
         except OSError:
             pass  # an unwritable cache only costs the export next time
     return proto, False

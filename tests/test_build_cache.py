@@ -44,6 +44,19 @@ def test_export_cache_hit_miss_and_corruption(cache):
     assert entry.stat().st_size > 1000
 
 
+def test_export_cache_is_bounded(cache, monkeypatch):
+    import effdeploy.export as E
+
+    monkeypatch.setattr(E, "EXPORT_CACHE_ENTRIES", 2)
+    for seed in range(3):
+        cached_export(build_model(0, "b", resolution=32, seed=seed), 32)
+    assert len(list(export_cache_dir().glob("*.onnx"))) == 2
+    _, hit = cached_export(build_model(0, "b", resolution=32, seed=2), 32)  # newest kept
+    assert hit
+    _, hit = cached_export(build_model(0, "b", resolution=32, seed=0), 32)  # oldest pruned
+    assert not hit
+
+
 def test_reference_logits_cache(cache):
     model = build_model(0, "b", resolution=64)
     proto, _ = cached_export(model, 64)
