@@ -356,7 +356,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     if status != STATUS_VERIFIED and not req.allow_parity_failure:
         hint = "try --accuracy-budget, more --calib-images or --precision fp16"
         if model.weights_info.get("source") == "random":
-            hint = (f"random weights give near-tied logits (median top-1 margin {logit_margin(reference_logits):.2f} "
+            hint = (f"random weights give near-tied logits (median top-1 margin {report['reference_logit_margin']:.2f} "
                     "logit standard deviations; pretrained Lite0: 2.4), so INT8 noise flips top-1; "
                     "pass trained --weights, or --precision fp16")
         raise ParityError(

@@ -193,30 +193,38 @@ def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:
     return default_cache_dir() / f"selection-{sha256_json({'keys': keys, 'config': cfg})[:32]}.json"
 
 
-def _load_selection(outcomes: Mapping[str, Any], config: QuantConfig) -> dict[str, float] | None:
-    """A method choice measured before on the same calibration data and graph."""
+def _read_json(path: Path) -> Any:
+    """A small cache record, or None when it is missing or unreadable."""
     import json
 
-    p = _selection_path(outcomes, config)
     try:
-        scores = json.loads(p.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return scores if set(scores) == set(outcomes) else None
 
 
-def _store_selection(outcomes: Mapping[str, Any], config: QuantConfig, scores: Mapping[str, float]) -> None:
+def _write_json(path: Path, record: Any) -> None:
+    """Atomically; an unwritable cache only costs the measurement next time."""
     import json
     import os
 
-    p = _selection_path(outcomes, config)
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dict(scores)))
-        os.replace(tmp, p)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
     except OSError:
-        pass  # an unwritable cache only costs the measurement next time
+        pass
+
+
+def _load_selection(outcomes: Mapping[str, Any], config: QuantConfig) -> dict[str, float] | None:
+    """A method choice measured before on the same calibration data and graph."""
+    scores = _read_json(_selection_path(outcomes, config))
+    return scores if isinstance(scores, dict) and set(scores) == set(outcomes) else None
+
+
+def _store_selection(outcomes: Mapping[str, Any], config: QuantConfig, scores: Mapping[str, float]) -> None:
+    _write_json(_selection_path(outcomes, config), dict(scores))
 
 
 def _form(config: QuantConfig) -> str:
@@ -248,28 +256,17 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
 
 def _load_dialect(calibration_key: str, config: QuantConfig) -> tuple[dict[str, float], str] | None:
     """The CPU dialect timed before for the same graph and ranges on this machine."""
-    import json
-
+    d = _read_json(_dialect_path(calibration_key, config))
     try:
-        d = json.loads(_dialect_path(calibration_key, config).read_text())
         timings = {str(k): float(v) for k, v in d["timings_ms"].items()}
         return (timings, d["activations"]) if d["activations"] in ("uint8", "int8") else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
 def _store_dialect(calibration_key: str, config: QuantConfig, timings: Mapping[str, float]) -> None:
-    import json
-    import os
-
-    p = _dialect_path(calibration_key, config)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"timings_ms": dict(timings), "activations": config.activations}))
-        os.replace(tmp, p)
-    except OSError:
-        pass  # an unwritable cache only costs the timing next time
+    _write_json(_dialect_path(calibration_key, config),
+                {"timings_ms": dict(timings), "activations": config.activations})
 
 
 # --- drift and sensitivity ----------------------------------------------------------------------
