@@ -290,10 +290,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             reference_logits, reference_hit = fp32_logits(fp32, verify.data)
         budget = budget_for(req)
         report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
+        reference_facts = {"reference_logits_cached": reference_hit,
+                           "reference_logit_margin": logit_margin(reference_logits)}
         if eager_reference:
             report["reference"] = "eager"
-        report["reference_logits_cached"] = reference_hit
-        report["reference_logit_margin"] = logit_margin(reference_logits)
+        report.update(reference_facts)
         info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
              f"top-1 agreement {100 * report['comparison']['top1_agreement']:.2f} %", req.quiet)
         drift: list[dict[str, Any]] = []
@@ -305,6 +306,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         if int8 is not None and report["misses"] and req.repair:
             candidate, int8, report, repair, candidate_opt, drift = repair_int8(
                 fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet, report)
+            report.update(reference_facts)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
         timings["verify"] = time.perf_counter() - t
         if req.precision != "fp32":
