@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from effdeploy.bundle import sha256_file, sha256_json
+from effdeploy.bundle import atomic_write, sha256_file, sha256_json
 from effdeploy.errors import EffdeployError
 from effdeploy.report import info
 from effdeploy.spec import Preprocessing
@@ -216,7 +215,7 @@ def calibration_key(
 def write_calibration_json(path: str | Path, artifact: CalibrationArtifact) -> Path:
     """Write ``calibration.json`` atomically (temp file + rename)."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(artifact.to_dict(), indent=1) + "\n")
+    atomic_write(path, json.dumps(artifact.to_dict(), indent=1) + "\n")
     return path
 
 
@@ -314,7 +313,7 @@ def write_trt_calibration_cache(
             raise EffdeployError(f"tensor name {name!r} cannot be written to a TensorRT calibration cache")
         lines.append(f"{name}: {trt_scale_hex(float(r.amax) / 127.0)}")
     path = Path(path)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -464,21 +463,6 @@ def run_calibrations(
 def _ids_on_this_machine(plan: CalibrationPlan, names: Sequence[str]) -> tuple[str, ...]:
     where = {n: k for k, n in enumerate(plan.names)}
     return tuple(plan.items[where[n]] for n in names if n in where)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _proto_sha256(model: Any) -> str:

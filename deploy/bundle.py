@@ -43,6 +43,26 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write through a temp file in the same folder and rename: readers (and caches) never see a
+    half-written file, and an interrupted write leaves nothing behind."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything later stages need to know about a bundle, without torch."""

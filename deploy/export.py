@@ -126,7 +126,8 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
     before (the dynamo exporter is ~9 s of a B1 rebuild). Parity against eager is still checked on
     every build, so a stale or corrupt entry cannot pass unnoticed; a corrupt one is re-exported."""
     import os
-    import tempfile
+
+    from .bundle import atomic_write
 
     path = export_cache_dir() / f"{export_key(model, resolution, opset)}.onnx" if use_cache else None
     if path is not None and path.is_file():
@@ -140,15 +141,7 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
     proto = simplify(export_onnx(model, resolution, opset))
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                onnx.save(proto, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_write(path, proto.SerializeToString())
             entries = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in entries[EXPORT_CACHE_ENTRIES:]:
                 old.unlink(missing_ok=True)

@@ -53,11 +53,11 @@ def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = 
     pixels before (a rebuild spends ~3 s of B1's verification here). Keyed by the graph's bytes,
     the input array's bytes and ONNX Runtime's version."""
     import hashlib
-    import os
+    import io
 
     import onnxruntime
 
-    from .bundle import sha256_json
+    from .bundle import atomic_write, sha256_json
     from .calibration import default_cache_dir
 
     if not use_cache:
@@ -75,11 +75,10 @@ def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = 
     except (OSError, ValueError):
         pass
     logits = ort_logits(fp32, data)
+    buf = io.BytesIO()
+    np.save(buf, logits)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-        np.save(tmp, logits)
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
     except OSError:
         pass  # an unwritable cache only costs the run next time
     return logits, False
@@ -206,13 +205,11 @@ def _read_json(path: Path) -> Any:
 def _write_json(path: Path, record: Any) -> None:
     """Atomically; an unwritable cache only costs the measurement next time."""
     import json
-    import os
+
+    from .bundle import atomic_write
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record))
     except OSError:
         pass
 
