@@ -42,18 +42,47 @@ def test_sensitivity_order_by_added_error():
     assert sensitivity_order(drift) == ["blocks.1.0", "blocks.2.0", "blocks.0.0", "blocks.1.1"]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 16, 23])
+def test_kept_count_search_finds_the_fewest_blocks(n):
+    """Monotone budgets: the smallest count that holds, one by one up to 8, then by bisection."""
+    import math
+
+    from effdeploy.pipeline import LINEAR_KEPT_BLOCKS, kept_count_search
+
+    for need in range(1, n + 2):  # need > n: not even every block is enough
+        held, tried = kept_count_search(n, lambda k: k >= need)
+        assert held == (need if need <= n else None)
+        assert len(tried) == len(set(tried)) and all(1 <= k <= n for k in tried)
+        assert tried[:min(need, LINEAR_KEPT_BLOCKS, n)] == list(range(1, min(need, LINEAR_KEPT_BLOCKS, n) + 1))
+        assert len(tried) <= LINEAR_KEPT_BLOCKS + 2 * math.ceil(math.log2(max(n, 2)))
+    assert kept_count_search(0, lambda k: True) == (None, [])
+
+
+def test_kept_count_search_keeps_a_small_count_that_holds_through_noise():
+    """Noise: 5 holds, 6-8 miss again; one-by-one finds 5 where bisection from 16 would not."""
+    from effdeploy.pipeline import kept_count_search
+
+    held, tried = kept_count_search(16, lambda k: k == 5 or k >= 12)
+    assert (held, tried) == (5, [1, 2, 3, 4, 5])
+    held, tried = kept_count_search(16, lambda k: k >= 12)
+    assert held == 12 and tried[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 16]
+
+
 def test_repair_loop_runs_and_reports(tmp_path):
-    """An unreachable budget: every step is tried in drift order, then the build fails loudly."""
+    """An unreachable budget: 1..8 blocks, then every block, then the build fails loudly."""
     out = tmp_path / "b"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "8",
                    "--calib-method", "max", "--max-abs", "1e-9", "--out", str(out))
     assert proc.returncode == 3, proc.stderr
     m = read_manifest(out)
     repair = m["quantization"]["repair"]
-    assert repair["held"] is False and len(repair["tried"]) == 8
-    drift_order = sensitivity_order(m["quantization"]["drift"])  # drift after the last attempt
+    blocks = {r["block"] for r in m["quantization"]["drift"]}
+    assert len(blocks) == 16  # Lite0's MBConv blocks
+    counts = [len(t["keep_blocks"]) for t in repair["tried"]]
+    assert repair["held"] is False and counts == [1, 2, 3, 4, 5, 6, 7, 8, 16]
     kept = repair["kept_blocks"]
-    assert len(kept) == 8 and len(set(kept)) == 8
-    assert [t["keep_blocks"] for t in repair["tried"]][-1] == kept
-    assert 0 < repair["macs_share_kept"] < 1
-    assert m["quantization"]["config"]["keep_blocks"] == kept and drift_order
+    assert set(kept) == blocks and len(kept) == 16
+    tried = [t["keep_blocks"] for t in repair["tried"]]
+    assert tried[-1] == kept and all(t == kept[:len(t)] for t in tried)  # prefixes of one order
+    assert 0 < repair["macs_share_kept"] < 1  # stem, head and classifier stay INT8
+    assert m["quantization"]["config"]["keep_blocks"] == kept

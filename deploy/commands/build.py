@@ -29,7 +29,7 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 %% agreement.")
-@click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (at most 8).")
+@click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection up to every block).")
 @click.option("--max-abs", type=float, default=None, help="Budget: max abs logit error (default fp32 1e-3).")
 @click.option("--min-agreement", type=float, default=None, help="Budget: min top-1 agreement in percent (default fp16 99.5, int8 98).")
 @click.option("--max-drop", type=float, default=None, help="Budget: max top-1 accuracy drop in points where labels exist (default int8 1.0).")
