@@ -450,7 +450,8 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
         report, optimize = verify_candidate(candidate, reference_logits, verify, budget, quiet)
         agree = report["comparison"]["top1_agreement"]
         tried.append({"keep_blocks": list(config.keep_blocks), "top1_agreement": agree, "misses": report["misses"]})
-        info(f"      keeping {k} block{'s' if k > 1 else ''} ({', '.join(order[:k])}) in higher precision: "
+        names = ", ".join(order[:k]) if k <= 4 else f"{', '.join(order[:3])}, ... {order[k - 1]}"
+        info(f"      keeping {k} block{'s' if k > 1 else ''} ({names}) in higher precision: "
              f"top-1 agreement {100 * agree:.2f} %", quiet)
         ok = not report["misses"]
         if ok or k == len(order):  # a later count that holds is smaller: one candidate in memory
