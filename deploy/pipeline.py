@@ -6,6 +6,7 @@ of it. Everything happens in a staging directory renamed into place at the end.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,10 @@ from .verify import Budget
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
 DRIFT_IMAGES = 32
+# The repair keeps at most half of the multiply-adds out of INT8 by default: beyond that the bundle
+# is mostly an FP16/FP32 model under an INT8 label (random B1 "verified" with all 23 blocks kept
+# in FP16 is what an uncapped repair produced); --max-kept-macs raises it deliberately.
+MAX_KEPT_MACS_PCT = 50.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class BuildRequest:
     budget: Budget | None = None
     accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
     repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
+    max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
     int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
     allow_parity_failure: bool = False
     quiet: bool = False
@@ -113,6 +119,8 @@ def check_request(req: BuildRequest) -> None:
         raise EffdeployError("--calib-images and --verify-images must be at least 1")
     if req.accuracy_budget is not None and not (0 < req.accuracy_budget < 100):
         raise EffdeployError("--accuracy-budget is a percentage of top-1 disagreement, e.g. 1 (for 99 % agreement)")
+    if not 0 < req.max_kept_macs <= 100:
+        raise EffdeployError(f"--max-kept-macs is a percentage of the multiply-adds in (0, 100], got {req.max_kept_macs:g}")
     if req.precision == "int8":
         from .calibration import source_kind
 
@@ -288,6 +296,10 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         else:
             reference_logits, reference_hit = fp32_logits(fp32, verify.data)
         budget = budget_for(req)
+        coarse = coarse_verification(len(verify.data), budget)
+        if coarse:
+            info(f"warning: {coarse}", req.quiet)
+            notes.append(coarse)
         report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
         reference_facts = {"reference_logits_cached": reference_hit,
                            "reference_logit_margin": logit_margin(reference_logits)}
@@ -304,7 +316,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
         if int8 is not None and report["misses"] and req.repair:
             candidate, int8, report, repair, candidate_opt, drift = repair_int8(
-                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet, report)
+                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet, report, req.max_kept_macs)
             report.update(reference_facts)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
         timings["verify"] = time.perf_counter() - t
@@ -356,6 +368,9 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     bundle = load_bundle(out)
     if status != STATUS_VERIFIED and not req.allow_parity_failure:
         hint = "try --accuracy-budget, more --calib-images or --precision fp16"
+        if repair and not repair["held"]:
+            hint = (f"keeping {len(repair['kept_blocks'])} blocks ({100 * repair['macs_share_kept']:.0f} % of the "
+                    f"multiply-adds, --max-kept-macs {repair['max_kept_macs_pct']:g}) out of INT8 did not meet it; {hint}")
         if model.weights_info.get("source") == "random":
             hint = (f"random weights give near-tied logits (median top-1 margin {report['reference_logit_margin']:.2f} "
                     "logit standard deviations; pretrained Lite0: 2.4), so INT8 noise flips top-1; "
@@ -367,6 +382,17 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
                        compile_reason=auto.reason)
+
+
+def coarse_verification(images: int, budget: Budget) -> str | None:
+    """A warning when the verification set is too small to resolve the agreement budget: with fewer
+    than 1 / (1 - budget) images (50 for INT8's 98 %) one flipped image already misses it, so a pass
+    only says "no flips on these few images" (the built-in set leaves 5 for verification)."""
+    if budget.top1_agreement is None or images * (1.0 - budget.top1_agreement) >= 1.0:
+        return None
+    return (f"verified on only {images} images: one image is {100 / images:.1f} % of top-1 agreement, too coarse "
+            f"for a {100 * budget.top1_agreement:g} % budget; pass --verify-data (or --calib-data) with at least "
+            f"{math.ceil(1 / (1 - budget.top1_agreement))} images for a meaningful gate")
 
 
 def logit_margin(logits: np.ndarray) -> float:
@@ -432,15 +458,31 @@ def kept_count_search(n: int, holds: Callable[[int], bool],
     return held, tried
 
 
-def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
-                budget: Budget, drift: list[dict[str, Any]], quiet: bool, first_report: dict[str, Any] | None = None):
-    """Keep the blocks that add the most error in higher precision until the budget holds."""
-    from .precision import needs_unoptimized_ort, quantize
-    from .quantize_stage import drift_report, macs_share, sensitivity_order
+def blocks_within(order: Sequence[str], shares: dict[str, float], max_share: float) -> int:
+    """How many of the leading blocks of ``order`` fit in ``max_share`` of the multiply-adds."""
+    total, n = 0.0, 0
+    for block in order:
+        total += shares.get(block, 0.0)
+        if total > max_share + 1e-9:
+            break
+        n += 1
+    return n
 
-    order = sensitivity_order(drift)
+
+def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
+                budget: Budget, drift: list[dict[str, Any]], quiet: bool, first_report: dict[str, Any] | None = None,
+                max_kept_macs: float = MAX_KEPT_MACS_PCT):
+    """Keep the blocks that add the most error in higher precision until the budget holds, within
+    ``max_kept_macs`` percent of the multiply-adds."""
+    from .precision import needs_unoptimized_ort, quantize
+    from .quantize_stage import block_macs_shares, drift_report, sensitivity_order
+
+    shares = block_macs_shares(fp32)
+    ranked = sensitivity_order(drift)
+    order = ranked[:blocks_within(ranked, shares, max_kept_macs / 100.0)]
     first_size = int8.model.ByteSize()
-    info(f"      budget missed; blocks by sensitivity: {', '.join(order)}", quiet)
+    info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
+         f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
     kept: dict[int, tuple[Any, Any, dict[str, Any], bool]] = {}  # the smallest count that held, or all blocks
     tried = []
 
@@ -460,7 +502,7 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
         return ok
 
     held, _ = kept_count_search(len(order), holds)
-    if not kept:  # no MBConv block in the graph: nothing to keep, the first result stands
+    if not kept:  # no MBConv block fits the cap (or none in the graph): the first result stands
         kept[0] = (int8.model, int8.config, first_report or {}, not needs_unoptimized_ort(int8.model))
     candidate, config, report, optimize = next(iter(kept.values()))
     int8 = replace(int8, model=candidate, config=config)
@@ -470,7 +512,9 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
     repair = {
         "initial": initial,
         "kept_blocks": list(config.keep_blocks),
-        "macs_share_kept": macs_share(fp32, config.keep_blocks),
+        "macs_share_kept": sum(shares.get(k, 0.0) for k in config.keep_blocks),
+        "max_kept_macs_pct": max_kept_macs,
+        "blocks_within_cap": len(order),
         "model_bytes": {"all_int8": first_size, "repaired": candidate.ByteSize()},
         "search": f"1..{LINEAR_KEPT_BLOCKS} blocks one by one, then doubling and bisection, in sensitivity order",
         "tried": tried,

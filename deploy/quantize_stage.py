@@ -333,11 +333,15 @@ def sensitivity_order(drift: Sequence[Mapping[str, Any]]) -> list[str]:
     return [r["block"] for r in sorted(drift, key=lambda r: -r["added"])]
 
 
-def macs_share(model: onnx.ModelProto, blocks: Sequence[str]) -> float:
-    """Fraction of the network's multiply-adds inside ``blocks`` (the cost of keeping them)."""
+def block_macs_shares(model: onnx.ModelProto) -> dict[str, float]:
+    """Each MBConv block's fraction of the network's multiply-adds (what keeping it out of INT8 costs)."""
     from .export import macs_per_node
 
     per_node = macs_per_node(model)
     total = sum(per_node.values())
-    keep = set(blocks)
-    return sum(v for k, v in per_node.items() if block_of(k) in keep) / total if total else 0.0
+    shares: dict[str, float] = {}
+    for name, macs in per_node.items():
+        b = block_of(name)
+        if b is not None and total:
+            shares[b] = shares.get(b, 0.0) + macs / total
+    return shares

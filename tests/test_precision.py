@@ -72,6 +72,21 @@ def test_calibration_artifacts(gpu_int8):
     m = read_manifest(out)
     assert any("built-in" in n for n in m["notes"])  # calibrated without --calib-data: recorded
     assert m["quantization"]["calibration"]["builtin"] is True
+    # ... and verified on the few built-in images left over: the gate says it is too coarse
+    n = m["parity"]["verify"]["comparison"]["samples"]
+    assert n < 50 and any(f"verified on only {n} images" in note for note in m["notes"])
+
+
+def test_coarse_verification_warning():
+    from effdeploy.pipeline import coarse_verification
+    from effdeploy.verify import Budget
+
+    int8, fp16 = Budget.for_precision("int8"), Budget.for_precision("fp16")
+    assert "too coarse for a 98 % budget" in coarse_verification(5, int8)
+    assert "at least 50 images" in coarse_verification(49, int8)
+    assert coarse_verification(50, int8) is None and coarse_verification(200, fp16) is None
+    assert "at least 200 images" in coarse_verification(199, fp16)
+    assert coarse_verification(3, Budget.for_precision("fp32")) is None  # max-abs budget: no agreement to resolve
 
 
 def test_rebuild_hits_calibration_cache(gpu_int8, tmp_path):

@@ -68,21 +68,39 @@ def test_kept_count_search_keeps_a_small_count_that_holds_through_noise():
     assert held == 12 and tried[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 16]
 
 
-def test_repair_loop_runs_and_reports(tmp_path):
-    """An unreachable budget: 1..8 blocks, then every block, then the build fails loudly."""
+def test_blocks_within_the_macs_cap():
+    from effdeploy.pipeline import blocks_within
+
+    shares = {"a": 0.3, "b": 0.15, "c": 0.1, "d": 0.2}
+    assert blocks_within(["a", "b", "c", "d"], shares, 0.5) == 2  # a+b = 0.45; +c = 0.55 is over
+    assert blocks_within(["c", "b", "a", "d"], shares, 0.55) == 3
+    assert blocks_within(["d", "a"], shares, 0.1) == 0
+    assert blocks_within(["a", "b", "c", "d"], shares, 1.0) == 4
+
+
+@pytest.mark.parametrize("cap", [None, "100"])
+def test_repair_loop_runs_and_reports(tmp_path, cap):
+    """An unreachable budget: 1..8 blocks, then as many as the --max-kept-macs cap allows (all of
+    them at 100 %), then the build fails loudly and says what the repair kept."""
     out = tmp_path / "b"
+    extra = ["--max-kept-macs", cap] if cap else []
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--calib-images", "8",
-                   "--calib-method", "max", "--max-abs", "1e-9", "--out", str(out))
+                   "--calib-method", "max", "--max-abs", "1e-9", "--out", str(out), *extra)
     assert proc.returncode == 3, proc.stderr
+    assert "--max-kept-macs" in proc.stderr and "did not meet it" in proc.stderr
     m = read_manifest(out)
     repair = m["quantization"]["repair"]
     blocks = {r["block"] for r in m["quantization"]["drift"]}
     assert len(blocks) == 16  # Lite0's MBConv blocks
     counts = [len(t["keep_blocks"]) for t in repair["tried"]]
-    assert repair["held"] is False and counts == [1, 2, 3, 4, 5, 6, 7, 8, 16]
     kept = repair["kept_blocks"]
-    assert set(kept) == blocks and len(kept) == 16
+    assert repair["held"] is False and repair["blocks_within_cap"] == len(kept)
     tried = [t["keep_blocks"] for t in repair["tried"]]
     assert tried[-1] == kept and all(t == kept[:len(t)] for t in tried)  # prefixes of one order
-    assert 0 < repair["macs_share_kept"] < 1  # stem, head and classifier stay INT8
     assert m["quantization"]["config"]["keep_blocks"] == kept
+    if cap:
+        assert counts == [1, 2, 3, 4, 5, 6, 7, 8, 16] and set(kept) == blocks
+        assert 0.5 < repair["macs_share_kept"] < 1  # stem, head and classifier stay INT8
+    else:
+        assert repair["max_kept_macs_pct"] == 50 and 0 < repair["macs_share_kept"] <= 0.5
+        assert 1 <= len(kept) < 16 and counts[: min(8, len(kept))] == list(range(1, min(8, len(kept)) + 1))

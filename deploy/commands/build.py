@@ -29,7 +29,9 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 %% agreement.")
-@click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection up to every block).")
+@click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
+@click.option("--max-kept-macs", type=float, default=50.0, show_default=True,
+              help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
 @click.option("--max-abs", type=float, default=None, help="Budget: max abs logit error (default fp32 1e-3).")
 @click.option("--min-agreement", type=float, default=None, help="Budget: min top-1 agreement in percent (default fp16 99.5, int8 98).")
 @click.option("--max-drop", type=float, default=None, help="Budget: max top-1 accuracy drop in points where labels exist (default int8 1.0).")
@@ -39,7 +41,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
-              allow_parity_failure: bool, as_json: bool) -> None:
+              max_kept_macs: float, allow_parity_failure: bool, as_json: bool) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
@@ -63,6 +65,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
+        max_kept_macs=max_kept_macs,
     )
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
