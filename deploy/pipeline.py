@@ -6,7 +6,6 @@ of it. Everything happens in a staging directory renamed into place at the end.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from .bundle import (
 from .errors import EffdeployError, ParityError
 from .profile import Profile
 from .report import info
-from .verify import Budget
+from .verify import Budget, coarse_verification
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
@@ -382,17 +381,6 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
                        compile_reason=auto.reason)
-
-
-def coarse_verification(images: int, budget: Budget) -> str | None:
-    """A warning when the verification set is too small to resolve the agreement budget: with fewer
-    than 1 / (1 - budget) images (50 for INT8's 98 %) one flipped image already misses it, so a pass
-    only says "no flips on these few images" (the built-in set leaves 5 for verification)."""
-    if budget.top1_agreement is None or images * (1.0 - budget.top1_agreement) >= 1.0:
-        return None
-    return (f"verified on only {images} images: one image is {100 / images:.1f} % of top-1 agreement, too coarse "
-            f"for a {100 * budget.top1_agreement:g} % budget; pass --verify-data (or --calib-data) with at least "
-            f"{math.ceil(1 / (1 - budget.top1_agreement))} images for a meaningful gate")
 
 
 def logit_margin(logits: np.ndarray) -> float:

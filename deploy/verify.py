@@ -3,6 +3,7 @@ and a candidate runner, budgets per precision, and the report every build ends w
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -159,3 +160,14 @@ def comparison_rows(c: Comparison) -> list[tuple[str, Any]]:
             ("top-1 drop", f"{c.accuracy_drop_pt:.2f} pt"),
         ]
     return rows
+
+
+def coarse_verification(images: int, budget: Budget, more: str = "--verify-data (or --calib-data)") -> str | None:
+    """A warning when the verification set is too small to resolve the agreement budget: with fewer
+    than 1 / (1 - budget) images (50 for INT8's 98 %) one flipped image already misses it, so a pass
+    only says "no flips on these few images" (the built-in set leaves 5 for verification)."""
+    if budget.top1_agreement is None or images * (1.0 - budget.top1_agreement) >= 1.0:
+        return None
+    return (f"verified on only {images} images: one image is {100 / images:.1f} % of top-1 agreement, too coarse "
+            f"for a {100 * budget.top1_agreement:g} % budget; pass {more} with at least "
+            f"{math.ceil(1 / (1 - budget.top1_agreement))} images for a meaningful gate")

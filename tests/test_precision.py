@@ -78,7 +78,7 @@ def test_calibration_artifacts(gpu_int8):
 
 
 def test_coarse_verification_warning():
-    from effdeploy.pipeline import coarse_verification
+    from effdeploy.verify import coarse_verification
     from effdeploy.verify import Budget
 
     int8, fp16 = Budget.for_precision("int8"), Budget.for_precision("fp16")
@@ -157,6 +157,22 @@ def test_verify_command_with_labels(tmp_path, tiny_bundle):
     assert r["comparison"]["samples"] == 2 and r["passed"]
     table = run_cli("verify", str(tiny_bundle))
     assert table.returncode == 0 and "top-1 agreement" in table.stdout
+
+
+def test_verify_warns_when_too_few_images_for_the_budget(gpu_int8, tmp_path):
+    from effdeploy.datasets import builtin_image_paths
+
+    out, _ = gpu_int8
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for p in builtin_image_paths()[:3]:
+        shutil.copy(p, folder / p.name)
+    proc = run_cli("verify", str(out), "--data", str(folder), "--json")
+    assert proc.returncode in (0, 3), proc.stderr  # 3 images may or may not hold 98 %; the warning is the point
+    r = json.loads(proc.stdout)
+    n = r["comparison"]["samples"]  # calibration images among the three are left out
+    assert 1 <= n <= 3
+    assert len(r["warnings"]) == 1 and f"only {n} images" in r["warnings"][0] and "--data" in r["warnings"][0]
 
 
 def test_bad_calibration_source(tmp_path):

@@ -56,7 +56,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     from ..preprocess import preprocess_files
     from ..quantize_stage import drift_report, ort_logits
     from ..runners import bundle_runner
-    from ..verify import Budget, budget_with, check_budget, compare, comparison_rows, run_batched
+    from ..verify import Budget, budget_with, check_budget, coarse_verification, compare, comparison_rows, run_batched
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")
@@ -113,6 +113,9 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     comp = compare(ref_logits, cand, labels)
     budget = budget_with(Budget.for_precision(m.precision), max_abs, min_agreement, max_drop) or Budget.for_precision(m.precision)
     misses = check_budget(comp, budget)
+    coarse = coarse_verification(len(x), budget, more="--data")
+    if coarse:
+        info(f"warning: {coarse}", as_json)
     drift = []
     if m.precision != "fp32" and (bundle.path / REFERENCE).is_file():
         import onnx
@@ -121,7 +124,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     result = {"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
               "precision": m.precision, "reference": ref_name, "data": source,
               "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
-              "drift": drift}
+              "drift": drift, "warnings": [coarse] if coarse else []}
     if as_json:
         emit_json(result)
     else:
