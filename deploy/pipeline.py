@@ -415,8 +415,8 @@ def kept_count_search(n: int, holds: Callable[[int], bool],
     is 0.41 pt), so a pure bisection skips small counts that hold: measured on Lite0 at a 99 %
     budget it kept 10 blocks (55 % of the multiply-adds) where 5 (25 %) held. Small counts are
     cheap to deploy and worth finding, so 1..``linear`` are tried one by one; beyond that the
-    search doubles up to ``n`` and bisects (at most ``linear`` + ~2 log2(n) verifications, and no
-    cap below every block). Returns (the count that held or None, the counts tried in order).
+    search doubles up to ``n`` (the blocks the caller's cap allows) and bisects: at most
+    ``linear`` + ~2 log2(n) verifications. Returns (the count that held or None, the counts tried).
     """
     tried: list[int] = []
 
