@@ -471,7 +471,7 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
     first_size = int8.model.ByteSize()
     info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
          f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
-    kept: dict[int, tuple[Any, Any, dict[str, Any], bool]] = {}  # the smallest count that held, or all blocks
+    chosen: list[tuple[Any, Any, dict[str, Any], bool]] = []  # the smallest count that held, or the last one
     tried = []
 
     def holds(k: int) -> bool:
@@ -485,14 +485,13 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
              f"top-1 agreement {100 * agree:.2f} %", quiet)
         ok = not report["misses"]
         if ok or k == len(order):  # a later count that holds is smaller: one candidate in memory
-            kept.clear()
-            kept[k] = (candidate, config, report, optimize)
+            chosen[:] = [(candidate, config, report, optimize)]
         return ok
 
     held, _ = kept_count_search(len(order), holds)
-    if not kept:  # no MBConv block fits the cap (or none in the graph): the first result stands
-        kept[0] = (int8.model, int8.config, first_report or {}, not needs_unoptimized_ort(int8.model))
-    candidate, config, report, optimize = next(iter(kept.values()))
+    if not chosen:  # no MBConv block fits the cap (or none in the graph): the first result stands
+        chosen.append((int8.model, int8.config, first_report or {}, not needs_unoptimized_ort(int8.model)))
+    candidate, config, report, optimize = chosen[0]
     int8 = replace(int8, model=candidate, config=config)
     initial = {"top1_agreement": None, "misses": []}
     if first_report:

@@ -78,8 +78,7 @@ def test_calibration_artifacts(gpu_int8):
 
 
 def test_coarse_verification_warning():
-    from effdeploy.verify import coarse_verification
-    from effdeploy.verify import Budget
+    from effdeploy.verify import Budget, coarse_verification
 
     int8, fp16 = Budget.for_precision("int8"), Budget.for_precision("fp16")
     assert "too coarse for a 98 % budget" in coarse_verification(5, int8)
