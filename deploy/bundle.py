@@ -29,6 +29,22 @@ FORMAT_VERSION = 1
 STATUS_VERIFIED = "verified"
 STATUS_FAILED_PARITY = "failed-parity"
 STATUS_UNVERIFIED = "unverified"
+# The budget held, but on too few verification images to resolve it (one flip would decide it).
+STATUS_CHECKED = "checked"
+# No accuracy claim is possible (random weights, or an untrained head): numerical checks only.
+STATUS_BENCHMARK_ONLY = "benchmark-only"
+# Statuses a bundle can be compiled, benchmarked and run with; all but "verified" with a warning.
+USABLE_STATUSES = (STATUS_VERIFIED, STATUS_CHECKED, STATUS_BENCHMARK_ONLY)
+
+
+def status_warning(status: str) -> str | None:
+    """The one line shown when a usable bundle is not ``verified`` (None when it is)."""
+    if status == STATUS_CHECKED:
+        return ("status checked: the accuracy budget held on too few images to verify it; "
+                "rebuild with more --verify-data images for 'verified'")
+    if status == STATUS_BENCHMARK_ONLY:
+        return "status benchmark-only: random weights or an untrained head; latency figures only, no accuracy claim"
+    return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

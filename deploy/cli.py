@@ -18,8 +18,16 @@ def cli() -> None:
     """Build, verify, compile and benchmark EfficientNets for edge targets."""
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (e.g. ``Runner.open`` of a ``checked`` bundle) as one plain line."""
+    click.echo(f"effdeploy: warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="effdeploy", standalone_mode=False)
     except EffdeployError as e:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .bundle import STATUS_VERIFIED, Bundle, sha256_file
+from .bundle import USABLE_STATUSES, Bundle, sha256_file
 from .engine import GpuInfo, detect_gpu, normalize_cc
 from .errors import EffdeployError
 from .profile import Profile
@@ -226,10 +226,10 @@ def refuse_cpu_profile(profile: Profile) -> str | None:
 
 def refuse_status(bundle: Bundle) -> str | None:
     status = bundle.manifest.status
-    if status != STATUS_VERIFIED:
+    if status not in USABLE_STATUSES:
         return (
-            f"bundle {bundle.path} is {status!r}, not verified; only verified bundles are compiled - rebuild it with "
-            "'effdeploy build' until it passes verification"
+            f"bundle {bundle.path} is {status!r}, not verified; only {', '.join(USABLE_STATUSES)} bundles are compiled - rebuild "
+            "it with 'effdeploy build' until it passes verification"
         )
     return None
 
@@ -435,6 +435,10 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
     if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
         raise EffdeployError(f"{bundle.model_path} input {name} has shape {dims}; expected (batch, C, H, W) with fixed C, H, W")
     notes: list[str] = []
+    from .bundle import status_warning
+
+    if status_warning(bundle.manifest.status):
+        notes.append(status_warning(bundle.manifest.status))
     batch = opts.batch or (profile.batch_min, profile.batch_opt, profile.batch_max)
     if dims[0] > 0:  # static batch in the graph: the profile range cannot widen it
         if opts.batch and batch != (dims[0],) * 3:

@@ -150,13 +150,17 @@ def resolve_artifact(path: str | Path, preprocessing: Preprocessing | None = Non
     return art
 
 
-def check_status(art: Artifact, force: bool = False) -> None:
-    """Refuse a bundle that missed its accuracy budget unless forced."""
+def check_status(art: Artifact, force: bool = False) -> str | None:
+    """Refuse a bundle that missed its accuracy budget unless forced; the one-line warning for a
+    usable bundle that is not ``verified`` (``checked``, ``benchmark-only``), else None."""
+    from .bundle import status_warning
+
     if art.status == "failed-parity" and not force:
         raise EffdeployError(
             f"{art.path} has status failed-parity (it missed its accuracy budget; see 'effdeploy inspect "
             f"{art.path}'): rebuild it, or pass --force (Runner.open(..., force=True)) to run it anyway"
         )
+    return status_warning(art.status)
 
 
 def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: bool, spin: bool) -> Any:
@@ -288,7 +292,11 @@ class Runner:
         calls, for CPUs shared with other busy processes (see :func:`open_backend`).
         """
         art = resolve_artifact(artifact, preprocessing=preprocessing)
-        check_status(art, force)
+        warning = check_status(art, force)
+        if warning:
+            import warnings
+
+            warnings.warn(f"{art.path}: {warning}", stacklevel=2)
         return cls(open_backend(art, threads=threads, spin=spin), art)
 
     # --- properties ------------------------------------------------------------------------------

@@ -285,6 +285,15 @@ def test_refuse_unverified_bundle(tmp_path: Path):
     assert "not verified" in msg and "effdeploy build" in msg
 
 
+def test_checked_and_benchmark_only_bundles_compile_with_a_note(tmp_path: Path):
+    from effdeploy.bundle import STATUS_BENCHMARK_ONLY, STATUS_CHECKED
+
+    for status in (STATUS_CHECKED, STATUS_BENCHMARK_ONLY):
+        b = make_bundle(tmp_path / status, status=status)
+        plan = plan_of(b, "jetson-orin")
+        assert any(f"status {status}" in n for n in plan.notes)
+
+
 def test_refuse_targets_stuck_on_trt8(tmp_path: Path):
     fp16 = make_bundle(tmp_path / "fp16", precision="fp16")
     for name, old in (("jetson-nano", "8.2"), ("jetson-xavier-nx", "8.5")):

@@ -51,11 +51,13 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     width, height = parse_frame_size(frame_size)
 
     art = resolve_artifact(artifact, guess_preprocessing=True)
-    check_status(art, force)
+    warning = check_status(art, force)
     eager_manifest = _eager_manifest(art) if vs_eager else None  # refuse before any timing
     quiet = as_json
     if art.status == "unknown":
         info("note: a bare .onnx has no manifest; timing uses ImageNet preprocessing sized from its input", quiet)
+    elif warning:
+        info(f"warning: {warning}", quiet)
     elif art.status != "verified":
         info(f"note: {art.path} has status {art.status}", quiet)
     runner = Runner(open_backend(art, threads=threads, spin=spin), art)

@@ -38,8 +38,6 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
             raise EffdeployError(f"image {p} does not exist")
     with Runner.open(artifact, threads=threads, force=force) as runner:
         backend, art = runner.backend_name, runner.artifact
-        if runner.status != "verified":
-            info(f"note: {artifact} has status {runner.status}", as_json)
         results = []
         starts = range(0, len(images), batch_size)
         with progress(starts, length=len(starts), label="classifying",
