@@ -18,6 +18,7 @@ from . import __version__
 from .bundle import (
     MODEL,
     REFERENCE,
+    STATUS_CHECKED,
     STATUS_FAILED_PARITY,
     STATUS_VERIFIED,
     Bundle,
@@ -30,7 +31,7 @@ from .bundle import (
 from .errors import EffdeployError, ParityError
 from .profile import Profile
 from .report import info
-from .verify import Budget, coarse_verification
+from .verify import Budget, Comparison, agreement_text, coarse_verification
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
@@ -39,6 +40,8 @@ DRIFT_IMAGES = 32
 # is mostly an FP16/FP32 model under an INT8 label (random B1 "verified" with all 23 blocks kept
 # in FP16 is what an uncapped repair produced); --max-kept-macs raises it deliberately.
 MAX_KEPT_MACS_PCT = 50.0
+RECONSTRUCT_IMAGES = 32  # calibration images the INT8 reconstruction fits on (a subset of them)
+REPAIR_SELECTION_IMAGES = 256  # calibration images the repair chooses kept blocks on (never the gate's)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class BuildRequest:
     repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
     max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
     int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
+    reconstruct: bool = True  # INT8: learn the rounding of the weights on calibration images
+    reconstruct_images: int = RECONSTRUCT_IMAGES
     allow_parity_failure: bool = False
     quiet: bool = False
 
@@ -114,8 +119,8 @@ def check_request(req: BuildRequest) -> None:
             f"profile {req.profile.name} has no fast {req.precision} kernels "
             f"(supported: {', '.join(req.profile.precisions)}); choose one of those"
         )
-    if req.calib_images < 1 or req.verify_images < 1:
-        raise EffdeployError("--calib-images and --verify-images must be at least 1")
+    if req.calib_images < 1 or req.verify_images < 1 or req.reconstruct_images < 1:
+        raise EffdeployError("--calib-images, --verify-images and --reconstruct-images must be at least 1")
     if req.accuracy_budget is not None and not (0 < req.accuracy_budget < 100):
         raise EffdeployError("--accuracy-budget is a percentage of top-1 disagreement, e.g. 1 (for 99 % agreement)")
     if not 0 < req.max_kept_macs <= 100:
@@ -191,6 +196,28 @@ def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str
                      tuple(str(i.path) for i in items))
 
 
+def calibration_subset(plan: Any, n: int, pre: Any, skip: int = 0) -> Any:
+    """``n`` of the images calibration runs on (never one outside them, so never a verification
+    image): the plan's candidates ``skip`` to ``count``, loaded until ``n`` decode."""
+    from .calibration import load_plan
+
+    k = plan.count
+    if skip >= k:
+        raise EffdeployError(f"only {k} calibration images, none left after the {skip} the reconstruction fits on; "
+                             "pass more --calib-images or fewer --reconstruct-images")
+    sub = replace(plan, items=plan.items[skip:k], names=plan.names[skip:k], content=plan.content[skip:k],
+                  count=min(n, k - skip))
+    return load_plan(sub, pre, quiet=True)
+
+
+def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
+    """Where the repair chooses: calibration images the reconstruction did not fit on, never the
+    images the gate judges (choosing and judging on the same images buys only their noise)."""
+    skip = req.reconstruct_images if req.reconstruct and plan.count > req.reconstruct_images else 0
+    s = calibration_subset(plan, REPAIR_SELECTION_IMAGES, pre, skip=skip)
+    return VerifySet(s.data, None, f"{len(s.data)} calibration images (selection split)", tuple(s.ids))
+
+
 def build_bundle(req: BuildRequest) -> BuildResult:
     import onnx
 
@@ -251,10 +278,15 @@ def build_bundle(req: BuildRequest) -> BuildResult:
                  f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
 
             def selection() -> np.ndarray:
-                return load_calibration_set(req.calib_data, SELECTION_IMAGES, spec.preprocessing, seed=req.seed,
-                                            exclude=exclude, quiet=True).data
+                return calibration_subset(plan, SELECTION_IMAGES, spec.preprocessing).data
 
-            int8 = run_int8(fp32, fp32_path, config, plan, spec.preprocessing, req.calib_method, selection, req.quiet)
+            recipe = None
+            if req.reconstruct:
+                from .reconstruct import LayerRecipe
+
+                recipe = LayerRecipe(images=req.reconstruct_images, seed=req.seed)
+            int8 = run_int8(fp32, fp32_path, config, plan, spec.preprocessing, req.calib_method, selection, req.quiet,
+                            recipe=recipe, reconstruction_data=lambda n: calibration_subset(plan, n, spec.preprocessing).data)
             calibration_ids = int8.calibration_ids
             for w in int8.warnings:
                 info(f"warning: {w}", req.quiet)
@@ -306,18 +338,31 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             report["reference"] = "eager"
         report.update(reference_facts)
         info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
-             f"top-1 agreement {100 * report['comparison']['top1_agreement']:.2f} %", req.quiet)
+             f"top-1 agreement {agreement_text(Comparison(**_comparison_fields(report)))}", req.quiet)
         drift: list[dict[str, Any]] = []
         repair: dict[str, Any] = {}
-        if req.precision != "fp32":
-            from .quantize_stage import drift_report
+        from .quantize_stage import drift_report
 
+        if req.precision != "fp32":
             drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
-        if int8 is not None and report["misses"] and req.repair:
-            candidate, int8, report, repair, candidate_opt, drift = repair_int8(
-                fp32, fp32_path, int8, reference_logits, verify, budget, drift, req.quiet, report, req.max_kept_macs)
-            report.update(reference_facts)
-            write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
+        if int8 is not None and req.repair:
+            selection = selection_set(req, plan, spec.preprocessing)
+            sel_reference, _ = fp32_logits(fp32, selection.data)
+            sel_report, _ = verify_candidate(candidate, sel_reference, selection, budget, True)
+            if sel_report["misses"]:
+                info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
+                     f"{'; '.join(sel_report['misses'])}; repairing", req.quiet)
+                sel_drift = drift_report(fp32, candidate, selection.data[:DRIFT_IMAGES])
+                candidate, int8, sel_final, repair, _, _ = repair_int8(
+                    fp32, fp32_path, int8, sel_reference, selection, budget, sel_drift, req.quiet, sel_report,
+                    req.max_kept_macs)
+                repair["chosen_on"] = selection.source
+                repair["initial_verification"] = {"top1_agreement": report["comparison"]["top1_agreement"],
+                                                  "misses": report["misses"]}
+                write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
+                report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
+                report.update(reference_facts)
+                drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
         timings["verify"] = time.perf_counter() - t
         if req.precision != "fp32":
             from .precision import precision_summary
@@ -338,6 +383,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
                 "method_scores": dict(int8.method_scores),
                 "cpu_dialect_latency_ms": dict(int8.dialect_timings_ms),
                 "cpu_dialect_timed_before": int8.dialect_timed_before,
+                "reconstruction": int8.reconstruction.to_dict() if int8.reconstruction is not None else None,
                 "calibration": {**int8.artifact.manifest_entry(), "cache_hit": int8.cache_hit,
                                 "builtin": int8.artifact.builtin, "warnings": list(int8.warnings)},
             })
@@ -347,7 +393,10 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
         summary = graph_summary(candidate)
         summary["macs"] = count_macs(fp32)
-        status = STATUS_VERIFIED if not report["misses"] else STATUS_FAILED_PARITY
+        status = gate_status(report["misses"], coarse)
+        if status == STATUS_CHECKED:
+            info(f"warning: status checked, not verified: the budget held on {len(verify.data)} images, too few to "
+                 f"resolve it; {verify_images_needed(budget)} verification images would verify it", req.quiet)
         manifest = Manifest(
             model=spec,
             precision=req.precision,
@@ -365,7 +414,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         write_manifest(tmp, manifest)
     timings["total"] = time.perf_counter() - t0
     bundle = load_bundle(out)
-    if status != STATUS_VERIFIED and not req.allow_parity_failure:
+    if status == STATUS_FAILED_PARITY and not req.allow_parity_failure:
         hint = "try --accuracy-budget, more --calib-images or --precision fp16"
         if repair and not repair["held"]:
             hint = (f"keeping {len(repair['kept_blocks'])} blocks ({100 * repair['macs_share_kept']:.0f} % of the "
@@ -381,6 +430,28 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
                        compile_reason=auto.reason)
+
+
+def _comparison_fields(report: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    names = {f.name for f in fields(Comparison)}
+    return {k: v for k, v in report["comparison"].items() if k in names}
+
+
+def gate_status(misses: Sequence[str], coarse: str | None) -> str:
+    """verified: the budget holds on enough images to resolve it; checked: it holds on too few;
+    failed-parity: it misses."""
+    if misses:
+        return STATUS_FAILED_PARITY
+    return STATUS_CHECKED if coarse else STATUS_VERIFIED
+
+
+def verify_images_needed(budget: Budget) -> int:
+    """The fewest verification images at which one flipped image cannot decide the budget."""
+    import math
+
+    return math.ceil(1 / (1 - budget.top1_agreement)) if budget.top1_agreement and budget.top1_agreement < 1 else 1
 
 
 def logit_margin(logits: np.ndarray) -> float:

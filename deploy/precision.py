@@ -48,6 +48,9 @@ class QuantConfig:
     quantize_classifier: bool = True
     keep_blocks: tuple[str, ...] = ()  # MBConv blocks kept in higher precision (sensitivity fallback)
     fp16_rest: bool = True  # tensorrt: non-INT8 ops in FP16
+    # ort-cpu: 7-bit weights (ORT's reduce_range). x86 CPUs without VNNI multiply U8xS8 pairs into
+    # saturating 16-bit sums (VPMADDUBSW), which 8-bit weights overflow; 7 bits never do.
+    reduce_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,7 +61,13 @@ class QuantConfig:
 def config_for(profile_is_gpu: bool, method: str = "max", activations: str | None = None) -> QuantConfig:
     if profile_is_gpu:
         return QuantConfig(dialect=TENSORRT, method=method, activations="int8", fp16_rest=True)
-    return QuantConfig(dialect=ORT_CPU, method=method, activations=activations or "uint8", fp16_rest=False)
+    return QuantConfig(dialect=ORT_CPU, method=method, activations=activations or "uint8", fp16_rest=False,
+                       reduce_range=True)
+
+
+def weight_qmax(config: QuantConfig) -> int:
+    """The largest INT8 weight magnitude the quantizer uses (ORT: 127 symmetric, 64 reduced)."""
+    return 64 if config.reduce_range else 127
 
 
 def block_of(node_name: str) -> str | None:
@@ -114,8 +123,10 @@ def _tensors_data(ranges: Mapping[str, Any], config: QuantConfig, method: str) -
     return TensorsData(ort_method, data)
 
 
-def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig) -> onnx.ModelProto:
-    """Insert Q/DQ with ORT's quantizer using our ranges; then FP16 for the rest (tensorrt)."""
+def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig,
+             initializers: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Insert Q/DQ with ORT's quantizer using our ranges; write reconstructed integers and biases
+    (``initializers``, see effdeploy.reconstruct) into it; then FP16 for the rest (tensorrt)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -144,7 +155,8 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         try:
             quantize_static(
                 str(src_path), str(out_path), None, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=op_types(config), per_channel=True, activation_type=act,
+                op_types_to_quantize=op_types(config), per_channel=True, reduce_range=config.reduce_range,
+                activation_type=act,
                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded_nodes(src, config),
                 calibrate_method=td.calibration_method, calibration_cache_path=str(cache), extra_options=extra,
             )
@@ -153,6 +165,10 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         finally:
             logging.getLogger().setLevel(level)
         out = onnx.load(str(out_path))
+    if initializers:
+        from .reconstruct import apply_initializers
+
+        out = apply_initializers(out, initializers)
     if config.dialect == TENSORRT and config.fp16_rest:
         out = to_fp16(out)
     return out

@@ -35,6 +35,12 @@ class Int8Result:
     dialect_timed_before: bool = False  # the timings come from an earlier build on this machine
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+    reconstruction: Any = None  # effdeploy.reconstruct.Reconstruction, or None (--no-reconstruct)
+
+    @property
+    def initializers(self) -> Mapping[str, np.ndarray] | None:
+        """Reconstructed integers and biases for :func:`quantize` (a repair re-quantizes with them)."""
+        return self.reconstruction.initializers if self.reconstruction is not None else None
 
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
@@ -115,9 +121,12 @@ def run_int8(
     method: str,
     selection_data: Callable[[], np.ndarray],
     quiet: bool = False,
+    recipe: Any = None,
+    reconstruction_data: Callable[[int], np.ndarray] | None = None,
 ) -> Int8Result:
     """Calibrate on ``plan``, choose the method (``auto``: lowest logit error on calibration
-    images), quantize, and for the CPU dialect choose U8S8 or S8S8 by timing both."""
+    images), quantize, for the CPU dialect choose U8S8 or S8S8 by timing both, then (``recipe``)
+    reconstruct the INT8 weights on ``reconstruction_data(n)``: n calibration images."""
     from .calibration import METHODS, run_calibrations
 
     t0 = time.perf_counter()
@@ -175,12 +184,31 @@ def run_int8(
              + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
              + f" -> {_form(config)}" + (" (measured before on this machine)" if timed else ""), quiet)
     out = outcomes[chosen]
+    rec = None
+    if recipe is not None and reconstruction_data is not None:
+        model, rec = reconstruct_int8(fp32, out.artifact.ranges, config, recipe, reconstruction_data, quiet)
     return Int8Result(
         model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
         calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
         dialect_timed_before=timed is not None,
-        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0,
+        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0, reconstruction=rec,
     )
+
+
+def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig, recipe: Any,
+                     data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
+    """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
+    into the deployed graph; reused from the cache when the same inputs were reconstructed."""
+    from .precision import TENSORRT, weight_qmax
+    from .reconstruct import cached_reconstruction
+
+    twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
+    rec = cached_reconstruction(twin, fp32, data(recipe.images), recipe, weight_qmax=weight_qmax(config),
+                                fp16_scales=config.dialect == TENSORRT and config.fp16_rest, quiet=quiet)
+    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images): "
+         f"{sum(r.changed_integers for r in rec.layers):,} of {sum(r.weights for r in rec.layers):,} "
+         f"integers changed, {'cache hit' if rec.cache_hit else f'{rec.seconds:.1f} s'}", quiet)
+    return quantize(fp32, ranges, config, initializers=rec.initializers), rec
 
 
 def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:
