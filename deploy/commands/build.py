@@ -208,7 +208,7 @@ def profiles_cmd(as_json: bool) -> None:
         return
     rows = []
     for p in profiles:
-        trt = "; ".join(f"{r.platform}: {r.min_version}{'-' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
+        trt = "; ".join(f"{r.platform}: {r.min_version}{'-<' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
         rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
                      ",".join(p.precisions), trt or "-"))
     click.echo(table(rows, ["profile", "device", "arch", "cc", "DLA", "precisions", "TensorRT"]))
