@@ -45,8 +45,8 @@ VC_CROSS_MAJOR = {(10, 11), (8, 10)}
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 
 MISSING_TENSORRT = (
-    "TensorRT is not installed here; run the printed command on the target with "
-    "pip install 'effdeploy[tensorrt]'"
+    "TensorRT is not installed here; run the printed command on the target (Jetson: JetPack's "
+    "python3-libnvinfer and pip install 'effdeploy[jetson]'; servers: pip install 'effdeploy[tensorrt]')"
 )
 
 
