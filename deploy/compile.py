@@ -52,6 +52,7 @@ class CompileOptions:
     hardware_compat: str | None = None
     version_compatible: bool | None = None
     trt_version: str | None = None
+    gpu_fallback: bool = False  # DLA only: let layers DLA cannot run go to the GPU (off: the build fails instead)
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,24 @@ class L4tRelease:
         """JetPack line for this L4T: R32 -> 4, R35 -> 5, R36 -> 6, R38/R39 -> 7 (JetPack release notes)."""
         return {32: "4", 35: "5", 36: "6", 38: "7", 39: "7"}.get(self.major, "?")
 
+    @property
+    def minor(self) -> int:
+        head = self.revision.split(".")[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def jetpack_release(self) -> str:
+        """The JetPack release where the TensorRT it ships differs within a line (JetPack archive's L4T
+        table): R32.6 -> 4.6 (TensorRT 8.0.1), R32.7 -> 4.6.1+ (8.2.1), R36.2/R36.3 -> 6.0 (8.6.2),
+        R36.4+ -> 6.1+ (10.3)."""
+        if self.major == 32:
+            return "4.6.1+" if self.minor >= 7 else ("4.6" if self.minor == 6 else "4.5 or older")
+        if self.major == 36:
+            return "6.1+" if self.minor >= 4 else "6.0"
+        return self.jetpack
+
     def __str__(self) -> str:
-        return f"L4T R{self.major}.{self.revision} (JetPack {self.jetpack})"
+        return f"L4T R{self.major}.{self.revision} (JetPack {self.jetpack_release})"
 
 
 def parse_l4t(text: str) -> L4tRelease | None:
@@ -188,6 +205,22 @@ def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, ...]]:
         for d in inputs[0].type.tensor_type.shape.dim
     )
     return inputs[0].name, dims
+
+
+def fp16_qdq_scales(onnx_path: Path) -> bool:
+    """Whether any Q/DQ node's scale is an FP16 initializer (read without external weights)."""
+    import onnx  # noqa: PLC0415
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # onnx_input already reported an unreadable file
+        return False
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1
+        and inits.get(n.input[1]) == onnx.TensorProto.FLOAT16
+        for n in model.graph.node
+    )
 
 
 def calibration_sha256(bundle: Bundle) -> str | None:
@@ -257,6 +290,46 @@ def refuse_dla_request(profile: Profile, dla_core: int | None) -> str | None:
     return None
 
 
+def refuse_dla_batch(batch: tuple[int, int, int] | None, dla_core: int | None) -> str | None:
+    """DLA has no dynamic shapes: TensorRT's DLA restrictions require min = opt = max for every
+    wildcard dimension, and the runtime shape must equal the build shape."""
+    if dla_core is None or batch is None or batch[0] == batch[1] == batch[2]:
+        return None
+    lo, opt, hi = batch
+    return (
+        f"DLA runs one fixed batch size (TensorRT needs min = opt = max on DLA), got --batch {lo},{opt},{hi}; "
+        f"pass one size such as --batch {opt}, or drop --dla-core to keep the range on the GPU"
+    )
+
+
+def dla_batch(profile: Profile) -> tuple[int, int, int]:
+    """The profile's batch range collapsed to its opt for DLA (min = opt = max)."""
+    return (profile.batch_opt,) * 3
+
+
+def dla_notes(precision: str, version: str | None, gpu_fallback: bool, fp16_scales: bool) -> tuple[str, ...]:
+    """What is known (and not) about this DLA build before TensorRT runs; written into the plan.
+
+    Sources: TensorRT 10.x/11.x "GPU Fallback Mode" (with fallback on, unsupported layers run on the
+    GPU without an error), 11.4.1 "Strongly Typed Networks for DLA" (strongly typed DLA networks
+    arrive in 11.4.1), 11.4 "ONNX Parser Flags for DLA" (the Q/DQ described there need FP32 scales).
+    """
+    notes = []
+    if gpu_fallback:
+        notes.append("GPU fallback on: layers DLA cannot run go to the GPU silently; engine.json lists where each layer ran")
+    else:
+        notes.append("DLA without GPU fallback: a layer DLA cannot run stops the build with its name "
+                     "(--gpu-fallback lets such layers run on the GPU)")
+    if precision == "int8":
+        v = TrtVersion.parse(version) if version else None
+        if v is None or v.major == 10:
+            notes.append("INT8 Q/DQ in a strongly typed network on DLA is not documented for TensorRT 10.x "
+                         "(strongly typed DLA networks are documented from 11.4.1); the device check shows whether it builds")
+        if fp16_scales and (v is None or v.major >= 11):
+            notes.append("this graph carries FP16 Q/DQ scales; TensorRT 11.4's DLA pages describe Q/DQ with FP32 scales")
+    return tuple(notes)
+
+
 def refuse_dla_precision(profile: Profile, precision: str, dla_core: int | None) -> str | None:
     if dla_core is None or precision in profile.dla_precisions:
         return None
@@ -296,7 +369,7 @@ def refuse_dla_version(profile: Profile, version: str | None, dla_core: int | No
     v = TrtVersion.parse(version)
     if not dla_supported(v):
         return (
-            f"{dla_gap_reason(v)}; drop --dla-core to build for the GPU, or use TensorRT 10.3 (JetPack 6) or "
+            f"{dla_gap_reason(v)}; drop --dla-core to build for the GPU, or use TensorRT 10.3-10.7 (JetPack 6.1+) or "
             "11.4.1+ (JetPack 7.2.2+) on the target"
         )
     release = _release_for(profile, v)
@@ -317,6 +390,12 @@ def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | 
     if version is None:
         return None
     v = TrtVersion.parse(version)
+    if l4t is not None and l4t.jetpack_release == "6.0" and v < TrtVersion.parse(MIN_STRONGLY_TYPED):
+        return (
+            f"this device runs {l4t}, which ships TensorRT {v}; strongly typed networks need TensorRT >= "
+            f"{MIN_STRONGLY_TYPED}: upgrade the device to JetPack 6.1+ (TensorRT 10.3), or deploy the verified bundle "
+            "with ONNX Runtime (effdeploy bench BUNDLE)"
+        )
     if not strongly_typed_supported(v):
         return (
             f"effdeploy builds strongly typed networks, which need TensorRT >= {MIN_STRONGLY_TYPED} (got {v}); install "
@@ -324,8 +403,8 @@ def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | 
         )
     if l4t is not None and l4t.jetpack == "6" and v.major >= 11:
         return (
-            f"TensorRT {v} does not run on JetPack 6 ({l4t}): JetPack 6 stays on TensorRT 10.3; use its TensorRT 10.3 "
-            "or upgrade the device to JetPack 7.2.2+ (TensorRT 11.4.1+)"
+            f"TensorRT {v} does not run on JetPack 6 ({l4t}): JetPack 6.1+ stays on TensorRT 10.3-10.7; use its "
+            "TensorRT 10.3 or upgrade the device to JetPack 7.2.2+ (TensorRT 11.4.1+)"
         )
     if not profile.tensorrt or _release_for(profile, v) is not None:
         return None
@@ -362,10 +441,16 @@ def refuse_hardware_compat(profile: Profile, level: str, version: str | None) ->
     return None
 
 
-def refuse_local_gpu(profile: Profile, gpu: GpuInfo | None, force: bool) -> str | None:
-    """Engines are tuned for and tied to the build GPU: build on a GPU of the profile's CC."""
+def refuse_local_gpu(profile: Profile, gpu: GpuInfo | None, force: bool, cuda_problem: str | None = None) -> str | None:
+    """Engines are tuned for and tied to the build GPU: build on a GPU of the profile's CC.
+
+    ``cuda_problem`` (from :func:`effdeploy.engine.cuda_problem`) is the real CUDA error when there is
+    one, e.g. cuda-python 13 on JetPack 6's CUDA 12.6 driver, so it is said instead of "no GPU".
+    """
     if force or not profile.compute_capability:
         return None
+    if gpu is None and cuda_problem:
+        return f"cuda-python cannot use a GPU here: {cuda_problem}"
     if gpu is None:
         return "no CUDA GPU is visible here (cuda-python finds no device); run compile on the target GPU"
     if normalize_cc(gpu.compute_capability) != normalize_cc(profile.compute_capability):
@@ -421,6 +506,7 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
         refuse_precision(profile, precision),
         refuse_dla_request(profile, opts.dla_core),
         refuse_dla_precision(profile, precision, opts.dla_core),
+        refuse_dla_batch(opts.batch, opts.dla_core),
         refuse_release_table(profile),
         refuse_dla_version(profile, version, opts.dla_core),
         refuse_trt_version(profile, version),
@@ -440,6 +526,9 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
     if status_warning(bundle.manifest.status):
         notes.append(status_warning(bundle.manifest.status))
     batch = opts.batch or (profile.batch_min, profile.batch_opt, profile.batch_max)
+    if opts.dla_core is not None and not opts.batch and dims[0] <= 0 and len(set(batch)) > 1:
+        batch = dla_batch(profile)
+        notes.append(f"DLA runs one fixed batch: batch {batch[0]} (the profile's opt; --batch N for another size)")
     if dims[0] > 0:  # static batch in the graph: the profile range cannot widen it
         if opts.batch and batch != (dims[0],) * 3:
             raise EffdeployError(
@@ -450,6 +539,9 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
             notes.append(f"graph has a fixed batch of {dims[0]}; profile batch range ignored")
         batch = (dims[0],) * 3
 
+    gpu_fallback = bool(opts.gpu_fallback) and opts.dla_core is not None
+    if opts.dla_core is not None:
+        notes.extend(dla_notes(precision, version, gpu_fallback, fp16_qdq_scales(bundle.model_path)))
     plan_path = Path(opts.out) if opts.out else default_plan_path(bundle.path)
     check_plan_path(plan_path)
     cache = Path(opts.timing_cache) if opts.timing_cache else plan_path.parent / TIMING_CACHE_NAME
@@ -469,7 +561,7 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
         workspace_mb=int(opts.workspace_mb or profile.workspace_mb),
         opt_level=int(opts.opt_level if opts.opt_level is not None else profile.builder_optimization_level),
         dla_core=opts.dla_core,
-        gpu_fallback=opts.dla_core is not None,
+        gpu_fallback=gpu_fallback,
         hardware_compat=hw,
         version_compatible=bool(opts.version_compatible if opts.version_compatible is not None else profile.version_compatible),
         onnx_sha256=onnx_sha256(bundle),
@@ -482,7 +574,7 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
 
 
 def check_installed(plan: BuildPlan, installed: str, requested: str | None, gpu: GpuInfo | None,
-                    l4t: L4tRelease | None) -> BuildPlan:
+                    l4t: L4tRelease | None, cuda_problem: str | None = None) -> BuildPlan:
     """The rules that need the local TensorRT and GPU; returns the plan pinned to ``installed``."""
     v = str(TrtVersion.parse(installed))
     if requested and not TrtVersion.parse(requested).same_build_as(v):
@@ -494,7 +586,7 @@ def check_installed(plan: BuildPlan, installed: str, requested: str | None, gpu:
         refuse_dla_version(plan.profile, v, plan.dla_core),
         refuse_trt_version(plan.profile, v, l4t),
         refuse_hardware_compat(plan.profile, plan.hardware_compat, v),
-        refuse_local_gpu(plan.profile, gpu, plan.force),
+        refuse_local_gpu(plan.profile, gpu, plan.force, cuda_problem),
     )
     return plan.with_(trt_version=v)
 

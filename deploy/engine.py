@@ -75,21 +75,130 @@ def cuda_runtime() -> ModuleType | None:
         return None
 
 
-def detect_gpu(index: int = 0) -> GpuInfo | None:
-    """Name and compute capability of local GPU ``index``, or None (no cuda-python, driver or GPU)."""
-    rt = cuda_runtime()
-    if rt is None:
-        return None
+def cuda_python_version() -> str | None:
+    """The installed cuda-python (or cuda-bindings) distribution's version, None when absent."""
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in ("cuda-python", "cuda-bindings"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def cuda_version_text(version: int | None) -> str:
+    """12060 -> "12.6" (the encoding of cudaRuntimeGetVersion / cudaDriverGetVersion)."""
+    if not version:
+        return "none"
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
+@dataclass(frozen=True)
+class CudaProbe:
+    """What cuda-python reports here; ``error`` is the CUDA error that made the GPU unusable."""
+
+    bindings: str | None = None  # cuda-python version; None: not installed
+    runtime_version: int | None = None  # CUDA runtime inside cuda-python (statically linked), e.g. 12060
+    driver_version: int | None = None  # newest CUDA the driver supports; 0: no driver
+    gpus: tuple[GpuInfo, ...] = ()
+    free_bytes: int | None = None  # of GPU ``gpus[0]`` (only when memory was asked for)
+    total_bytes: int | None = None
+    error: str | None = None
+
+    @property
+    def gpu(self) -> GpuInfo | None:
+        return self.gpus[0] if self.gpus else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runtime"] = cuda_version_text(self.runtime_version)
+        d["driver"] = cuda_version_text(self.driver_version)
+        return d
+
+
+def _cuda_error_text(rt: ModuleType, err: Any) -> str:
+    name = desc = ""
     try:
-        err, props = rt.cudaGetDeviceProperties(index)
-    except Exception:  # a missing libcuda surfaces as RuntimeError in some cuda-python releases
-        return None
-    if err != rt.cudaError_t.cudaSuccess or props is None:
-        return None
-    name = props.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
-    return GpuInfo(name=str(name).strip(), compute_capability=f"{props.major}.{props.minor}", index=index)
+        name = _text(rt.cudaGetErrorName(err)[1])
+        desc = _text(rt.cudaGetErrorString(err)[1])
+    except Exception:  # an enum the bindings cannot name: keep its number
+        return f"CUDA error {int(err)}" if isinstance(err, int) else f"CUDA error {err}"
+    return f"{name}: {desc}" if name and desc else (name or desc or str(err))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+    return str(value).strip()
+
+
+def probe_cuda(index: int = 0, memory: bool = False) -> CudaProbe:
+    """Ask cuda-python for the CUDA versions, the GPUs and (``memory``) device ``index``'s free memory.
+
+    Never raises: a CUDA error (e.g. ``cudaErrorInsufficientDriver`` when cuda-python 13 meets JetPack
+    6's CUDA 12.6 driver) is kept in ``error`` so the caller can say it instead of "no GPU".
+    """
+    rt = cuda_runtime()
+    version = cuda_python_version()
+    if rt is None:
+        return CudaProbe(bindings=version, error=None if version is None else "cuda.bindings.runtime does not import")
+    ok = rt.cudaError_t.cudaSuccess
+    runtime_v = driver_v = None
+    try:
+        err, v = rt.cudaRuntimeGetVersion()
+        runtime_v = int(v) if err == ok else None
+        err, v = rt.cudaDriverGetVersion()
+        driver_v = int(v) if err == ok else None
+        err, count = rt.cudaGetDeviceCount()
+        if err != ok:
+            return CudaProbe(version, runtime_v, driver_v, error=_cuda_error_text(rt, err))
+        gpus = []
+        for i in range(int(count)):
+            err, props = rt.cudaGetDeviceProperties(i)
+            if err != ok:
+                return CudaProbe(version, runtime_v, driver_v, tuple(gpus), error=_cuda_error_text(rt, err))
+            gpus.append(GpuInfo(name=_text(props.name), compute_capability=f"{props.major}.{props.minor}", index=i))
+        if gpus and index >= len(gpus):
+            return CudaProbe(version, runtime_v, driver_v, tuple(gpus), error=f"GPU {index} does not exist ({len(gpus)} visible)")
+        gpus = gpus[index:] + gpus[:index]  # the asked-for GPU first
+        free = total = None
+        if memory and gpus:
+            err, = rt.cudaSetDevice(index)[:1]
+            if err == ok:
+                err, free, total = rt.cudaMemGetInfo()
+            if err != ok:
+                return CudaProbe(version, runtime_v, driver_v, tuple(gpus), error=_cuda_error_text(rt, err))
+        return CudaProbe(version, runtime_v, driver_v, tuple(gpus), free, total)
+    except Exception as e:  # a missing libcuda surfaces as RuntimeError in some cuda-python releases
+        return CudaProbe(version, runtime_v, driver_v, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+
+
+def cuda_problem(probe: CudaProbe) -> str | None:
+    """One line saying why cuda-python cannot use a GPU here and what to do, or None when it can."""
+    if probe.bindings is None and probe.error is None:
+        return ("cuda-python is not installed here; pip install 'effdeploy[jetson]' on a Jetson, "
+                "'effdeploy[tensorrt]' elsewhere")
+    rt, drv = probe.runtime_version, probe.driver_version
+    if rt and drv and rt // 1000 > drv // 1000:
+        return (
+            f"cuda-python {probe.bindings or '?'} carries the CUDA {cuda_version_text(rt)} runtime but the driver supports "
+            f"CUDA {cuda_version_text(drv)} (JetPack 6: 12.6); install the matching major: "
+            f"pip install 'cuda-python>={drv // 1000}.0,<{drv // 1000 + 1}'"
+            + (f" ({probe.error})" if probe.error else "")
+        )
+    if probe.error:
+        return f"CUDA reports {probe.error}"
+    if drv == 0:
+        return "no NVIDIA driver answers (cudaDriverGetVersion reports 0); install the driver or run on the target"
+    if not probe.gpus:
+        return "cuda-python sees no CUDA GPU here; run on the target GPU"
+    return None
+
+
+def detect_gpu(index: int = 0) -> GpuInfo | None:
+    """Name and compute capability of local GPU ``index``, or None (see :func:`probe_cuda` for why)."""
+    return probe_cuda(index).gpu
 
 
 @dataclass(frozen=True)

@@ -165,13 +165,149 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         finally:
             logging.getLogger().setLevel(level)
         out = onnx.load(str(out_path))
-    if initializers:
+    if initializers:  # before the refit below, which requantizes the integers it finds
         from .reconstruct import apply_initializers
 
         out = apply_initializers(out, initializers)
+    if config.dialect == TENSORRT:
+        drop_non_residual_add_qdq(out)
+        if config.fp16_rest:
+            refit_tiny_weight_scales(out)
     if config.dialect == TENSORRT and config.fp16_rest:
         out = to_fp16(out)
     return out
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output if o}
+
+
+def _through_qdq(tensor: str, producers: Mapping[str, onnx.NodeProto]) -> str:
+    """The tensor a DequantizeLinear(QuantizeLinear(t)) pair stands for (``tensor`` itself otherwise)."""
+    dq = producers.get(tensor)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = producers.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input[0]
+    return tensor
+
+
+def _ancestors(tensor: str, producers: Mapping[str, onnx.NodeProto]) -> set[str]:
+    seen: set[str] = set()
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producers.get(t)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+    return seen
+
+
+def drop_non_residual_add_qdq(model: onnx.ModelProto) -> int:
+    """Remove the Q/DQ pair ORT's quantizer puts on the *non-residual* input of residual Adds.
+
+    ORT quantizes both Add inputs; TensorRT fuses Conv + residual Add only when the conv output (the
+    branch computed from the other input) has no Q/DQ: its placement guide shows the extra pair as the
+    pattern that "forces the separation" (one more kernel per MBConv block). ModelOpt removes it the
+    same way (``build_non_residual_input_map``: the input on the longer path to the common ancestor).
+    Here: of Add(a, b), b is non-residual when it is produced by a Conv and a is among b's ancestors.
+    Returns how many pairs were removed; the graph is edited in place.
+    """
+    g = model.graph
+    producers = _producers(model)
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in g.output}
+    dead: set[int] = set()
+    removed = 0
+    for node in g.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        real = [_through_qdq(i, producers) for i in node.input]
+        for k in (0, 1):
+            other = real[1 - k]
+            src = producers.get(real[k])
+            if real[k] == node.input[k] or src is None or src.op_type != "Conv":
+                continue
+            if other not in _ancestors(real[k], producers):
+                continue
+            dq = producers[node.input[k]]
+            q = producers[dq.input[0]]
+            node.input[k] = real[k]
+            removed += 1
+            consumers[dq.output[0]] -= 1
+            if consumers[dq.output[0]] == 0 and dq.output[0] not in outputs:
+                dead.add(id(dq))
+                consumers[q.output[0]] -= 1
+                if consumers[q.output[0]] == 0 and q.output[0] not in outputs:
+                    dead.add(id(q))
+            break
+    if dead:
+        keep = [n for n in g.node if id(n) not in dead]
+        del g.node[:]
+        g.node.extend(keep)
+        used = {i for n in g.node for i in n.input}
+        inits = [i for i in g.initializer if i.name in used]
+        del g.initializer[:]
+        g.initializer.extend(inits)
+    return removed
+
+
+#: Smallest positive value that survives onnxconverter-common's FP16 conversion unchanged: it clamps
+#: magnitudes below 1e-7 to 1e-7 (``min_positive_val``), and 2**-23 is the FP16 subnormal just above.
+FP16_SCALE_FLOOR = float(np.float16(2.0**-23))
+FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
+
+
+def refit_tiny_weight_scales(model: onnx.ModelProto) -> int:
+    """Keep INT8 weights exact across the FP16 conversion where their scale is below FP16's normal range.
+
+    A per-channel weight scale below ~6.1e-5 becomes an FP16 subnormal (few significant bits) or is
+    clamped to 1e-7 by the converter, so ``q * scale`` changes. For those channels the scale is set to
+    a value FP16 holds exactly (the FP16 value at or above s, at least 2**-23) and the INT8 weights are requantized
+    against it, so the FP16 graph dequantizes what the FP32 Q/DQ graph did (within half a step).
+    Returns the number of channels refitted; edits initializers in place.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()
+    changed = 0
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 2 or n.input[1] in done:
+            continue
+        w_init, s_init = inits.get(n.input[0]), inits.get(n.input[1])
+        if w_init is None or s_init is None or s_init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if w_init.data_type != onnx.TensorProto.INT8:
+            continue
+        s = numpy_helper.to_array(s_init).astype(np.float32)
+        tiny = (s > 0) & (s < FP16_MIN_NORMAL)
+        if not tiny.any():
+            continue
+        q = numpy_helper.to_array(w_init).astype(np.float32)
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1) if s.ndim else 0
+        s_new = s.copy()
+        up = s[tiny].astype(np.float16)  # the FP16 value at or above s, so q * s / s_new stays within +-127
+        up = np.where(up.astype(np.float32) < s[tiny], np.nextafter(up, np.float16(np.inf)), up)
+        s_new[tiny] = np.maximum(up.astype(np.float32), FP16_SCALE_FLOOR)
+        shape = [1] * q.ndim
+        if s.ndim:
+            shape[axis] = -1
+        ratio = np.ones_like(s)
+        ratio[tiny] = s[tiny] / s_new[tiny]
+        ratio = ratio.reshape(shape) if s.ndim else ratio
+        q_new = np.clip(np.round(q * ratio), -127, 127).astype(np.int8)
+        w_init.CopyFrom(numpy_helper.from_array(q_new, w_init.name))
+        s_init.CopyFrom(numpy_helper.from_array(s_new.astype(np.float32), s_init.name))
+        done.add(n.input[1])
+        changed += int(tiny.sum())
+    return changed
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = ()) -> onnx.ModelProto:
@@ -191,13 +327,24 @@ def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = ()) -> onnx.M
             out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     except Exception as e:
         raise EffdeployError(f"FP16 conversion failed: {str(e).strip().splitlines()[0][:200]}") from None
-    onnx.checker.check_model(out)
+    check_typed(out)
     return out
+
+
+def check_typed(model: onnx.ModelProto) -> None:
+    """The full ONNX check (strict shape and type inference): an FP16/FP32 mismatch left in the graph
+    fails here, not first inside a strongly typed TensorRT build on the device."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError / InferenceError
+        first = str(e).strip().splitlines()[0][:240] if str(e).strip() else type(e).__name__
+        raise EffdeployError(f"the FP16 graph is not consistently typed ({first}); please report it") from None
 
 
 def needs_unoptimized_ort(model: onnx.ModelProto) -> bool:
     """ONNX Runtime's CPU graph optimiser (1.32) mis-rewrites FP16 DequantizeLinear graphs
-    (Lite0: 0 % top-1 optimised, 97 % unoptimised), so those are verified as written."""
+    (Lite0: 0 % top-1 optimised, 97 % unoptimised), so those are verified as written. The culprit
+    is its WeightBiasQuantization transform (see effdeploy.ort_safety)."""
     fp16_dq = False
     inits = {i.name: i for i in model.graph.initializer}
     for n in model.graph.node:

@@ -10,38 +10,49 @@ API used (10.x and 11.x Python API, checked against both): ``Builder.create_netw
 ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
 ``builder_optimization_level``, ``create_optimization_profile`` + ``IOptimizationProfile.set_shape``
 + ``add_optimization_profile``, ``default_device_type = DeviceType.DLA`` + ``DLA_core`` +
-``BuilderFlag.GPU_FALLBACK``, ``create_timing_cache`` / ``set_timing_cache(cache, ignore_mismatch)``
-/ ``get_timing_cache().serialize()``, ``hardware_compatibility_level``,
-``BuilderFlag.VERSION_COMPATIBLE``, ``progress_monitor``, ``build_serialized_network``,
-``Runtime.deserialize_cuda_engine`` and the name-based tensor queries.
+``BuilderFlag.GPU_FALLBACK`` (only with ``--gpu-fallback``), ``can_run_on_DLA(layer)``,
+``profiling_verbosity = ProfilingVerbosity.DETAILED``, ``create_timing_cache`` /
+``set_timing_cache(cache, ignore_mismatch)`` / ``get_timing_cache()`` / ``ITimingCache.combine`` /
+``serialize()``, ``hardware_compatibility_level``, ``BuilderFlag.VERSION_COMPATIBLE``,
+``progress_monitor``, ``build_serialized_network``, ``Runtime.DLA_core``,
+``Runtime.deserialize_cuda_engine``, ``create_engine_inspector().get_engine_information(
+LayerInformationFormat.JSON)`` and the name-based tensor queries (all present in the 10.3.0 and 11.1
+bindings, ``python/src/infer/pyCore.cpp``). One logger for the process (:func:`effdeploy.trt_compat.shared_logger`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import gc
+import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
 from .bundle import load_bundle
 from .compile import BuildPlan, CompileOptions, check_installed, compile_hint, make_plan, read_l4t
-from .engine import EngineManifest, GpuInfo, detect_gpu, engine_manifest_path, write_engine_manifest
+from .engine import EngineManifest, GpuInfo, cuda_problem, engine_manifest_path, probe_cuda, write_engine_manifest
 from .errors import EffdeployError
 from .profile import Profile, load_profile
 from .trt_compat import (
     MISSING_TENSORRT,
+    LogCapture,
     adjust_parser_for_dla,
+    capture_log,
     dtype_name,
     hardware_compat_level,
     import_tensorrt,
     make_progress_monitor,
     network_flags,
     new_runtime,
+    shared_logger,
 )
 
 
@@ -85,28 +96,9 @@ def compile_bundle(
     trt = import_tensorrt()
     if trt is None:
         raise EffdeployError(f"{MISSING_TENSORRT}: {compile_hint(bundle_path, plan.profile)}")
-    gpu = detect_gpu()
-    plan = check_installed(plan, str(trt.__version__), opts.trt_version, gpu, read_l4t())
-    return build_engine(trt, plan, gpu, quiet=quiet)
-
-
-class _Logger:
-    """A ``trt.ILogger`` that keeps errors for the one-line failure message and prints warnings."""
-
-    @staticmethod
-    def make(trt: ModuleType, quiet: bool) -> Any:
-        class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    self.errors.append(str(msg).strip())
-                elif severity == trt.ILogger.Severity.WARNING and not quiet:
-                    click.echo(f"  tensorrt: {str(msg).strip()}", err=True)
-
-        return Logger()
+    probe = probe_cuda()
+    plan = check_installed(plan, str(trt.__version__), opts.trt_version, probe.gpu, read_l4t(), cuda_problem(probe))
+    return build_engine(trt, plan, probe.gpu, quiet=quiet)
 
 
 class _Progress:
@@ -151,13 +143,16 @@ def _write_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str, for_dla: bool) -> None:
+def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str, for_dla: bool, log: LogCapture) -> None:
+    """Parse into ``network``. The parser owns the weights until the build ("the parser object should
+    not be deleted until after the builder has run", developer guide); the bindings keep it alive as
+    long as the network (``keep_alive<2, 1>`` on ``OnnxParser.__init__``), so dropping the network frees both."""
     parser = trt.OnnxParser(network, logger)
     if for_dla:
         adjust_parser_for_dla(trt, parser)
     if parser.parse_from_file(onnx_path):
         return
-    errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or logger.errors
+    errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or log.errors
     first = errors[0].splitlines()[0] if errors else "unknown parser error"
     raise EffdeployError(
         f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first}"
@@ -188,6 +183,70 @@ def _load_timing_cache(config: Any, path: Path, warn: list[str]) -> tuple[Any, b
     return cache, False
 
 
+@contextmanager
+def timing_cache_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``<cache>.lock`` while the cache is merged and replaced, so two compiles into
+    one folder cannot overwrite each other's entries (Polygraphy locks the same way: ``util.LockFile``)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _save_timing_cache(config: Any, cache: Any, path: Path) -> None:
+    """Merge what is on disk now (another compile may have written it meanwhile) into ``cache`` with
+    ``ITimingCache.combine(other, ignore_mismatch=True)`` and replace the file, under the lock."""
+    with timing_cache_lock(path):
+        if path.is_file():
+            try:
+                on_disk = config.create_timing_cache(path.read_bytes())
+            except (OSError, RuntimeError, TypeError, ValueError):  # unreadable or from another TensorRT: keep ours
+                on_disk = None
+            if on_disk is not None:
+                cache.combine(on_disk, True)
+        _write_atomic(path, cache.serialize())
+
+
+def dla_layer_split(trt: ModuleType, network: Any, config: Any) -> dict[str, Any]:
+    """Which network layers TensorRT says DLA can run (``IBuilderConfig.can_run_on_DLA``), before the build."""
+    names = [network.get_layer(i).name for i in range(network.num_layers)]
+    cannot = [network.get_layer(i).name for i in range(network.num_layers) if not config.can_run_on_DLA(network.get_layer(i))]
+    return {"network_layers": len(names), "dla_capable_layers": len(names) - len(cannot), "not_dla_capable": cannot}
+
+
+def dla_summary(report: dict[str, Any]) -> str:
+    """One line for the compile summary: what ran on DLA and what on the GPU."""
+    dla, gpu = report.get("engine_dla_layers"), report.get("engine_gpu_layers")
+    cannot = report.get("not_dla_capable") or []
+    parts = [f"{report.get('dla_capable_layers', '?')} of {report.get('network_layers', '?')} network layers DLA-capable"]
+    if dla is not None:
+        parts.append(f"engine: {len(dla)} DLA subgraph(s), {len(gpu or [])} GPU layer(s)")
+    if cannot:
+        parts.append("GPU: " + ", ".join(cannot[:3]) + (f" (+{len(cannot) - 3})" if len(cannot) > 3 else ""))
+    return "; ".join(parts)
+
+
+def _inspector_layers(trt: ModuleType, engine: Any) -> list[dict[str, Any]] | None:
+    """Name and type of each engine layer from the engine inspector (built with DETAILED verbosity)."""
+    try:
+        inspector = engine.create_engine_inspector()
+        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception:  # best effort: the placement report must never fail a finished build
+        return None
+    layers = info.get("Layers", []) if isinstance(info, dict) else []
+    out = []
+    for layer in layers:
+        if isinstance(layer, dict):
+            out.append({"name": layer.get("Name"), "type": layer.get("LayerType") or layer.get("ParameterType")})
+        else:
+            out.append({"name": str(layer), "type": None})
+    return out
+
+
 def configure(trt: ModuleType, builder: Any, network: Any, plan: BuildPlan) -> Any:
     """``IBuilderConfig`` from the plan: workspace, optimisation level/profile, DLA, compat flags."""
     config = builder.create_builder_config()
@@ -213,7 +272,9 @@ def configure(trt: ModuleType, builder: Any, network: Any, plan: BuildPlan) -> A
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(plan.dla_core)  # type: ignore[arg-type]
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+        if plan.gpu_fallback:  # off by default: an unsupported layer then fails the build instead of moving silently
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer types in the engine inspector
     if plan.hardware_compat != "none":
         config.hardware_compatibility_level = hardware_compat_level(trt, plan.hardware_compat)
     if plan.version_compatible:
@@ -240,17 +301,19 @@ def engine_io(trt: ModuleType, engine: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
-    """Build, serialize and describe one engine; nothing is left half-written on failure."""
-    t0 = time.perf_counter()
-    warnings: list[str] = list(plan.notes)
-    logger = _Logger.make(trt, quiet)
+def _build_serialized(trt: ModuleType, logger: Any, plan: BuildPlan, log: LogCapture, warnings: list[str],
+                      quiet: bool) -> tuple[Any, bool, dict[str, Any] | None]:
+    """Parse, configure and build; returns (plan bytes, timing cache reused, DLA split).
+
+    Builder, network, parser and config live only in this frame, so they are released when it returns,
+    before the caller deserializes the engine (peak memory on 4-8 GB Orin Nano / NX)."""
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
-    _parse_onnx(trt, network, logger, plan.onnx_path, plan.uses_dla)
+    _parse_onnx(trt, network, logger, plan.onnx_path, plan.uses_dla, log)
     config = configure(trt, builder, network, plan)
+    dla = dla_layer_split(trt, network, config) if plan.uses_dla else None
     cache_path = Path(plan.timing_cache_path)
-    _cache, reused = _load_timing_cache(config, cache_path, warnings)
+    cache, reused = _load_timing_cache(config, cache_path, warnings)
     monitor = make_progress_monitor(trt, _Progress(quiet))  # kept referenced until the build returns
     config.progress_monitor = monitor
 
@@ -259,23 +322,47 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
                    f"{plan.precision} graph, batch {plan.batch_min}..{plan.batch_max})", err=True)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        detail = logger.errors[-1].splitlines()[0] if logger.errors else "no detail from TensorRT"
-        raise EffdeployError(f"TensorRT could not build the engine: {detail}")
+        detail = log.errors[-1].splitlines()[0] if log.errors else "no detail from TensorRT"
+        hint = ""
+        if dla is not None and not plan.gpu_fallback and dla["not_dla_capable"]:
+            first = ", ".join(dla["not_dla_capable"][:3])
+            hint = (f" (DLA without GPU fallback: {len(dla['not_dla_capable'])} layer(s) DLA cannot run, first {first}; "
+                    "--gpu-fallback runs them on the GPU)")
+        raise EffdeployError(f"TensorRT could not build the engine: {detail}{hint}")
+    try:
+        _save_timing_cache(config, config.get_timing_cache() or cache, cache_path)
+    except EffdeployError as e:  # the engine is fine; only the next build is slower
+        warnings.append(f"timing cache not saved: {e}")
+    return serialized, reused, dla
 
-    runtime = new_runtime(trt, logger, plan.version_compatible)
-    engine = runtime.deserialize_cuda_engine(serialized)
-    if engine is None:
-        raise EffdeployError("TensorRT built a plan it cannot deserialize; re-run compile (the plan was not written)")
-    io = engine_io(trt, engine)
+
+def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
+    """Build, serialize and describe one engine; nothing is left half-written on failure."""
+    t0 = time.perf_counter()
+    warnings: list[str] = list(plan.notes)
+    logger = shared_logger(trt)
+    log = LogCapture(echo_warnings=not quiet)
+    with capture_log(log):
+        serialized, reused, dla = _build_serialized(trt, logger, plan, log, warnings, quiet)
+        gc.collect()  # the builder's objects are unreferenced now; free them before the engine is loaded
+        runtime = new_runtime(trt, logger, plan.version_compatible, plan.dla_core)
+        engine = runtime.deserialize_cuda_engine(serialized)
+        if engine is None:
+            raise EffdeployError("TensorRT built a plan it cannot deserialize; re-run compile (the plan was not written)")
+        io = engine_io(trt, engine)
+        if dla is not None:
+            dla.update(engine_dla_layers=list(log.dla_layers), engine_gpu_layers=list(log.gpu_layers),
+                       inspector_layers=_inspector_layers(trt, engine))
+        del engine, runtime
 
     plan_path = Path(plan.plan_path)
     engine_manifest_path(plan_path).unlink(missing_ok=True)  # never a manifest describing an older plan
     _write_atomic(plan_path, serialized)
-    try:
-        _write_atomic(cache_path, config.get_timing_cache().serialize())
-    except EffdeployError as e:  # the engine is fine; only the next build is slower
-        warnings.append(f"timing cache not saved: {e}")
     gpu = gpu or GpuInfo(name="unknown", compute_capability=plan.profile.compute_capability or "?")
+    build = plan.build_settings()
+    if dla is not None:
+        build["dla"] = dla
+        warnings.append(f"DLA placement: {dla_summary(dla)}")
     manifest = EngineManifest(
         tensorrt_version=str(trt.__version__),
         gpu=gpu.to_dict(),
@@ -285,7 +372,7 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
         calibration_sha256=plan.calibration_sha256,
         io=io,
         preprocessing=dict(plan.preprocessing),
-        build=plan.build_settings(),
+        build=build,
         bundle={"path": plan.bundle_path, "model": plan.model_name},
     )
     manifest = write_engine_manifest(plan_path, manifest)

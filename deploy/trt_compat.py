@@ -25,9 +25,12 @@ Sources for the tables (checked against the documentation, see docs/tensorrt.md)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import EffdeployError
 
@@ -42,8 +45,8 @@ VC_CROSS_MAJOR = {(10, 11), (8, 10)}
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 
 MISSING_TENSORRT = (
-    "TensorRT is not installed here; run the printed command on the target with "
-    "pip install 'effdeploy[tensorrt]'"
+    "TensorRT is not installed here; run the printed command on the target (Jetson: JetPack's "
+    "python3-libnvinfer and pip install 'effdeploy[jetson]'; servers: pip install 'effdeploy[tensorrt]')"
 )
 
 
@@ -195,13 +198,108 @@ def hardware_compat_level(trt: ModuleType, level: str) -> Any:
     return member
 
 
-def new_runtime(trt: ModuleType, logger: Any, version_compatible: bool) -> Any:
+def new_runtime(trt: ModuleType, logger: Any, version_compatible: bool, dla_core: int | None = None) -> Any:
     """A ``trt.Runtime``; version-compatible plans embed a lean runtime (host code) that the
-    runtime refuses unless ``engine_host_code_allowed`` is set (same attribute in 10.x and 11.x)."""
+    runtime refuses unless ``engine_host_code_allowed`` is set (same attribute in 10.x and 11.x).
+
+    ``dla_core``: the core a DLA engine was built for. ``IRuntime.DLA_core`` defaults to -1 and must
+    be set before deserializing a DLA engine (TensorRT's DLA samples do so; property in the 10.3 and
+    11.x bindings)."""
     runtime = trt.Runtime(logger)
     if version_compatible:
         runtime.engine_host_code_allowed = True
+    if dla_core is not None and dla_core >= 0:
+        runtime.DLA_core = int(dla_core)
     return runtime
+
+
+# --- the one logger TensorRT gets ----------------------------------------------------------------
+#
+# TensorRT keeps a single logger pointer per process: a builder or runtime created with a different
+# logger while another lives gets "The logger passed into createInferRuntime differs from one
+# already provided ... TensorRT maintains only a single logger pointer at any given time, so the
+# existing value ... will be used instead" (NVIDIA/TensorRT#1475; the Python Logger docs: "the
+# logger is internally considered a singleton"). So effdeploy hands TensorRT one logger and routes
+# its messages to whoever is listening (a build collecting errors, nothing for a runner).
+
+_LOGGER_LOCK = threading.Lock()
+_LOGGER: dict[str, Any] = {}
+_SINKS: list[Callable[[str, str], None]] = []
+SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+
+
+@dataclass(eq=False)
+class LogCapture:
+    """What TensorRT logs during one call: errors (for the failure line), warnings, and the
+    ``[DlaLayer]`` / ``[GpuLayer]`` lines of a DLA build (INFO, as in TensorRT's sampleCudla)."""
+
+    echo_warnings: bool = False
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dla_layers: list[str] = field(default_factory=list)
+    gpu_layers: list[str] = field(default_factory=list)
+
+    def __call__(self, severity: str, msg: str) -> None:
+        text = str(msg).strip()
+        if severity in ("INTERNAL_ERROR", "ERROR"):
+            self.errors.append(text)
+        elif severity == "WARNING":
+            self.warnings.append(text)
+            if self.echo_warnings:
+                print(f"  tensorrt: {text}", file=sys.stderr)
+        elif severity == "INFO":
+            for tag, into in (("[DlaLayer]", self.dla_layers), ("[GpuLayer]", self.gpu_layers)):
+                if text.startswith(tag):
+                    into.append(text[len(tag):].strip().rstrip(",").strip())
+
+
+def dispatch_log(severity: str, msg: str) -> None:
+    """Route one TensorRT message to the active captures; without one, errors and warnings go to stderr."""
+    with _LOGGER_LOCK:
+        sinks = list(_SINKS)
+    if not sinks:
+        if severity in ("INTERNAL_ERROR", "ERROR", "WARNING"):
+            print(f"tensorrt: {str(msg).strip()}", file=sys.stderr)
+        return
+    for sink in sinks:
+        try:
+            sink(severity, msg)
+        except Exception:  # a display problem must never break TensorRT's callback
+            pass
+
+
+@contextmanager
+def capture_log(sink: Callable[[str, str], None]) -> Iterator[Callable[[str, str], None]]:
+    """Listen to the shared logger for the duration of a ``with`` block."""
+    with _LOGGER_LOCK:
+        _SINKS.append(sink)
+    try:
+        yield sink
+    finally:
+        with _LOGGER_LOCK:
+            for i, s in enumerate(_SINKS):
+                if s is sink:  # by identity: two captures may hold equal messages
+                    del _SINKS[i]
+                    break
+
+
+def shared_logger(trt: ModuleType) -> Any:
+    """The process's single ``trt.ILogger`` (created on first use, then reused by every builder and runtime)."""
+    with _LOGGER_LOCK:
+        logger = _LOGGER.get("logger")
+        if logger is not None:
+            return logger
+        names = {getattr(trt.ILogger.Severity, s): s for s in SEVERITIES if hasattr(trt.ILogger.Severity, s)}
+
+        class _Shared(trt.ILogger):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: Any, msg: str) -> None:
+                dispatch_log(names.get(severity, "INFO"), msg)
+
+        logger = _LOGGER["logger"] = _Shared()
+        return logger
 
 
 def make_progress_monitor(trt: ModuleType, on_event: Callable[[str, str, int, int, int], None]) -> Any:

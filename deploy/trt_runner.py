@@ -22,9 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from .engine import EngineManifest, check_engine_runs_here, cuda_runtime, detect_gpu, load_engine_manifest
+from .engine import EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda
 from .errors import EffdeployError
-from .trt_compat import MISSING_TENSORRT, import_tensorrt, new_runtime
+from .trt_compat import MISSING_TENSORRT, LogCapture, capture_log, import_tensorrt, new_runtime, shared_logger
+
+
+def runtime_dla_core(manifest: EngineManifest) -> int | None:
+    """The DLA core an engine was built for (``build.dla_core`` in engine.json), None for GPU engines."""
+    core = manifest.build.get("dla_core")
+    return None if core is None else int(core)
+
+
+def stream_handle(stream: Any) -> int:
+    """The ``cudaStream_t`` value TensorRT's ``execute_async_v3`` takes.
+
+    cuda-bindings 12.9.1 / 13.0 added ``cuda.bindings.utils.get_cuda_native_handle`` and deprecated
+    ``int(cuda_obj)`` ("deprecated and subject to future removal", 13.0.0 release notes); older
+    bindings only have ``int()``. ``getPtr()`` is the address of the wrapper, not the handle.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle  # noqa: PLC0415
+    except ImportError:
+        return int(stream)
+    return int(get_cuda_native_handle(stream))
 
 
 class _Cuda:
@@ -79,11 +99,12 @@ class TensorRTRunner:
         if trt is None:
             raise EffdeployError(f"{MISSING_TENSORRT} (needed to run {plan})")
         rt = cuda_runtime()
-        if rt is None:
-            raise EffdeployError("cuda-python is not installed here; pip install 'effdeploy[tensorrt]'")
+        probe = probe_cuda()
+        if rt is None or probe.gpu is None:
+            raise EffdeployError(f"cannot run {plan}: {cuda_problem(probe) or 'cuda-python sees no GPU'}")
         self.warnings: list[str] = []
         if check:
-            self.warnings += check_engine_runs_here(self.manifest, plan, str(trt.__version__), detect_gpu())
+            self.warnings += check_engine_runs_here(self.manifest, plan, str(trt.__version__), probe.gpu)
         self._trt, self._rt, self._cuda = trt, rt, _Cuda(rt)
         self._buffers: dict[str, _Buffer] = {}
         self._graphs: dict[int, tuple[Any, Any]] = {}
@@ -104,17 +125,21 @@ class TensorRTRunner:
 
     def _open(self, plan: Path, cuda_graph: bool) -> None:
         trt, cuda = self._trt, self._cuda
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = new_runtime(trt, logger, self.manifest.version_compatible)
-        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        log = LogCapture()
+        with capture_log(log):  # the process's one logger (a second one would be ignored by TensorRT)
+            self._runtime = new_runtime(trt, shared_logger(trt), self.manifest.version_compatible,
+                                        runtime_dla_core(self.manifest))
+            self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
+            detail = f" ({log.errors[-1].splitlines()[0]})" if log.errors else ""
             raise EffdeployError(
-                f"TensorRT {trt.__version__} could not deserialize {plan}; rebuild it here with 'effdeploy compile'"
+                f"TensorRT {trt.__version__} could not deserialize {plan}{detail}; rebuild it here with 'effdeploy compile'"
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise EffdeployError(f"TensorRT could not create an execution context for {plan} (out of GPU memory?)")
         self._stream = cuda("cudaStreamCreate", self._rt.cudaStreamCreate())
+        self._stream_handle = stream_handle(self._stream)
 
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -187,7 +212,7 @@ class TensorRTRunner:
             self._shape = shape
 
     def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(int(self._stream)):
+        if not self._context.execute_async_v3(self._stream_handle):
             raise EffdeployError(f"TensorRT failed to run {self.plan_path}")
 
     def _execute(self, batch: int) -> None:
@@ -208,7 +233,7 @@ class TensorRTRunner:
         self._enqueue()
         cuda("cudaStreamSynchronize", rt.cudaStreamSynchronize(stream))
         cuda("cudaStreamBeginCapture", rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-        ok = self._context.execute_async_v3(int(stream))
+        ok = self._context.execute_async_v3(self._stream_handle)
         err, graph = rt.cudaStreamEndCapture(stream)
         if not ok or err != rt.cudaError_t.cudaSuccess or graph is None:
             self.cuda_graph = False

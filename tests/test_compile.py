@@ -197,16 +197,18 @@ def test_plan_from_profile_defaults(bundle: Path):
 
 def test_plan_flags_override_profile(tmp_path: Path):
     fp16 = make_bundle(tmp_path / "fp16", precision="fp16")  # DLA runs fp16/int8
-    plan = plan_of(fp16, "jetson-orin", batch=(2, 4, 16), workspace_mb=512, opt_level=5, dla_core=1,
+    plan = plan_of(fp16, "jetson-orin", batch=(2, 4, 16), workspace_mb=512, opt_level=5,
                    out=tmp_path / "x" / "orin.plan", timing_cache=tmp_path / "tc.bin", trt_version="10.3")
     assert (plan.batch_min, plan.batch_opt, plan.batch_max) == (2, 4, 16)
     assert plan.workspace_mb == 512 and plan.opt_level == 5
-    assert plan.dla_core == 1 and plan.gpu_fallback  # DLA always with GPU fallback
+    assert plan.dla_core is None and not plan.gpu_fallback
     assert plan.plan_path == str(tmp_path / "x" / "orin.plan")
     assert plan.timing_cache_path == str(tmp_path / "tc.bin")
     assert plan.trt_version == "10.3.0"
     settings = plan.build_settings()
-    assert settings["batch"] == [2, 4, 16] and settings["dla_core"] == 1 and settings["strongly_typed"] is True
+    assert settings["batch"] == [2, 4, 16] and settings["dla_core"] is None and settings["strongly_typed"] is True
+    dla = plan_of(fp16, "jetson-orin", batch=(4, 4, 4), dla_core=1, trt_version="10.3", gpu_fallback=True)
+    assert dla.dla_core == 1 and dla.gpu_fallback and dla.build_settings()["batch"] == [4, 4, 4]
 
 
 def test_plan_records_calibration_hash(tmp_path: Path):
@@ -250,6 +252,114 @@ def test_refuse_dla_on_trt_11_0_to_11_3(tmp_path: Path):
     assert "10.7 was the last" in refusal(int8, "jetson-orin", dla_core=0, trt_version="10.13")
     assert plan_of(int8, "jetson-orin", dla_core=0, trt_version="11.4.1").dla_core == 0
     assert plan_of(int8, "jetson-orin", dla_core=1, trt_version="10.3").dla_core == 1
+
+
+# --- DLA: one fixed batch, no silent GPU fallback, what is known about Q/DQ on DLA (items 1, 3) ------
+
+
+def test_dla_forces_one_batch_size(tmp_path: Path):
+    """DLA has no dynamic shapes (min = opt = max): the profile range collapses to its opt, a range is refused."""
+    fp16 = make_bundle(tmp_path / "fp16", precision="fp16")
+    gpu = plan_of(fp16, "jetson-orin")
+    assert (gpu.batch_min, gpu.batch_opt, gpu.batch_max) == (1, 1, 8)  # the GPU keeps the range
+    plan = plan_of(fp16, "jetson-orin", dla_core=0, trt_version="10.3")
+    prof = load_profile("jetson-orin")
+    assert plan.shapes == ((prof.batch_opt, 3, 16, 16),) * 3
+    assert any("one fixed batch" in n for n in plan.notes)
+    msg = refusal(fp16, "jetson-orin", dla_core=0, batch=(1, 4, 8))
+    assert "min = opt = max" in msg and "--batch 4" in msg
+    assert plan_of(fp16, "jetson-orin", dla_core=0, batch=(4, 4, 4)).shapes[2] == (4, 3, 16, 16)
+
+
+def test_dla_builds_without_gpu_fallback_unless_asked(tmp_path: Path):
+    fp16 = make_bundle(tmp_path / "fp16", precision="fp16")
+    plan = plan_of(fp16, "jetson-orin", dla_core=0, trt_version="10.3")
+    assert plan.gpu_fallback is False and plan.build_settings()["gpu_fallback"] is False
+    assert any("without GPU fallback" in n and "--gpu-fallback" in n for n in plan.notes)
+    fallback = plan_of(fp16, "jetson-orin", dla_core=0, trt_version="10.3", gpu_fallback=True)
+    assert fallback.gpu_fallback is True and any("silently" in n for n in fallback.notes)
+    assert plan_of(fp16, "jetson-orin", gpu_fallback=True).gpu_fallback is False  # meaningless without DLA
+
+
+def qdq_onnx(path: Path, scale_type: int) -> Path:
+    """Conv fed by a Q/DQ pair whose scale has ``scale_type``: the explicit-quantization pattern of an INT8 bundle."""
+    rng = np.random.default_rng(2)
+    ftype = TensorProto.FLOAT16 if scale_type == TensorProto.FLOAT16 else TensorProto.FLOAT
+    np_f = np.float16 if ftype == TensorProto.FLOAT16 else np.float32
+    inits = [
+        helper.make_tensor("s", scale_type, [], [0.05]),
+        helper.make_tensor("zp", TensorProto.INT8, [], [0]),
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np_f), "w"),
+        numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np_f), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["xc"], to=ftype),
+        helper.make_node("QuantizeLinear", ["xc", "s", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w"], ["lh"], transB=1),
+        helper.make_node("Cast", ["lh"], ["logits"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dla_int8_notes_say_what_is_documented(tmp_path: Path):
+    int8 = make_bundle(tmp_path / "int8", precision="int8")
+    qdq_onnx(int8 / "model.onnx", TensorProto.FLOAT16)
+    write_manifest(int8, load_bundle(int8, check=False).manifest)
+    on_10 = plan_of(int8, "jetson-orin", dla_core=0, trt_version="10.3").notes
+    assert any("not documented for TensorRT 10.x" in n for n in on_10)
+    on_11 = plan_of(int8, "jetson-orin", dla_core=0, trt_version="11.4.1").notes
+    assert any("FP16 Q/DQ scales" in n and "FP32 scales" in n for n in on_11)
+    assert not any("not documented" in n for n in on_11)
+    qdq_onnx(int8 / "model.onnx", TensorProto.FLOAT)
+    write_manifest(int8, load_bundle(int8, check=False).manifest)
+    assert not any("FP16 Q/DQ scales" in n for n in plan_of(int8, "jetson-orin", dla_core=0, trt_version="11.4.1").notes)
+    assert not any("Q/DQ" in n for n in plan_of(int8, "jetson-orin", trt_version="10.3").notes)  # GPU: nothing to say
+
+
+# --- JetPack releases and their TensorRT (item 11) --------------------------------------------------
+
+
+def test_jetpack_release_from_l4t():
+    assert str(L4tRelease(36, "3.0")) == "L4T R36.3.0 (JetPack 6.0)"
+    assert L4tRelease(36, "4.3").jetpack_release == "6.1+" and L4tRelease(36, "4.3").jetpack == "6"
+    assert L4tRelease(32, "6.1").jetpack_release == "4.6" and L4tRelease(32, "7.1").jetpack_release == "4.6.1+"
+
+
+def test_jetpack6_0_device_says_upgrade_to_6_1(bundle: Path):
+    """JetPack 6.0 (L4T R36.3) ships TensorRT 8.6.2: no strongly typed networks; 6.1+ has 10.3."""
+    plan = plan_of(bundle, "jetson-orin")
+    orin = GpuInfo("Orin", "8.7")
+    with pytest.raises(EffdeployError, match=r"JetPack 6\.0.*upgrade the device to JetPack 6\.1\+"):
+        check_installed(plan, "8.6.2", None, orin, L4tRelease(36, "3.0"))
+    with pytest.raises(EffdeployError, match="JetPack 6.1\\+ stays on TensorRT 10.3-10.7"):
+        check_installed(plan, "11.4.1", None, orin, L4tRelease(36, "4.3"))
+
+
+def test_jetpack6_tensorrt_10_4_to_10_7_builds_are_targets(bundle: Path, tmp_path: Path):
+    for v in ("10.3", "10.4", "10.7.0"):
+        assert plan_of(bundle, "jetson-orin", trt_version=v).trt_version.startswith(v.rstrip(".0"))
+    msg = refusal(bundle, "jetson-orin", trt_version="10.8")  # no JetPack build of 10.8 (NVIDIA/TensorRT#4347)
+    assert "not a release for jetson-orin" in msg and "10.3-<10.8" in msg
+    fp16 = make_bundle(tmp_path / "fp16", precision="fp16")
+    assert plan_of(fp16, "jetson-orin", dla_core=0, trt_version="10.7").dla_core == 0
+
+
+def test_jetson_nano_jetpack_4_6_and_4_6_1_releases():
+    nano = load_profile("jetson-nano")
+    by_platform = {r.platform: r for r in nano.tensorrt}
+    assert by_platform["JetPack 4.6 (L4T R32.6.1)"].contains("8.0.1")
+    assert by_platform["JetPack 4.6.1-4.6.6 (L4T R32.7)"].contains("8.2.1")
+    assert "TensorRT 8.2" in refuse_release_table(nano)
 
 
 def test_refuse_trt11_on_jetpack6(bundle: Path):
@@ -334,6 +444,56 @@ def test_local_gpu_rules(bundle: Path):
     with pytest.raises(EffdeployError, match="DLA is unavailable"):
         check_installed(plan_of(make_bundle(bundle.parent / "h", precision="fp16"), "jetson-orin", dla_core=0),
                         "11.1.0", None, GpuInfo("Orin", "8.7"), None)
+
+
+def test_a_cuda_error_is_said_instead_of_no_gpu(bundle: Path):
+    """cuda-python 13 on JetPack 6 fails with cudaErrorInsufficientDriver: compile says so (item 2)."""
+    plan = plan_of(bundle, "jetson-orin")
+    problem = "CUDA reports cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+    with pytest.raises(EffdeployError, match="cuda-python cannot use a GPU here: CUDA reports cudaErrorInsufficientDriver"):
+        check_installed(plan, "10.3.0", None, None, None, problem)
+
+
+def test_timing_cache_lock_is_exclusive(tmp_path: Path):
+    """Two compiles into one folder take turns merging the timing cache (item 7)."""
+    from effdeploy.trt_build import timing_cache_lock
+
+    cache = tmp_path / "timing.cache"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a+b')\n"
+             "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+    with timing_cache_lock(cache):
+        held = subprocess.run([sys.executable, "-c", probe, str(cache) + ".lock"], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", probe, str(cache) + ".lock"], capture_output=True, text=True)
+    assert held.stdout.strip() == "held" and free.stdout.strip() == "free", (held.stderr, free.stderr)
+
+
+def test_one_logger_routes_tensorrt_messages_to_the_active_build():
+    """TensorRT keeps one logger per process (item 4): effdeploy's single logger forwards each message
+    to the captures listening now; a DLA build's [DlaLayer]/[GpuLayer] INFO lines become lists."""
+    from effdeploy.trt_compat import LogCapture, capture_log, dispatch_log
+
+    with capture_log(LogCapture()) as outer:
+        with capture_log(LogCapture()) as build:
+            dispatch_log("ERROR", "  [network.cpp::validate] Error Code 4: bad input  ")
+            dispatch_log("INFO", "--------------- Layers running on DLA:")
+            dispatch_log("INFO", "[DlaLayer] {ForeignNode[/stem/conv/Conv...Relu]},")
+            dispatch_log("INFO", "[GpuLayer] SHUFFLE: /head/flatten")
+            dispatch_log("VERBOSE", "[DlaLayer] not at INFO: ignored")
+        dispatch_log("ERROR", "after the build")
+    assert build.errors == ["[network.cpp::validate] Error Code 4: bad input"]
+    assert build.dla_layers == ["{ForeignNode[/stem/conv/Conv...Relu]}"] and build.gpu_layers == ["SHUFFLE: /head/flatten"]
+    assert outer.errors[-1] == "after the build" and len(outer.errors) == 2
+
+
+def test_runtime_dla_core_comes_from_engine_json(tmp_path: Path):
+    """IRuntime.DLA_core defaults to -1; the runner sets the core the engine was built for (item 5)."""
+    from effdeploy.trt_runner import runtime_dla_core
+
+    _, dla = engine_manifest(tmp_path, dla_core=1)
+    assert runtime_dla_core(dla) == 1
+    _, gpu = engine_manifest(tmp_path, dla_core=None)
+    assert runtime_dla_core(gpu) is None
 
 
 def test_gpu_matching():

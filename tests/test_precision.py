@@ -199,3 +199,19 @@ def test_int8_accuracy_on_real_images(imagenet_sample, tmp_path):
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["image_count"] == 128
     assert "not used for calibration" in read_manifest(out)["parity"]["verify"]["data"]
+
+
+def test_residual_adds_keep_qdq_on_the_shortcut_only(gpu_int8):
+    """Lite0's 9 residual Adds: the projection conv feeds the Add directly (TensorRT fuses Conv+Add),
+    the shortcut keeps its Q/DQ; and no weight scale is left an FP16 subnormal."""
+    out, _ = gpu_int8
+    m, inits = _initializers(out / "model.onnx")
+    producer = {o: n for n in m.graph.node for o in n.output}
+    adds = [n for n in m.graph.node if n.op_type == "Add" and all(i in producer for i in n.input)]
+    residual = [n for n in adds if {producer[i].op_type for i in n.input} == {"DequantizeLinear", "Conv"}]
+    assert len(residual) == 9, [(n.name, [producer[i].op_type for i in n.input]) for n in adds]
+    assert not [n for n in adds if all(producer[i].op_type == "DequantizeLinear" for i in n.input)]
+    weight_scales = [numpy_helper.to_array(inits[n.input[1]]) for n in m.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
+    tiny = np.concatenate([s[(s > 0) & (s < np.finfo(np.float16).tiny)].astype(np.float32) for s in weight_scales])
+    assert np.all(tiny >= 1e-7)  # refitted: exact FP16 values above the converter's 1e-7 clamp

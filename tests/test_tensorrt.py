@@ -1,6 +1,7 @@
 """The TensorRT half: real builds and real inference. Needs TensorRT, cuda-python and an NVIDIA GPU
-(e.g. a Jetson with ``pip install 'effdeploy[tensorrt]'``); everything here skips with the reason
-otherwise. Nothing here stands in for TensorRT: if it is absent, these tests do not run.
+(a Jetson with JetPack's TensorRT and ``pip install 'effdeploy[jetson]'``, or a server with
+``pip install 'effdeploy[tensorrt]'``); everything here skips with the reason otherwise. Nothing here
+stands in for TensorRT: if it is absent, these tests do not run.
 
 Run on the target:  python -m pytest -q -m tensorrt tests/test_tensorrt.py
 """
@@ -14,20 +15,20 @@ import numpy as np
 import pytest
 
 from effdeploy.compile import CompileOptions
-from effdeploy.engine import detect_gpu, engine_manifest_path, load_engine_manifest
+from effdeploy.engine import cuda_problem, engine_manifest_path, load_engine_manifest, probe_cuda
 from effdeploy.errors import EffdeployError
 from effdeploy.trt_compat import import_tensorrt
 
 pytestmark = pytest.mark.tensorrt
 
 _TRT = import_tensorrt()
-_GPU = detect_gpu() if _TRT is not None else None
+_PROBE = probe_cuda() if _TRT is not None else None
+_GPU = _PROBE.gpu if _PROBE is not None else None
 if _TRT is None:
-    pytest.skip("needs TensorRT (pip install 'effdeploy[tensorrt]' on a machine with an NVIDIA GPU)",
+    pytest.skip("needs TensorRT (JetPack's python3-libnvinfer, or pip install 'effdeploy[tensorrt]' on a GPU server)",
                 allow_module_level=True)
 if _GPU is None:
-    pytest.skip("needs an NVIDIA GPU visible to cuda-python (pip install 'effdeploy[tensorrt]')",
-                allow_module_level=True)
+    pytest.skip(f"needs an NVIDIA GPU visible to cuda-python: {cuda_problem(_PROBE)}", allow_module_level=True)
 
 from test_compile import make_bundle, run_cli  # noqa: E402  (same tests directory)
 
@@ -205,17 +206,62 @@ def test_fp16_graph_builds_strongly_typed(tmp_path: Path, local_profile: Path):
         np.testing.assert_allclose(r.infer(x), onnx_reference(bundle, x), rtol=2e-2, atol=2e-2)
 
 
-def test_dla_with_gpu_fallback(tmp_path: Path, local_profile: Path):
+def test_one_logger_for_builds_and_runners(built, tmp_path: Path, local_profile: Path):
+    """TensorRT keeps the first logger it is given and warns "The logger passed into ... differs from
+    one already provided" for any other (item 4): a build while a runner lives must not see that, and
+    its own messages must reach the build's capture."""
+    from effdeploy.trt_compat import LogCapture, capture_log
+
+    _, result = built
+    bundle = make_bundle(tmp_path / "b0", profile="cpu")
+    with TensorRTRunner.open(result.plan.plan_path), capture_log(LogCapture()) as seen:
+        compile_bundle(bundle, str(local_profile), CompileOptions(), quiet=True)
+    assert not [w for w in seen.warnings if "differs from one already provided" in w], seen.warnings
+
+
+def test_parallel_compiles_merge_the_timing_cache(tmp_path: Path, local_profile: Path):
+    """Two compiles into one folder at once (item 7): both succeed and the cache holds both."""
+    import subprocess
+    import sys
+
+    a = make_bundle(tmp_path / "a", profile="cpu", res=16)
+    b = make_bundle(tmp_path / "b", profile="cpu", res=24)
+    cache = tmp_path / "shared.cache"
+    sizes = {}
+    for name, bundle in (("a", a), ("b", b)):
+        alone = tmp_path / f"{name}.cache"
+        compile_bundle(bundle, str(local_profile), CompileOptions(timing_cache=alone), quiet=True)
+        sizes[name] = alone.stat().st_size
+    cmd = [sys.executable, "-c", "from effdeploy.cli import main; main()", "compile"]
+    procs = [subprocess.Popen([*cmd, str(bnd), "--profile", str(local_profile), "--timing-cache", str(cache),
+                               "--out", str(bnd / "par.plan"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for bnd in (a, b)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()
+    assert cache.stat().st_size > max(sizes.values())  # entries of both builds, not the last writer's only
+
+
+def test_dla_engine_one_batch_no_fallback_and_placement(tmp_path: Path, local_profile: Path):
+    """Items 1, 3, 5: a DLA build has min = opt = max, no GPU fallback unless asked, records where
+    layers ran, and the runner loads it on the DLA core it was built for."""
     builder = _TRT.Builder(_TRT.Logger(_TRT.Logger.ERROR))
     if int(builder.num_DLA_cores) == 0:
-        pytest.skip("needs a DLA (Jetson AGX Orin / Orin NX with TensorRT 10.3 or 11.4.1+)")
+        pytest.skip("needs a DLA (Jetson AGX Orin / Orin NX with TensorRT 10.3-10.7 or 11.4.1+)")
     text = local_profile.read_text().replace("memory_gb = 8", 'memory_gb = 8\ndla_cores = 1\ndla_precisions = ["fp16", "int8"]')
     text = text.replace('min_version = "', 'dla = true\nmin_version = "')
     prof = tmp_path / "local-dla.toml"
     prof.write_text(text)
     bundle = fp16_bundle(tmp_path / "fp16")
-    result = compile_bundle(bundle, str(prof), CompileOptions(dla_core=0, batch=(1, 1, 1)), quiet=True)
-    assert result.engine.build["dla_core"] == 0 and result.engine.build["gpu_fallback"] is True
+    try:
+        result = compile_bundle(bundle, str(prof), CompileOptions(dla_core=0), quiet=True)
+    except EffdeployError as e:  # the whole tiny network may not fit DLA: then the error names the layers
+        assert "--gpu-fallback" in str(e) or "DLA" in str(e), str(e)
+        result = compile_bundle(bundle, str(prof), CompileOptions(dla_core=0, gpu_fallback=True), quiet=True)
+    build = result.engine.build
+    assert build["dla_core"] == 0 and len(set(build["batch"])) == 1  # one fixed batch on DLA
+    assert build["dla"]["network_layers"] > 0 and "engine_dla_layers" in build["dla"]
     x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
     with TensorRTRunner.open(result.plan.plan_path) as r:
+        assert r._runtime.DLA_core == 0  # IRuntime.DLA_core defaults to -1
         np.testing.assert_allclose(r.infer(x), onnx_reference(bundle, x), rtol=5e-2, atol=5e-2)

@@ -81,6 +81,8 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
 
 
 def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Any]:
+    from ..ort_safety import ort_hint_for_manifest
+
     verify = m.get("parity", {}).get("verify", {})
     return {
         "bundle": str(path),
@@ -103,6 +105,7 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
         "kept_blocks": m.get("quantization", {}).get("repair", {}).get("kept_blocks", []),
         "drift_final": (m.get("quantization", {}).get("drift") or [{}])[-1].get("relative_error"),
         "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
+        "onnxruntime": ort_hint_for_manifest(m),
     }
 
 
@@ -135,6 +138,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("drift at the last block", f"{s['drift_final']:.3g} (relative error vs FP32)"))
     for miss in s.get("budget_misses", []):
         rows.append(("budget missed", miss))
+    if s.get("onnxruntime"):
+        rows.append(("ONNX Runtime", s["onnxruntime"]))
     if s.get("timings_s", {}).get("total"):
         rows.append(("build time", f"{s['timings_s']['total']:.1f} s"))
     return rows
@@ -166,8 +171,11 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         proto = onnx.load(str(onnx_path))
     except Exception as e:
         raise EffdeployError(f"cannot read ONNX {onnx_path}: {str(e).splitlines()[0][:160]}") from None
+    from ..ort_safety import ort_hint_for_graph
+
     graph = graph_summary(proto)
     graph["macs"] = count_macs(proto)
+    graph["onnxruntime"] = ort_hint_for_graph(proto)
     if as_json:
         emit_json({"manifest": manifest, "graph": graph})
         return
@@ -191,6 +199,8 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     click.echo(table(io_rows, ["", "name", "dtype", "shape"]))
     click.echo("")
     click.echo(table(list(graph["ops"].items()), ["op", "count"]))
+    if graph["onnxruntime"] and not manifest:  # a bundle's summary above already says it
+        click.echo(f"\nONNX Runtime: {graph['onnxruntime']}")
 
 
 @cli.command("profiles")
@@ -208,7 +218,7 @@ def profiles_cmd(as_json: bool) -> None:
         return
     rows = []
     for p in profiles:
-        trt = "; ".join(f"{r.platform}: {r.min_version}{'-' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
+        trt = "; ".join(f"{r.platform}: {r.min_version}{'-<' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
         rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
                      ",".join(p.precisions), trt or "-"))
     click.echo(table(rows, ["profile", "device", "arch", "cc", "DLA", "precisions", "TensorRT"]))

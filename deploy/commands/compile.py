@@ -23,7 +23,8 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--profile", "profile_name", default=None, help="Built-in profile or .toml path [the bundle's profile].")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Engine path [BUNDLE/engine.plan]; engine.json goes beside it.")
-@click.option("--dla-core", type=int, default=None, help="Run on this DLA core (GPU fallback for layers DLA lacks).")
+@click.option("--dla-core", type=int, default=None, help="Run on this DLA core (one fixed batch size; no GPU fallback unless --gpu-fallback).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: let layers DLA cannot run go to the GPU (engine.json lists where each ran).")
 @click.option("--batch", callback=_parse_batch, default=None, help="Optimisation profile MIN,OPT,MAX batch [from the profile].")
 @click.option("--workspace-mb", type=int, default=None, help="Builder workspace memory-pool limit in MiB [from the profile].")
 @click.option("--opt-level", type=int, default=None, help="Builder optimisation level 0..5 [from the profile].")
@@ -37,7 +38,7 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--trt-version", default=None, help="Check the rules for this target TensorRT release [the installed one].")
 @click.option("--dry-run", is_flag=True, help="Check the rules and print the build plan; build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_core: int | None,
+def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_core: int | None, gpu_fallback: bool,
                 batch: tuple[int, int, int] | None, workspace_mb: int | None, opt_level: int | None,
                 timing_cache: Path | None, force: bool, hardware_compat: str | None, version_compatible: bool | None,
                 trt_version: str | None, dry_run: bool, as_json: bool) -> None:
@@ -46,7 +47,7 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
     Example: effdeploy compile bundles/b1-int8-jetson-orin --profile jetson-orin
     """
     from ..compile import CompileOptions, check_installed, read_l4t
-    from ..engine import detect_gpu, engine_manifest_path
+    from ..engine import cuda_problem, engine_manifest_path, probe_cuda
     from ..trt_build import compile_bundle, plan_for
     from ..trt_compat import TrtVersion, import_tensorrt
 
@@ -54,12 +55,14 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
         out=out, dla_core=dla_core, batch=batch, workspace_mb=workspace_mb, opt_level=opt_level,
         timing_cache=timing_cache, force=force, hardware_compat=hardware_compat,
         version_compatible=version_compatible, trt_version=str(TrtVersion.parse(trt_version)) if trt_version else None,
+        gpu_fallback=gpu_fallback,
     )
     if dry_run:
         plan = plan_for(bundle, profile_name, opts)
         trt = import_tensorrt() if not opts.trt_version else None
         if trt is not None:
-            plan = check_installed(plan, str(trt.__version__), None, detect_gpu(), read_l4t())
+            probe = probe_cuda()
+            plan = check_installed(plan, str(trt.__version__), None, probe.gpu, read_l4t(), cuda_problem(probe))
         rows = _plan_rows(plan.to_dict())
         if as_json:
             emit_json({"dry_run": True, "build_plan": plan.to_dict()})
@@ -78,7 +81,8 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
         "precision": m.precision,
         "tensorrt": m.tensorrt_version,
         "gpu": f"{m.gpu_info.name} (CC {m.gpu_info.compute_capability})",
-        "device": f"DLA core {result.plan.dla_core} + GPU fallback" if result.plan.uses_dla else "GPU",
+        "device": (f"DLA core {result.plan.dla_core}" + (" + GPU fallback" if result.plan.gpu_fallback else ", no GPU fallback")
+                   if result.plan.uses_dla else "GPU"),
         "batch": f"{result.plan.batch_min}/{result.plan.batch_opt}/{result.plan.batch_max}",
         "workspace_mb": result.plan.workspace_mb,
         "opt_level": result.plan.opt_level,
@@ -89,6 +93,10 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
         "plan_sha256": m.plan_sha256,
         "build_s": round(result.seconds, 1),
     }
+    if m.build.get("dla"):
+        from ..trt_build import dla_summary
+
+        summary["dla_placement"] = dla_summary(m.build["dla"])
     if as_json:
         emit_json({**summary, "warnings": list(result.warnings), "engine_manifest": m.to_dict()})
         return
