@@ -1,8 +1,9 @@
-"""Accuracy benchmark (issue 3 §7): pretrained EfficientNet-Lite0 on the shared ImageNet sample.
+"""Accuracy benchmark: pretrained EfficientNet-Lite0 on the shared ImageNet sample.
 
-Calibrates on 256 images and evaluates on the other 244 (never seen by calibration), for FP32,
-FP16 and INT8 (TensorRT dialect for jetson-orin, ONNX Runtime dialect for cpu); then B0 with
-random weights (agreement and drift only: random weights have no accuracy). Prints one table.
+Calibrates on 256 images and evaluates on the other 244 (never seen by calibration, the
+reconstruction or the repair), for FP32, FP16 and INT8 (TensorRT dialect for jetson-orin, ONNX
+Runtime dialect for cpu), all-INT8 with and without the reconstruction, and the default build
+with the repair as fallback. Prints one table and the target lines.
 
     python bench/accuracy.py [--shared ../shared/data/imagenet-sample] [--json]
 """
@@ -19,14 +20,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_DROP_PT, TARGET_AGREEMENT = 0.3, 0.99
-TARGET_BUDGET_PCT = round(100 * (1 - TARGET_AGREEMENT), 6)  # 1 (%)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--skip-b0", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated run indices (0-based) to run")
     args = ap.parse_args()
     data = Path(args.shared)
     if not data.is_dir():
@@ -35,30 +35,26 @@ def main() -> int:
     from effdeploy.pipeline import BuildRequest, build_bundle
     from effdeploy.profile import load_profile
 
-    # (model, precision, profile, --accuracy-budget, --max-kept-macs): None is the default gate
-    # (98 % agreement, 1 pt drop) and the default repair cap (50 % of the multiply-adds kept out
-    # of INT8); TARGET_BUDGET_PCT is the issue's target (99 %), met by keeping the most sensitive
-    # blocks in FP16/FP32 (the repair reports how many and their share of MACs). The CPU dialect
-    # needs more than the default cap for it, so it also runs with the cap lifted.
+    # (model, precision, profile, reconstruct, repair): the target rows are all-INT8 (no repair: every
+    # Conv/Gemm stays INT8), with and without the reconstruction; the repaired default build last.
     runs = [
-        ("lite0", "fp32", "cpu", None, None), ("lite0", "fp16", "jetson-orin", None, None),
-        ("lite0", "int8", "jetson-orin", None, None), ("lite0", "int8", "cpu", None, None),
-        ("lite0", "int8", "jetson-orin", TARGET_BUDGET_PCT, None), ("lite0", "int8", "cpu", TARGET_BUDGET_PCT, None),
-        ("lite0", "int8", "cpu", TARGET_BUDGET_PCT, 100.0),
+        ("lite0", "fp32", "cpu", False, False), ("lite0", "fp16", "jetson-orin", False, False),
+        ("lite0", "int8", "jetson-orin", False, False), ("lite0", "int8", "jetson-orin", True, False),
+        ("lite0", "int8", "cpu", False, False), ("lite0", "int8", "cpu", True, False),
+        ("lite0", "int8", "jetson-orin", True, True), ("lite0", "int8", "cpu", True, True),
     ]
-    if not args.skip_b0:
-        runs += [("b0", "int8", "jetson-orin", None, None), ("b0", "int8", "cpu", None, None)]
+    if args.only:
+        runs = [r for k, r in enumerate(runs) if str(k) in args.only.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model, precision, profile, budget, cap in runs:
-            lite = model == "lite0"
+        for model, precision, profile, reconstruct, repair in runs:
             t = time.perf_counter()
             req = BuildRequest(
-                phi=0, variant="lite" if lite else "b", precision=precision, profile=load_profile(profile),
-                weights="pretrained" if lite else None, out=Path(tmp) / f"{model}-{precision}-{profile}-{budget}-{cap}",
-                accuracy_budget=budget, **({"max_kept_macs": cap} if cap else {}),
-                calib_data=str(data), calib_images=256, verify_data=None if precision == "int8" else str(data),
-                verify_images=244, allow_parity_failure=True, quiet=True,
+                phi=0, variant="lite", precision=precision, profile=load_profile(profile), weights="pretrained",
+                out=Path(tmp) / f"{model}-{precision}-{profile}-{reconstruct}-{repair}", reconstruct=reconstruct,
+                repair=repair, calib_data=str(data), calib_images=256,
+                verify_data=None if precision == "int8" else str(data), verify_images=244,
+                allow_parity_failure=True, quiet=True,
             )
             if precision != "int8":  # same 244 evaluation images as the INT8 runs
                 req = _same_split(req, data)
@@ -67,22 +63,23 @@ def main() -> int:
             v = m.parity["verify"]["comparison"]
             q = m.quantization
             drift = q.get("drift") or []
+            rec = q.get("reconstruction") or {}
+            head = (rec.get("layers") or [{}])[-1]
             rows.append({
                 "model": f"efficientnet-{model}", "precision": precision, "profile": profile,
-                "budget": ("default" if budget is None else f"{budget:g} %") + (f", cap {cap:g} %" if cap else ""),
+                "reconstruct": reconstruct, "repair": repair,
                 "dialect": q.get("dialect", "-"), "method": q.get("method", "-"),
-                "images": v["samples"],
-                "eager_top1": v.get("reference_top1"), "top1": v.get("candidate_top1"),
+                "images": v["samples"], "eager_top1": v.get("reference_top1"), "top1": v.get("candidate_top1"),
                 "drop_pt": v.get("accuracy_drop_pt"), "agreement": v["top1_agreement"],
-                "cosine_mean": v["cosine_mean"], "status": m.status,
+                "agreement_ci95": v.get("top1_agreement_ci95"), "cosine_mean": v["cosine_mean"], "status": m.status,
                 "final_block_drift": drift[-1]["relative_error"] if drift else None,
-                "most_sensitive": [r["block"] for r in sorted(drift, key=lambda r: -r["added"])[:3]],
+                "logit_error_calib": (head.get("relative_error_before"), head.get("relative_error_after")),
                 "kept_blocks": (q.get("repair") or {}).get("kept_blocks", []),
                 "kept_macs": (q.get("repair") or {}).get("macs_share_kept"),
-                "before_repair_agreement": ((q.get("repair") or {}).get("initial") or {}).get("top1_agreement"),
                 "seconds": round(time.perf_counter() - t, 1),
             })
-            print(f"done {model} {precision} {profile} budget {budget} cap {cap} in {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
+            print(f"done {model} {precision} {profile} reconstruct {reconstruct} repair {repair} in "
+                  f"{rows[-1]['seconds']} s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -91,24 +88,29 @@ def main() -> int:
     def pct(x):
         return "-" if x is None else f"{100 * x:.2f}"
 
-    print(table([(r["model"], r["precision"], r["profile"], r["budget"], r["dialect"], r["method"], r["images"],
-                  pct(r["eager_top1"]), pct(r["top1"]), "-" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}",
-                  pct(r["before_repair_agreement"] if r["kept_blocks"] else r["agreement"]),
-                  pct(r["agreement"]), f"{r['cosine_mean']:.4f}",
-                  "-" if r["final_block_drift"] is None else f"{r['final_block_drift']:.3f}",
-                  ",".join(r["most_sensitive"]),
-                  f"{len(r['kept_blocks'])} ({100 * r['kept_macs']:.1f} % MACs)" if r["kept_blocks"] else "-",
-                  r["status"]) for r in rows],
-                ["model", "prec", "profile", "budget", "dialect", "method", "n", "eager top1 %", "top1 %", "drop pt",
-                 "agree % all-INT8", "agree %", "cosine", "drift", "most sensitive blocks", "kept in FP16/FP32", "status"]))
+    def ci(r):
+        lo, hi = r["agreement_ci95"] or (None, None)
+        return "-" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+    def err(r):
+        before, after = r["logit_error_calib"]
+        return "-" if before is None else f"{before:.4f} -> {after:.4f}"
+
+    print(table([(r["precision"], r["profile"], r["dialect"], "yes" if r["reconstruct"] else "no",
+                  "yes" if r["repair"] else "no", r["method"], r["images"], pct(r["eager_top1"]), pct(r["top1"]),
+                  "-" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}", pct(r["agreement"]), ci(r),
+                  f"{r['cosine_mean']:.4f}", "-" if r["final_block_drift"] is None else f"{r['final_block_drift']:.3f}",
+                  err(r), f"{len(r['kept_blocks'])} ({100 * r['kept_macs']:.1f} % MACs)" if r["kept_blocks"] else "-",
+                  r["status"], r["seconds"]) for r in rows],
+                ["prec", "profile", "dialect", "reconstruct", "repair", "ranges", "n", "eager top1 %", "top1 %",
+                 "drop pt", "agree %", "95 % CI", "cosine", "drift", "logit rel err (calib, before -> after)",
+                 "kept out of INT8", "status", "build s"]))
     for r in rows:
-        if r["model"].endswith("lite0") and r["precision"] == "int8":
+        if r["precision"] == "int8" and not r["kept_blocks"]:
             ok = (r["drop_pt"] or 0) <= TARGET_DROP_PT and r["agreement"] >= TARGET_AGREEMENT
-            kept = (f"{len(r['kept_blocks'])} blocks ({100 * r['kept_macs']:.1f} % of MACs) kept out of INT8"
-                    if r["kept_blocks"] else "all INT8")
-            print(f"target INT8 {r['profile']}, budget {r['budget']}: drop {r['drop_pt']:.2f} pt (<= {TARGET_DROP_PT}), "
-                  f"agreement {100 * r['agreement']:.2f} % (>= {100 * TARGET_AGREEMENT:.0f} %), {kept}: "
-                  f"{'MET' if ok else 'MISSED'}")
+            print(f"target all-INT8 {r['profile']} (reconstruct {'on' if r['reconstruct'] else 'off'}): drop "
+                  f"{r['drop_pt']:.2f} pt (<= {TARGET_DROP_PT}), agreement {100 * r['agreement']:.2f} % "
+                  f"(>= {100 * TARGET_AGREEMENT:.0f} %) on {r['images']} images: {'MET' if ok else 'MISSED'}")
     return 0
 
 

@@ -282,9 +282,9 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
             recipe = None
             if req.reconstruct:
-                from .reconstruct import LayerRecipe
+                from .reconstruct import Recipe
 
-                recipe = LayerRecipe(images=req.reconstruct_images, seed=req.seed)
+                recipe = Recipe(images=req.reconstruct_images)
             int8 = run_int8(fp32, fp32_path, config, plan, spec.preprocessing, req.calib_method, selection, req.quiet,
                             recipe=recipe, reconstruction_data=lambda n: calibration_subset(plan, n, spec.preprocessing).data)
             calibration_ids = int8.calibration_ids

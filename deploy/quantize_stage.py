@@ -145,11 +145,13 @@ def run_int8(
         else:
             # Ranges are judged on the FP32-typed twin (same Q/DQ, ORT-optimised, fast); the FP16
             # typing of the other ops is independent of the calibration method.
+            # Unoptimised: the Q/DQ twin as written, in float (ORT's x86 integer kernels without VNNI
+            # saturate S8 activations, which would judge the CPU instead of the ranges).
             x = selection_data()
             ref = ort_logits(fp32, x)
             for m in candidates:
                 twin = quantize(fp32, outcomes[m].artifact.ranges, replace(config, method=m, fp16_rest=False))
-                scores[m] = relative_mse(ref, ort_logits(twin, x))
+                scores[m] = relative_mse(ref, ort_logits(twin, x, optimize=False))
             _store_selection(outcomes, config, scores)
         chosen = min(scores, key=scores.get)
         info("      method by measurement (relative logit MSE on calibration images): "
@@ -199,15 +201,16 @@ def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: Q
                      data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
     into the deployed graph; reused from the cache when the same inputs were reconstructed."""
-    from .precision import TENSORRT, weight_qmax
+    from .precision import TENSORRT
     from .reconstruct import cached_reconstruction
 
     twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
-    rec = cached_reconstruction(twin, fp32, data(recipe.images), recipe, weight_qmax=weight_qmax(config),
+    rec = cached_reconstruction(twin, fp32, data(recipe.images), recipe,
                                 fp16_scales=config.dialect == TENSORRT and config.fp16_rest, quiet=quiet)
-    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images): "
-         f"{sum(r.changed_integers for r in rec.layers):,} of {sum(r.weights for r in rec.layers):,} "
-         f"integers changed, {'cache hit' if rec.cache_hit else f'{rec.seconds:.1f} s'}", quiet)
+    last = rec.layers[-1] if rec.layers else None
+    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers): "
+         + (f"logit error {last.relative_error_before:.4f} -> {last.relative_error_after:.4f}, " if last else "")
+         + ("cache hit" if rec.cache_hit else f"{rec.seconds:.1f} s"), quiet)
     return quantize(fp32, ranges, config, initializers=rec.initializers), rec
 
 

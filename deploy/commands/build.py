@@ -25,6 +25,11 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--calib-method", type=click.Choice(["auto", "max", "percentile", "entropy", "mse"]), default="auto", show_default=True)
 @click.option("--int8-float", "int8_float", default="se", show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier; 'none' for none).")
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="INT8: correct every INT8 layer on calibration images, in order, for the error of its weights and "
+                   "of the quantized activations before it (sequential bias correction); every layer stays INT8.")
+@click.option("--reconstruct-images", type=int, default=32, show_default=True,
+              help="Calibration images the reconstruction measures on (the repair chooses on the others).")
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -41,7 +46,8 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
-              max_kept_macs: float, allow_parity_failure: bool, as_json: bool) -> None:
+              max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool = True,
+              reconstruct_images: int = 32) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
@@ -65,7 +71,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
-        max_kept_macs=max_kept_macs,
+        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images,
     )
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
@@ -102,11 +108,25 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
         "quantization": {k: m.get("quantization", {}).get(k) for k in ("dialect", "activations", "method")
                          if m.get("quantization", {}).get(k)},
         "calibration_images": m.get("quantization", {}).get("calibration", {}).get("image_count"),
-        "kept_blocks": m.get("quantization", {}).get("repair", {}).get("kept_blocks", []),
+        "kept_blocks": (m.get("quantization", {}).get("repair") or {}).get("kept_blocks", []),
+        "reconstruction": _reconstruction_line(m.get("quantization", {}).get("reconstruction")),
         "drift_final": (m.get("quantization", {}).get("drift") or [{}])[-1].get("relative_error"),
         "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
         "onnxruntime": ort_hint_for_manifest(m),
     }
+
+
+def _reconstruction_line(r: dict[str, Any] | None) -> str | None:
+    if not r:
+        return None
+    layers = r.get("layers") or []
+    err = (f", logit error {layers[-1]['relative_error_before']:.4f} -> {layers[-1]['relative_error_after']:.4f}"
+           if layers else "")
+    return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}, {_seconds(r)}"
+
+
+def _seconds(r: dict[str, Any]) -> str:
+    return "cache hit" if r.get("cache_hit") else f"{r['seconds']:.1f} s"
 
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -123,7 +143,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     v = s.get("verify")
     if v:
-        rows.append(("verify top-1 agreement", f"{100 * v['top1_agreement']:.2f} % of {v['samples']} images"))
+        lo, hi = v.get("top1_agreement_ci95") or (None, None)
+        ci = f" (95 % CI {100 * lo:.1f}-{100 * hi:.1f} %)" if lo is not None else ""
+        rows.append(("verify top-1 agreement", f"{100 * v['top1_agreement']:.2f} % of {v['samples']} images{ci}"))
         rows.append(("verify max abs / cosine min", f"{v['max_abs']:.2e} / {v['cosine_min']:.6f}"))
         if v.get("labelled"):
             rows.append(("top-1 accuracy eager -> bundle",
@@ -132,6 +154,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         q = s["quantization"]
         rows.append(("INT8", f"{q.get('dialect')} dialect, activations {q.get('activations')}, "
                               f"{q.get('method')} ranges from {s.get('calibration_images')} images"))
+    if s.get("reconstruction"):
+        rows.append(("INT8 reconstruction", s["reconstruction"]))
     if s.get("kept_blocks"):
         rows.append(("kept in higher precision", ", ".join(s["kept_blocks"])))
     if s.get("drift_final") is not None:

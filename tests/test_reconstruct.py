@@ -1,0 +1,126 @@
+"""INT8 reconstruction: the torch interpreter is the deployed graph's function, and the sequential
+bias correction lowers the error on images it did not measure on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from effdeploy.precision import config_for, quantize
+from effdeploy.quantize_stage import _run_outputs, ort_logits, relative_mse
+from effdeploy.reconstruct import GraphModule, Recipe, apply_initializers, correct_biases, learned_initializers
+
+RES = 96
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """Pretrained Lite0 at 96 px, its FP32 graph, max ranges from 12 built-in images, and 20 images."""
+    from effdeploy.calibration import plan_calibration, run_calibrations
+    from effdeploy.datasets import builtin_image_paths
+    from effdeploy.export import cached_export
+    from effdeploy.model import build_model
+    from effdeploy.precision import calibration_tensors
+    from effdeploy.preprocess import preprocess_files
+
+    model = build_model(0, "lite", weights="pretrained", resolution=RES)
+    fp32, _ = cached_export(model, RES)
+    pre = model.spec.preprocessing
+    images = preprocess_files(builtin_image_paths(), pre)
+    ranges = {}
+    for gpu in (True, False):
+        cfg = config_for(gpu)
+        plan = plan_calibration(None, 12, 0)
+        out = run_calibrations(fp32, calibration_tensors(fp32, cfg), plan, pre, methods=("max",), quiet=True)
+        ranges[cfg.dialect] = out["max"].artifact.ranges
+    return fp32, ranges, images
+
+
+def _twin(lite0, gpu: bool):
+    fp32, ranges, _ = lite0
+    cfg = replace(config_for(gpu, method="max"), fp16_rest=False)
+    return quantize(fp32, ranges[cfg.dialect], cfg), cfg
+
+
+@pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
+def test_interpreter_is_the_graph_node_by_node(lite0, gpu):
+    """Each op, fed ONNX Runtime's own inputs, gives ONNX Runtime's output (unoptimised, the
+    graph as written); quantizers agree on every integer code but float ties."""
+    twin, _ = _twin(lite0, gpu)
+    x = lite0[2][:4]
+    g = GraphModule(twin)
+    names = [o for op in g.ops for o in op.outputs]
+    ort = _run_outputs(twin, names, x, optimize=False)
+    ort[g.input_name] = x
+    checked = {"FakeQuant": 0, "Conv": 0}
+    for op in g.ops:
+        env = {t: torch.from_numpy(ort[t]) for t in op.inputs if t in ort}
+        with torch.no_grad():
+            out = g.run(env, [op])[op.outputs[0]].numpy()
+        want = ort[op.outputs[0]]
+        scale = max(float(np.abs(want).max()), 1e-6)
+        if op.kind == "FakeQuant":
+            step = op.attrs["_q"][0]
+            assert np.mean(np.abs(out - want) > step / 2) < 1e-4, op.name
+        else:
+            assert np.abs(out - want).max() <= 1e-4 * scale, op.name
+        checked[op.kind] = checked.get(op.kind, 0) + 1
+    assert checked["FakeQuant"] > 30 and checked["Conv"] == 49
+
+
+def test_interpreter_runs_the_fp32_graph_like_onnxruntime(lite0):
+    fp32, _, images = lite0
+    x = images[:4]
+    want = ort_logits(fp32, x, optimize=False)
+    got = GraphModule(fp32)(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
+def test_bias_correction_helps_on_images_it_did_not_measure(lite0, gpu):
+    fp32, ranges, images = lite0
+    twin, cfg = _twin(lite0, gpu)
+    fit, held = images[:10], images[10:]
+    q, layers = correct_biases(twin, fp32, fit)
+    assert len(layers) == 50  # every Conv (49) and the classifier Gemm, each still INT8
+    assert all(r.relative_error_after <= r.relative_error_before + 1e-6 for r in layers)
+    assert layers[0].unit == "stem" and layers[-1].unit == "head"
+    corrected = apply_initializers(twin, learned_initializers(q))
+    ref = ort_logits(fp32, held, optimize=False)
+    before = relative_mse(ref, ort_logits(twin, held, optimize=False))
+    after = relative_mse(ref, ort_logits(corrected, held, optimize=False))
+    assert after < before
+    # the interpreter reads the corrected biases back (end to end it agrees with ORT only up to the
+    # graph's own sensitivity: a quantized network amplifies float-rounding ties)
+    got = GraphModule(corrected)(torch.from_numpy(held[:2])).numpy()
+    want = ort_logits(corrected, held[:2], optimize=False)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_deployed_graph_carries_the_corrected_biases(lite0):
+    """quantize(..., initializers=) writes the corrections into the FP16 tensorrt graph: weights stay
+    the quantizer's INT8 integers, biases are the corrected ones (as FP16)."""
+    fp32, ranges, images = lite0
+    twin, cfg = _twin(lite0, True)
+    q, _ = correct_biases(twin, fp32, images[:6], fp16_scales=True)
+    values = learned_initializers(q)
+    deployed = quantize(fp32, ranges["tensorrt"], replace(cfg, fp16_rest=True), initializers=values)
+    plain = quantize(fp32, ranges["tensorrt"], replace(cfg, fp16_rest=True))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in deployed.graph.initializer}
+    plain_inits = {i.name: onnx.numpy_helper.to_array(i) for i in plain.graph.initializer}
+    biases = [k for k in values if k in inits]
+    assert len(biases) >= 49
+    for k in biases:
+        assert inits[k].dtype == np.float16
+        np.testing.assert_allclose(inits[k].astype(np.float32), values[k], rtol=2e-3, atol=1e-4)
+    weights = [k for k, v in inits.items() if v.dtype == np.int8 and v.ndim > 1]
+    assert len(weights) == 50 and all(np.array_equal(inits[k], plain_inits[k]) for k in weights)
+    assert any(not np.array_equal(inits[k], plain_inits[k]) for k in biases)
+
+
+def test_recipe_is_recorded():
+    assert Recipe(images=16).to_dict() == {"name": "sequential bias correction", "images": 16}
