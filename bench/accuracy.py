@@ -63,8 +63,6 @@ def main() -> int:
             v = m.parity["verify"]["comparison"]
             q = m.quantization
             drift = q.get("drift") or []
-            rec = q.get("reconstruction") or {}
-            head = (rec.get("layers") or [{}])[-1]
             rows.append({
                 "model": f"efficientnet-{model}", "precision": precision, "profile": profile,
                 "reconstruct": reconstruct, "repair": repair,
@@ -73,7 +71,6 @@ def main() -> int:
                 "drop_pt": v.get("accuracy_drop_pt"), "agreement": v["top1_agreement"],
                 "agreement_ci95": v.get("top1_agreement_ci95"), "cosine_mean": v["cosine_mean"], "status": m.status,
                 "final_block_drift": drift[-1]["relative_error"] if drift else None,
-                "logit_error_calib": (head.get("relative_error_before"), head.get("relative_error_after")),
                 "kept_blocks": (q.get("repair") or {}).get("kept_blocks", []),
                 "kept_macs": (q.get("repair") or {}).get("macs_share_kept"),
                 "seconds": round(time.perf_counter() - t, 1),
@@ -92,18 +89,14 @@ def main() -> int:
         lo, hi = r["agreement_ci95"] or (None, None)
         return "-" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
 
-    def err(r):
-        before, after = r["logit_error_calib"]
-        return "-" if before is None else f"{before:.4f} -> {after:.4f}"
-
     print(table([(r["precision"], r["profile"], r["dialect"], "yes" if r["reconstruct"] else "no",
                   "yes" if r["repair"] else "no", r["method"], r["images"], pct(r["eager_top1"]), pct(r["top1"]),
                   "-" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}", pct(r["agreement"]), ci(r),
                   f"{r['cosine_mean']:.4f}", "-" if r["final_block_drift"] is None else f"{r['final_block_drift']:.3f}",
-                  err(r), f"{len(r['kept_blocks'])} ({100 * r['kept_macs']:.1f} % MACs)" if r["kept_blocks"] else "-",
+                  f"{len(r['kept_blocks'])} ({100 * r['kept_macs']:.1f} % MACs)" if r["kept_blocks"] else "-",
                   r["status"], r["seconds"]) for r in rows],
                 ["prec", "profile", "dialect", "reconstruct", "repair", "ranges", "n", "eager top1 %", "top1 %",
-                 "drop pt", "agree %", "95 % CI", "cosine", "drift", "logit rel err (calib, before -> after)",
+                 "drop pt", "agree %", "95 % CI", "logit cosine", "rel err last block",
                  "kept out of INT8", "status", "build s"]))
     for r in rows:
         if r["precision"] == "int8" and not r["kept_blocks"]:
