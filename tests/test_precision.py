@@ -124,7 +124,9 @@ def test_fp16_bundle(tmp_path):
     proc = run_cli("build", *LITE, "--precision", "fp16", "--profile", "jetson-orin", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
-    assert s["status"] == "verified" and s["verify"]["top1_agreement"] >= 0.995
+    # the built-in images are too few to resolve 99.5 %: the budget held, but that is 'checked'
+    assert s["status"] == "checked" and s["verify"]["top1_agreement"] >= 0.995
+    assert "verification images would verify it" in proc.stderr
     m, inits = _initializers(out / "model.onnx")
     floats = [i for i in inits.values() if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
     assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in floats) >= 0.9 * len(floats)
@@ -189,11 +191,11 @@ def test_bad_calibration_source(tmp_path):
 
 
 def test_int8_accuracy_on_real_images(imagenet_sample, tmp_path):
-    """Pretrained Lite0 at full resolution, calibrated on 128 real images, verified on 200 others,
-    repairing (keeping sensitive blocks in FP32) until 98 % agreement and a 2 pt drop hold."""
+    """Pretrained Lite0 at full resolution, calibrated and reconstructed on 256 real images (the repair,
+    if needed, chooses on those), verified on 200 others: 98 % agreement and a 2 pt drop hold."""
     out = tmp_path / "lite0"
     proc = run_cli("build", "--phi", "0", "--variant", "lite", "--weights", "pretrained", "--precision", "int8",
-                   "--profile", "cpu", "--calib-data", str(imagenet_sample), "--calib-images", "128",
+                   "--profile", "cpu", "--calib-data", str(imagenet_sample), "--calib-images", "256",
                    "--verify-images", "200", "--accuracy-budget", "2", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     v = json.loads(proc.stdout)["verify"]
@@ -201,7 +203,8 @@ def test_int8_accuracy_on_real_images(imagenet_sample, tmp_path):
     assert v["top1_agreement"] >= 0.98
     assert v["reference_top1"] - v["candidate_top1"] <= 0.02
     cal = json.loads((out / "calibration.json").read_text())
-    assert cal["image_count"] == 128
+    assert cal["image_count"] == 256
+    assert read_manifest(out)["quantization"]["reconstruction"]["images"] == 32
     assert "not used for calibration" in read_manifest(out)["parity"]["verify"]["data"]
 
 
