@@ -28,7 +28,7 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 %% agreement.")
+@click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 % agreement.")
 @click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
 @click.option("--max-kept-macs", type=float, default=50.0, show_default=True,
               help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
