@@ -146,6 +146,67 @@ def source_kind(source: str | Path | None) -> str:
     )
 
 
+def check_usable(source: str | Path | None, resolution: int | None = None) -> str:
+    """The source's kind, after making sure it holds at least one usable item: cheap (one image
+    decoded, one frame read, an array's header), so a build refuses a bad source before minutes
+    of model building and export. ``resolution`` checks a preprocessed array's shape."""
+    kind = source_kind(source)
+    if kind == KIND_BUILTIN:
+        _builtin_root()
+        return kind
+    p = Path(source)  # type: ignore[arg-type]
+    if kind == KIND_FOLDER:
+        names = _folder_names(p)
+        if not names:
+            raise EffdeployError(
+                f"no images under {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)"
+            )
+        for n in names:
+            try:
+                load_image(p / n)
+                return kind
+            except EffdeployError:
+                continue
+        raise EffdeployError(
+            f"none of the {len(names)} images under {p} can be read (corrupt, truncated or not images); "
+            "pass a folder of readable images"
+        )
+    if kind == KIND_VIDEO:
+        cap = _video_capture(p)
+        try:
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+        if not ok or frame is None:
+            raise EffdeployError(f"video {p} has no frames OpenCV can decode; re-encode it (e.g. H.264 .mp4)")
+        return kind
+    arr = _open_array(p)
+    if (arr.shape[0] if arr.ndim == 4 else 1) == 0:
+        raise EffdeployError(f"array {p} holds no images (shape {tuple(arr.shape)})")
+    _array_layout(arr, p, resolution)
+    return kind
+
+
+def _array_layout(arr: np.ndarray, path: Path, resolution: int | None) -> str:
+    """``"images"`` (NHWC/HWC uint8) or ``"tensors"`` (NCHW float at ``resolution``); else the error."""
+    if arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 3:
+        if arr.shape[-2] == 0 or arr.shape[-3] == 0:
+            raise EffdeployError(f"{path}: images of zero size")
+        return "images"
+    res = resolution if resolution is not None else "R"
+    if arr.ndim == 4 and np.issubdtype(arr.dtype, np.floating):
+        if resolution is not None and tuple(arr.shape[1:]) != (3, resolution, resolution):
+            raise EffdeployError(
+                f"{path} has shape {tuple(arr.shape)} but the model's preprocessing gives (N, 3, {res}, {res}) "
+                f"float32; save preprocessed NCHW arrays at {res}px or NHWC uint8 images"
+            )
+        return "tensors"
+    raise EffdeployError(
+        f"{path} has dtype {arr.dtype} and shape {tuple(arr.shape)}; expected (N, 3, {res}, {res}) float32 "
+        "preprocessed tensors or (N, H, W, 3) uint8 RGB images"
+    )
+
+
 def list_items(source: str | Path | None) -> tuple[str, ...]:
     """Every candidate id of a source in sorted order (files, frames or array rows)."""
     kind = source_kind(source)
@@ -486,28 +547,15 @@ def _load_array(plan: CalibrationPlan, spec: Preprocessing, quiet: bool) -> Cali
     path = Path(plan.source)
     arr = _open_array(path)
     rows = [int(i.rpartition(_ROW_SEP)[2]) for i in plan.items]
-    want = (3, spec.resolution, spec.resolution)
-    if arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 3:
+    if _array_layout(arr, path, spec.resolution) == "images":
         images = arr[None] if arr.ndim == 3 else arr
         with progress(rows, length=len(rows), label="preprocessing calibration images", quiet=quiet) as it:
             frames = [np.ascontiguousarray(images[r]) for r in it]
-        if any(f.shape[0] == 0 or f.shape[1] == 0 for f in frames):
-            raise EffdeployError(f"{path}: images of zero size")
         data = _preprocess_in_chunks(frames, spec)
-    elif arr.ndim == 4 and np.issubdtype(arr.dtype, np.floating):
-        if tuple(arr.shape[1:]) != want:
-            raise EffdeployError(
-                f"{path} has shape {tuple(arr.shape)} but the model's preprocessing gives (N, {want[0]}, {want[1]}, "
-                f"{want[2]}) float32; save preprocessed NCHW arrays at {spec.resolution}px or NHWC uint8 images"
-            )
+    else:
         data = np.ascontiguousarray(arr[rows], dtype=np.float32)
         if not np.isfinite(data).all():
             raise EffdeployError(f"{path} contains NaN or infinite values")
-    else:
-        raise EffdeployError(
-            f"{path} has dtype {arr.dtype} and shape {tuple(arr.shape)}; expected (N, 3, {spec.resolution}, "
-            f"{spec.resolution}) float32 preprocessed tensors or (N, H, W, 3) uint8 RGB images"
-        )
     return _make_set(plan, data, list(range(len(rows))), 0, list(plan.warnings))
 
 

@@ -54,6 +54,9 @@ def _pretrained_path(phi: Any, variant: str) -> Path:
 def _read_state_dict(path: Path) -> Mapping[str, Any]:
     import torch
 
+    if path.is_dir():
+        raise EffdeployError(f"--weights {path} is a directory; pass a checkpoint file (.pth/.pt saved with "
+                             "torch.save) or 'pretrained'")
     if not path.is_file():
         raise EffdeployError(f"weights file {path} does not exist")
     try:

@@ -34,6 +34,8 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
     if batch_size < 1:
         raise EffdeployError(f"--batch must be at least 1 (got {batch_size})")
     for p in images:
+        if p.is_dir():
+            raise EffdeployError(f"image {p} is a directory; pass image files (e.g. {p}/*.jpg)")
         if not p.is_file():
             raise EffdeployError(f"image {p} does not exist")
     with Runner.open(artifact, threads=threads, force=force) as runner:
