@@ -69,6 +69,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     )
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
+    summary["replaced"] = result.replaced
     if as_json:
         emit_json({**summary, "engine": str(result.engine) if result.engine else None,
                    "next_step": result.next_step, "compile": result.compile_reason})
@@ -109,6 +110,7 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("bundle", s["bundle"]),
+        *([("replaced", f"the bundle that was there ({s['replaced']})")] if s.get("replaced") else []),
         ("status", s["status"]),
         ("model", f"{s['model']} ({s['weights']})"),
         ("parameters", f"{s['parameters']:,}"),
