@@ -18,6 +18,7 @@ from .artifact import (
     CalibrationOutcome,
     cache_entry_path,
     cache_lookup,
+    cache_problem,
     cache_store,
     calibration_key,
     default_cache_dir,
@@ -30,6 +31,7 @@ from .artifact import (
     trt_cache_header,
     trt_scale_hex,
     trt_version_code,
+    warn_cache_unusable,
     write_calibration_json,
     write_trt_calibration_cache,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "builtin_image_dir",
     "cache_entry_path",
     "cache_lookup",
+    "cache_problem",
     "cache_store",
     "calibrate",
     "calibrate_with_ort",
@@ -126,6 +129,7 @@ __all__ = [
     "trt_cache_header",
     "trt_scale_hex",
     "trt_version_code",
+    "warn_cache_unusable",
     "write_calibration_json",
     "write_trt_calibration_cache",
 ]

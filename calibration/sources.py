@@ -84,6 +84,12 @@ class CalibrationPlan:
     sha256: str
     content: tuple[str, ...]  # sha256 of each item's file (video/array: the whole file)
     warnings: tuple[str, ...] = ()
+    count_given: bool = True  # False: ``count`` is the default, not the user's number
+
+    @property
+    def asked(self) -> str:
+        """How to name ``count`` in a message: the user's number, or the default."""
+        return f"{self.count} were asked for" if self.count_given else f"the default is {self.count}"
 
     @property
     def builtin(self) -> bool:
@@ -232,13 +238,15 @@ def plan_calibration(
     count: int,
     seed: int = 0,
     exclude: Collection[str] = (),
+    count_given: bool = True,
 ) -> CalibrationPlan:
     """Choose (without decoding) which items calibration tries and in which order.
 
     Folders and arrays: candidates sorted by path, then a seeded permutation, so the same seed
     always gives the same images. Videos: ``count`` frames evenly spaced over the clip (the seed
     is not used). ``exclude`` leaves items out (file paths, or ids as returned in
-    :attr:`CalibrationSet.ids`), so verification images can be kept disjoint.
+    :attr:`CalibrationSet.ids`), so verification images can be kept disjoint. ``count_given``
+    False words messages as "the default" rather than as the user's number.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise EffdeployError(f"the number of calibration images must be an integer >= 1 (got {count!r})")
@@ -261,7 +269,7 @@ def plan_calibration(
         items = tuple(f"{p}{_FRAME_SEP}{i}" for i in frames)
         file_hash = _sha256_file(p)
         content = (file_hash,) * len(items)
-        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings, count_given)
 
     if kind == KIND_ARRAY:
         p = Path(source)  # type: ignore[arg-type]
@@ -274,7 +282,7 @@ def plan_calibration(
         names = tuple(f"{p.name}{_ROW_SEP}{i}" for i in chosen)
         items = tuple(f"{p}{_ROW_SEP}{i}" for i in chosen)
         content = (_sha256_file(p),) * len(items)
-        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings, count_given)
 
     if kind == KIND_BUILTIN:
         root = _builtin_root()
@@ -297,13 +305,14 @@ def plan_calibration(
     if kind == KIND_BUILTIN:
         warnings.append(
             f"no calibration data given: calibrating on {min(count, len(names_list))} natural images shipped with "
-            f"scikit-image ({count} asked for); pass a folder of images from your camera/domain for production ranges"
+            f"scikit-image ({f'{count} asked for' if count_given else f'the default {count}'}); pass a folder of "
+            "images from your camera/domain for production ranges"
         )
     order = np.random.default_rng(seed).permutation(len(names_list))
     names = tuple(names_list[i] for i in order)
     items = tuple(str(root / n) for n in names)
     content = tuple(_sha256_file(root / n) for n in names)
-    return _make_plan(source_label, kind, items, names, content, count, seed, warnings)
+    return _make_plan(source_label, kind, items, names, content, count, seed, warnings, count_given)
 
 
 def load_plan(plan: CalibrationPlan, spec: Preprocessing, quiet: bool = False) -> CalibrationSet:
@@ -349,6 +358,7 @@ def _make_plan(
     count: int,
     seed: int,
     warnings: Sequence[str],
+    count_given: bool = True,
 ) -> CalibrationPlan:
     digest = sha256_json({"kind": kind, "count": count, "items": [[n, c] for n, c in zip(names, content)]})
     return CalibrationPlan(
@@ -361,6 +371,7 @@ def _make_plan(
         sha256=digest,
         content=tuple(content),
         warnings=tuple(warnings),
+        count_given=count_given,
     )
 
 
@@ -370,7 +381,7 @@ def _make_set(
     n = len(used)
     builtin_all = plan.builtin and skipped == 0 and n == len(plan.items)  # already said by the builtin warning
     if n < plan.count and not builtin_all:
-        warnings.append(f"only {n} usable calibration image(s) from {plan.source}, {plan.count} were asked for")
+        warnings.append(f"only {n} usable calibration image(s) from {plan.source} ({plan.asked})")
     return CalibrationSet(
         data=data,
         ids=tuple(plan.items[i] for i in used),

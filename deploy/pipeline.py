@@ -55,6 +55,7 @@ class BuildRequest:
     num_classes: int = 1000
     calib_data: str | None = None
     calib_images: int = 256
+    calib_images_given: bool = True  # False: the default count (messages say so)
     calib_method: str = "auto"
     verify_data: str | None = None
     verify_images: int = 200
@@ -137,8 +138,8 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
             if n <= req.calib_images:
                 raise EffdeployError(
                     f"--calib-data {req.calib_data} holds {n} images and calibration takes up to {req.calib_images} "
-                    f"(--calib-images), which leaves none to verify on; pass --verify-data DIR, or --calib-images "
-                    f"below {n}"
+                    f"({'--calib-images' if req.calib_images_given else 'the default --calib-images'}), which leaves "
+                    f"none to verify on; pass --verify-data DIR, or --calib-images below {n}"
                 )
     if req.verify_data is not None:
         from .calibration import check_usable
@@ -227,6 +228,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     check_request(req, preview.resolution)
     out = Path(req.out) if req.out else default_out(preview.name, req.precision, req.profile.name)
     check_output_dir(out)
+    from .calibration import cache_problem, default_cache_dir, warn_cache_unusable
+
+    problem = cache_problem()
+    if problem:
+        warn_cache_unusable(default_cache_dir(), problem, req.quiet)
     for line in remove_stale_partials(out):
         info(f"note: {line}", req.quiet)
     replaced = describe_bundle(out)
@@ -274,7 +280,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
             t = time.perf_counter()
             exclude = reserved_builtin_verification() if req.calib_data is None else ()
-            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude)
+            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
+                                    count_given=req.calib_images_given)
             config = replace(config_for(req.profile.is_gpu),
                              quantize_se="se" not in req.int8_float_parts,
                              quantize_stem="stem" not in req.int8_float_parts,

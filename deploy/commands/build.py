@@ -60,9 +60,11 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     bad = [p for p in parts if p not in ("se", "stem", "classifier")]
     if bad:
         raise EffdeployError(f"--int8-float takes se, stem, classifier or none (got {', '.join(bad)})")
+    given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
     req = BuildRequest(
         phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, resolution=resolution,
-        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
+        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_images_given=given,
+        calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
         max_kept_macs=max_kept_macs,
