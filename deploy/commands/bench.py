@@ -101,9 +101,9 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     m = result["machine"]
     click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {backend}, "
                f"threads {threads or 'all'}, {m['cpu']} ({m['cores']} cores)")
-    click.echo(table(
-        [(r["batch"], r["measure"], r["mean_ms"], r["p50_ms"], r["p90_ms"], r["p99_ms"], f"{r['throughput_ips']:.1f}")
-         for r in rows],
+    click.echo(table(  # one number format per column, so the columns line up and compare
+        [(r["batch"], r["measure"], *(f"{r[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")),
+          f"{r['throughput_ips']:.1f}") for r in rows],
         headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"],
     ))
     for b, v in result.get("end_to_end_over_compute_p50", {}).items():

@@ -190,9 +190,9 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         ("GFLOPs (2 x MACs, batch 1)", f"{2 * graph['macs'] / 1e9:.3f}"),
     ]))
     click.echo("")
-    io_rows = [(d, v["name"], v["dtype"], "x".join(str(x) for x in v["shape"]))
+    io_rows = [(d, v["name"], v["dtype"], " x ".join(str(x) for x in v["shape"]))
                for d, vals in (("input", graph["inputs"]), ("output", graph["outputs"])) for v in vals]
-    click.echo(table(io_rows, ["", "name", "dtype", "shape"]))
+    click.echo(table(io_rows, ["tensor", "name", "dtype", "shape"]))
     click.echo("")
     click.echo(table(list(graph["ops"].items()), ["op", "count"]))
 
@@ -212,7 +212,11 @@ def profiles_cmd(as_json: bool) -> None:
         return
     rows = []
     for p in profiles:
-        trt = "; ".join(f"{r.platform}: {r.min_version}{'-' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
+        trt = "; ".join(f"{r.platform}: {r.min_version}{' to <' + r.max_version if r.max_version else '+'}"
+                        for r in p.tensorrt)
         rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
-                     ",".join(p.precisions), trt or "-"))
-    click.echo(table(rows, ["profile", "device", "arch", "cc", "DLA", "precisions", "TensorRT"]))
+                     ",".join(p.precisions), p.workspace_mb, f"{p.batch_min}/{p.batch_opt}/{p.batch_max}", trt or "-"))
+    click.echo(table(rows, ["profile", "device", "arch", "compute cap.", "DLA cores", "precisions", "workspace MiB",
+                            "batch min/opt/max", "TensorRT (platform: versions)"]))
+    click.echo("\nsources:")
+    click.echo(table([(f"  {p.name}", p.source or "-") for p in profiles]))
