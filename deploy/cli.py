@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     warnings.showwarning = _show_warning
+    # FFmpeg (inside OpenCV) prints its own lines for a file it cannot open; our error says it once.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         cli.main(args=argv, prog_name="effdeploy", standalone_mode=False)
     except EffdeployError as e:

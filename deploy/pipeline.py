@@ -128,6 +128,9 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
         raise EffdeployError(f"--max-kept-macs is a percentage of the multiply-adds in (0, 100], got {req.max_kept_macs:g}")
     if req.seed < 0:
         raise EffdeployError(f"--seed must be an integer >= 0 (got {req.seed})")
+    from .weights import check_weights_arg
+
+    check_weights_arg(req.weights, req.phi, req.variant)
     if req.precision == "int8":
         from .calibration import check_usable, list_items
 
@@ -213,11 +216,6 @@ def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str
 
 
 def build_bundle(req: BuildRequest) -> BuildResult:
-    import onnx
-
-    from .export import cached_export, check_parity, count_macs, graph_summary, run_eager
-    from .model import build_model
-
     assert req.profile is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -244,6 +242,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     extrapolated = extrapolation_warning(preview)
     if extrapolated:
         info(f"warning: {extrapolated}", req.quiet)
+    import onnx  # torch, onnx and the exporter load only once the request has passed every check
+
+    from .export import cached_export, check_parity, count_macs, graph_summary, run_eager
+    from .model import build_model
+
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
                         resolution=req.resolution, seed=req.seed)
     spec = model.spec

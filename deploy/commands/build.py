@@ -158,6 +158,8 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     from ..errors import EffdeployError
     from ..export import count_macs, graph_summary
 
+    if not artifact.exists():
+        raise EffdeployError(f"{artifact} does not exist; pass a bundle directory or an .onnx file")
     if artifact.is_dir() or is_bundle(artifact):
         bundle = load_bundle(artifact)
         onnx_path = bundle.model_path
