@@ -148,9 +148,8 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
         from .calibration import check_usable
         from .datasets import list_images
 
-        if not list_images(req.verify_data):
-            raise EffdeployError(f"--verify-data {req.verify_data} holds no images")
-        check_usable(req.verify_data)
+        list_images(req.verify_data)  # a folder, not a file
+        check_usable(req.verify_data)  # with at least one image that decodes
 
 
 def budget_for(req: BuildRequest) -> Budget:
