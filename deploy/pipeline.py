@@ -77,6 +77,7 @@ class BuildResult:
     engine: Path | None = None
     compile_reason: str = ""
     replaced: str | None = None  # the bundle that was at --out before (status, model, date)
+    cleaned: tuple[str, ...] = ()  # what a killed earlier build of --out left and this one removed
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     problem = cache_problem()
     if problem:
         warn_cache_unusable(default_cache_dir(), problem, req.quiet)
-    for line in remove_stale_partials(out):
+    cleaned = tuple(remove_stale_partials(out))
+    for line in cleaned:
         info(f"note: {line}", req.quiet)
     replaced = describe_bundle(out)
     if replaced:
@@ -424,7 +426,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         )
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
-                       compile_reason=auto.reason, replaced=replaced)
+                       compile_reason=auto.reason, replaced=replaced, cleaned=cleaned)
 
 
 def describe_bundle(path: Path) -> str | None:

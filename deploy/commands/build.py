@@ -73,7 +73,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
     summary["replaced"] = result.replaced
     if as_json:
-        emit_json({**summary, "engine": str(result.engine) if result.engine else None,
+        emit_json({**summary, "cleaned_up": list(result.cleaned), "engine": str(result.engine) if result.engine else None,
                    "next_step": result.next_step, "compile": result.compile_reason})
         return
     click.echo(kv_table(summary_rows(summary)))
