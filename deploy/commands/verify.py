@@ -60,6 +60,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")
+    budget_with(Budget.for_precision("fp32"), max_abs, min_agreement, max_drop)  # bad budget flags fail first
     engine_art = None
     if artifact.suffix == ".plan":
         # An engine is verified against the eager model of the bundle it was compiled from.
