@@ -243,6 +243,34 @@ def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(base).expanduser() / "effdeploy" / "calibration"
 
 
+def cache_problem(cache_dir: str | Path | None = None) -> str | None:
+    """Why the cache folder cannot be used, or None: probed by creating it and a file in it (a
+    permission check alone misses read-only mounts, a file in the way, and root)."""
+    import tempfile
+
+    folder = default_cache_dir(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def warn_cache_unusable(folder: str | Path, reason: str, quiet: bool = False) -> None:
+    """One warning line per process for an unusable cache folder, however many stages find it so."""
+    if str(folder) in _WARNED or quiet:
+        return
+    _WARNED.add(str(folder))
+    info(f"warning: cache folder {folder} cannot be used ({reason}): building without the cache (nothing is "
+         f"reused or stored); set {CACHE_ENV} to a writable folder", quiet)
+
+
 def cache_entry_path(key: str, cache_dir: str | Path | None = None) -> Path:
     return default_cache_dir(cache_dir) / f"{key}.json"
 
@@ -453,7 +481,7 @@ def run_calibrations(
                 artifact=artifact, cache_hit=False, ids=calib_set.ids, warnings=calib_set.warnings, cache_path=stored
             )
     if unwritable:
-        info(f"warning: calibration cache {default_cache_dir(cache_dir)} is not writable; not caching", quiet)
+        warn_cache_unusable(default_cache_dir(cache_dir), "not writable", quiet)
     return {m: outcomes[m] for m in methods}
 
 

@@ -84,6 +84,12 @@ class CalibrationPlan:
     sha256: str
     content: tuple[str, ...]  # sha256 of each item's file (video/array: the whole file)
     warnings: tuple[str, ...] = ()
+    count_given: bool = True  # False: ``count`` is the default, not the user's number
+
+    @property
+    def asked(self) -> str:
+        """How to name ``count`` in a message: the user's number, or the default."""
+        return f"{self.count} were asked for" if self.count_given else f"the default is {self.count}"
 
     @property
     def builtin(self) -> bool:
@@ -146,6 +152,67 @@ def source_kind(source: str | Path | None) -> str:
     )
 
 
+def check_usable(source: str | Path | None, resolution: int | None = None) -> str:
+    """The source's kind, after making sure it holds at least one usable item: cheap (one image
+    decoded, one frame read, an array's header), so a build refuses a bad source before minutes
+    of model building and export. ``resolution`` checks a preprocessed array's shape."""
+    kind = source_kind(source)
+    if kind == KIND_BUILTIN:
+        _builtin_root()
+        return kind
+    p = Path(source)  # type: ignore[arg-type]
+    if kind == KIND_FOLDER:
+        names = _folder_names(p)
+        if not names:
+            raise EffdeployError(
+                f"no images under {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)"
+            )
+        for n in names:
+            try:
+                load_image(p / n)
+                return kind
+            except EffdeployError:
+                continue
+        raise EffdeployError(
+            f"none of the {len(names)} images under {p} can be read (corrupt, truncated or not images); "
+            "pass a folder of readable images"
+        )
+    if kind == KIND_VIDEO:
+        cap = _video_capture(p)
+        try:
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+        if not ok or frame is None:
+            raise EffdeployError(f"video {p} has no frames OpenCV can decode; re-encode it (e.g. H.264 .mp4)")
+        return kind
+    arr = _open_array(p)
+    if (arr.shape[0] if arr.ndim == 4 else 1) == 0:
+        raise EffdeployError(f"array {p} holds no images (shape {tuple(arr.shape)})")
+    _array_layout(arr, p, resolution)
+    return kind
+
+
+def _array_layout(arr: np.ndarray, path: Path, resolution: int | None) -> str:
+    """``"images"`` (NHWC/HWC uint8) or ``"tensors"`` (NCHW float at ``resolution``); else the error."""
+    if arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 3:
+        if arr.shape[-2] == 0 or arr.shape[-3] == 0:
+            raise EffdeployError(f"{path}: images of zero size")
+        return "images"
+    res = resolution if resolution is not None else "R"
+    if arr.ndim == 4 and np.issubdtype(arr.dtype, np.floating):
+        if resolution is not None and tuple(arr.shape[1:]) != (3, resolution, resolution):
+            raise EffdeployError(
+                f"{path} has shape {tuple(arr.shape)} but the model's preprocessing gives (N, 3, {res}, {res}) "
+                f"float32; save preprocessed NCHW arrays at {res}px or NHWC uint8 images"
+            )
+        return "tensors"
+    raise EffdeployError(
+        f"{path} has dtype {arr.dtype} and shape {tuple(arr.shape)}; expected (N, 3, {res}, {res}) float32 "
+        "preprocessed tensors or (N, H, W, 3) uint8 RGB images"
+    )
+
+
 def list_items(source: str | Path | None) -> tuple[str, ...]:
     """Every candidate id of a source in sorted order (files, frames or array rows)."""
     kind = source_kind(source)
@@ -171,13 +238,15 @@ def plan_calibration(
     count: int,
     seed: int = 0,
     exclude: Collection[str] = (),
+    count_given: bool = True,
 ) -> CalibrationPlan:
     """Choose (without decoding) which items calibration tries and in which order.
 
     Folders and arrays: candidates sorted by path, then a seeded permutation, so the same seed
     always gives the same images. Videos: ``count`` frames evenly spaced over the clip (the seed
     is not used). ``exclude`` leaves items out (file paths, or ids as returned in
-    :attr:`CalibrationSet.ids`), so verification images can be kept disjoint.
+    :attr:`CalibrationSet.ids`), so verification images can be kept disjoint. ``count_given``
+    False words messages as "the default" rather than as the user's number.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise EffdeployError(f"the number of calibration images must be an integer >= 1 (got {count!r})")
@@ -200,7 +269,7 @@ def plan_calibration(
         items = tuple(f"{p}{_FRAME_SEP}{i}" for i in frames)
         file_hash = _sha256_file(p)
         content = (file_hash,) * len(items)
-        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings, count_given)
 
     if kind == KIND_ARRAY:
         p = Path(source)  # type: ignore[arg-type]
@@ -213,7 +282,7 @@ def plan_calibration(
         names = tuple(f"{p.name}{_ROW_SEP}{i}" for i in chosen)
         items = tuple(f"{p}{_ROW_SEP}{i}" for i in chosen)
         content = (_sha256_file(p),) * len(items)
-        return _make_plan(str(p), kind, items, names, content, count, seed, warnings)
+        return _make_plan(str(p), kind, items, names, content, count, seed, warnings, count_given)
 
     if kind == KIND_BUILTIN:
         root = _builtin_root()
@@ -236,13 +305,14 @@ def plan_calibration(
     if kind == KIND_BUILTIN:
         warnings.append(
             f"no calibration data given: calibrating on {min(count, len(names_list))} natural images shipped with "
-            f"scikit-image ({count} asked for); pass a folder of images from your camera/domain for production ranges"
+            f"scikit-image ({f'{count} asked for' if count_given else f'the default {count}'}); pass a folder of "
+            "images from your camera/domain for production ranges"
         )
     order = np.random.default_rng(seed).permutation(len(names_list))
     names = tuple(names_list[i] for i in order)
     items = tuple(str(root / n) for n in names)
     content = tuple(_sha256_file(root / n) for n in names)
-    return _make_plan(source_label, kind, items, names, content, count, seed, warnings)
+    return _make_plan(source_label, kind, items, names, content, count, seed, warnings, count_given)
 
 
 def load_plan(plan: CalibrationPlan, spec: Preprocessing, quiet: bool = False) -> CalibrationSet:
@@ -288,6 +358,7 @@ def _make_plan(
     count: int,
     seed: int,
     warnings: Sequence[str],
+    count_given: bool = True,
 ) -> CalibrationPlan:
     digest = sha256_json({"kind": kind, "count": count, "items": [[n, c] for n, c in zip(names, content)]})
     return CalibrationPlan(
@@ -300,6 +371,7 @@ def _make_plan(
         sha256=digest,
         content=tuple(content),
         warnings=tuple(warnings),
+        count_given=count_given,
     )
 
 
@@ -309,7 +381,7 @@ def _make_set(
     n = len(used)
     builtin_all = plan.builtin and skipped == 0 and n == len(plan.items)  # already said by the builtin warning
     if n < plan.count and not builtin_all:
-        warnings.append(f"only {n} usable calibration image(s) from {plan.source}, {plan.count} were asked for")
+        warnings.append(f"only {n} usable calibration image(s) from {plan.source} ({plan.asked})")
     return CalibrationSet(
         data=data,
         ids=tuple(plan.items[i] for i in used),
@@ -486,28 +558,15 @@ def _load_array(plan: CalibrationPlan, spec: Preprocessing, quiet: bool) -> Cali
     path = Path(plan.source)
     arr = _open_array(path)
     rows = [int(i.rpartition(_ROW_SEP)[2]) for i in plan.items]
-    want = (3, spec.resolution, spec.resolution)
-    if arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 3:
+    if _array_layout(arr, path, spec.resolution) == "images":
         images = arr[None] if arr.ndim == 3 else arr
         with progress(rows, length=len(rows), label="preprocessing calibration images", quiet=quiet) as it:
             frames = [np.ascontiguousarray(images[r]) for r in it]
-        if any(f.shape[0] == 0 or f.shape[1] == 0 for f in frames):
-            raise EffdeployError(f"{path}: images of zero size")
         data = _preprocess_in_chunks(frames, spec)
-    elif arr.ndim == 4 and np.issubdtype(arr.dtype, np.floating):
-        if tuple(arr.shape[1:]) != want:
-            raise EffdeployError(
-                f"{path} has shape {tuple(arr.shape)} but the model's preprocessing gives (N, {want[0]}, {want[1]}, "
-                f"{want[2]}) float32; save preprocessed NCHW arrays at {spec.resolution}px or NHWC uint8 images"
-            )
+    else:
         data = np.ascontiguousarray(arr[rows], dtype=np.float32)
         if not np.isfinite(data).all():
             raise EffdeployError(f"{path} contains NaN or infinite values")
-    else:
-        raise EffdeployError(
-            f"{path} has dtype {arr.dtype} and shape {tuple(arr.shape)}; expected (N, 3, {spec.resolution}, "
-            f"{spec.resolution}) float32 preprocessed tensors or (N, H, W, 3) uint8 RGB images"
-        )
     return _make_set(plan, data, list(range(len(rows))), 0, list(plan.warnings))
 
 

@@ -7,6 +7,7 @@ so a failed or interrupted build never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -59,15 +60,52 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def process_umask() -> int:
+    """The umask, read from /proc where it can be (setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _owner_pid(name: str, marker: str) -> int | None:
+    """The pid in ``.<name><marker><pid>-...`` (staging folders, temp files), or None."""
+    head = name.rpartition(marker)[2].split("-", 1)[0].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write through a temp file in the same folder and rename: readers (and caches) never see a
-    half-written file, and an interrupted write leaves nothing behind."""
+    half-written file. The temp file carries the writer's pid, so one left by a killed process
+    is removed by the next write of the same file; the file gets the mode any other file
+    written here gets (0666 less the umask), not mkstemp's private 0600."""
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -77,6 +115,13 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         except OSError:
             pass
         raise
+    for left in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.tmp-*.tmp")):
+        pid = _owner_pid(os.path.basename(left), ".tmp-")
+        if pid is not None and not process_alive(pid):
+            try:
+                os.unlink(left)
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -202,30 +247,101 @@ def check_output_dir(out: Path) -> None:
         raise EffdeployError(f"--out {out}: {probe_dir} is not writable; choose a writable location")
 
 
+PARTIAL_MARKER = ".partial-"  # .<out>.partial-<pid>-<random>: a build in progress (or killed)
+OLD_MARKER = ".old-"  # .<out>.old-<pid>: the previous bundle during the final swap
+OWNER = ".owner.json"  # in a staging folder: who is writing it (removed before the rename)
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_gone(folder: Path, pid: int | None) -> bool:
+    """True only when the process that created ``folder`` has certainly ended on this host."""
+    import socket
+
+    if pid is None:
+        return False  # not written by this version: nothing says whose it is
+    try:
+        owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        owner = {}
+    if owner.get("host") not in (None, socket.gethostname()):
+        return False  # a build on another machine sharing this folder
+    if not process_alive(pid):
+        return True
+    started = owner.get("started")
+    return started is not None and _start_time(pid) not in (None, started)  # the pid was reused
+
+
+def stale_partials(out: Path) -> list[Path]:
+    """Staging (and mid-swap) folders beside ``out`` whose owner process is gone: what a killed
+    build of the same ``out`` left behind."""
+    out = Path(out)
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        return []
+    found = []
+    for marker in (PARTIAL_MARKER, OLD_MARKER):
+        for p in sorted(parent.glob(f".{glob.escape(out.name)}{marker}*")):
+            if p.is_dir() and not p.is_symlink() and _owner_gone(p, _owner_pid(p.name[len(out.name) + 1:], marker)):
+                found.append(p)
+    return found
+
+
+def remove_stale_partials(out: Path) -> list[str]:
+    """Clean up after a killed build of ``out``: its staging folders are removed; a previous
+    bundle caught mid-swap (``out`` itself gone) is renamed back. One line per folder, saying so."""
+    out = Path(out)
+    done = []
+    for p in stale_partials(out):
+        from .spec import human_bytes
+
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        if OLD_MARKER in p.name[len(out.name) + 1:] and not out.exists():
+            os.replace(p, out)
+            done.append(f"restored the previous bundle {out} from {p.name} (a build was killed while swapping it)")
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            done.append(f"removed {p.name} ({human_bytes(size)}) beside {out}: left by a build whose process "
+                        "is gone (killed)")
+    return done
+
+
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out``; renamed onto ``out`` only if the body finishes.
 
-    An existing bundle at ``out`` is replaced only after the new one is complete.
+    An existing bundle at ``out`` is replaced only after the new one is complete. The folder's
+    name and its ``.owner.json`` record this process, so a build killed outright (SIGKILL, power
+    loss) leaves a folder that :func:`remove_stale_partials` recognises as abandoned.
     """
+    import socket
+
     out = Path(out)
     check_output_dir(out)
     try:
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make a shared bundle unreadable
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARKER}{os.getpid()}-", dir=out.resolve().parent))
+        os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp's 0700 would make a shared bundle unreadable
+        (tmp / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                             "started": _start_time(os.getpid())}), encoding="utf-8")
     except OSError as e:
         raise EffdeployError(f"cannot write --out {out}: {e.strerror}; choose a writable location") from None
     try:
         yield tmp
+        (tmp / OWNER).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
     if out.exists():
-        old = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
+        old = out.resolve().parent / f".{out.name}{OLD_MARKER}{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:

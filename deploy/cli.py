@@ -23,11 +23,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"effdeploy: warning: {message}", err=True)
 
 
+def usage_error_line(e: click.ClickException) -> str:
+    """click's message (it names the option and, for a choice, the valid values) on one line,
+    with where to read more."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        message = message.rstrip(".")
+        message += f"{' See' if message.endswith('?') else '; see'} '{ctx.command_path} --help'"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     import warnings
 
     warnings.showwarning = _show_warning
+    # FFmpeg (inside OpenCV) prints its own lines for a file it cannot open; our error says it once.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         cli.main(args=argv, prog_name="effdeploy", standalone_mode=False)
     except EffdeployError as e:
@@ -39,8 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("effdeploy: interrupted; nothing was left half-written", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `effdeploy`: the command list
         e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # click's own usage errors, in the same one-line form
+        click.echo(f"effdeploy: error: {usage_error_line(e)}", err=True)
         sys.exit(2 if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -9,10 +9,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 from .errors import EffdeployError
 from .labels import label_from_filename, synset_index
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .spec import Preprocessing
+
 
 @dataclass(frozen=True)
 class LabelledImage:
@@ -27,6 +33,8 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.exists():
         raise EffdeployError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise EffdeployError(f"{folder} is a file, not a folder of images; pass the folder that holds the images")
     if source_kind(folder) != "folder":
         raise EffdeployError(f"{folder} is not a folder of images")
     return [Path(p) for p in list_items(folder)]
@@ -59,6 +67,54 @@ def split(items: Sequence[LabelledImage], exclude: Collection[str], count: int |
     if count is not None and count < len(pool):
         pool = sorted(random.Random(seed).sample(pool, count), key=lambda it: str(it.path))
     return pool
+
+
+@dataclass(frozen=True, eq=False)
+class ReadableImages:
+    """The images of a selection that decode, preprocessed, and how many did not."""
+
+    items: tuple[LabelledImage, ...]
+    data: np.ndarray
+    skipped: tuple[str, ...]  # unreadable files, in the order they were tried
+
+    def warning(self, what: str, source: str) -> str | None:
+        if not self.skipped:
+            return None
+        first = Path(self.skipped[0]).name
+        more = f" and {len(self.skipped) - 1} more" if len(self.skipped) > 1 else ""
+        return (f"skipped {len(self.skipped)} unreadable {what} image(s) from {source} ({first}{more}: corrupt, "
+                f"truncated or not an image); {what} ran on the {len(self.items)} that decode")
+
+
+def select_readable(items: Sequence[LabelledImage], exclude: Collection[str], count: int | None, seed: int,
+                    spec: Preprocessing) -> ReadableImages:
+    """:func:`split`, then decode and preprocess; an unreadable image is skipped, counted and
+    replaced by one of the images left over (as calibration does), so one corrupt file neither
+    aborts a build nor silently shrinks the set. With every image readable, the selection is
+    exactly :func:`split`'s."""
+    import numpy as np
+
+    from .preprocess import load_image, preprocess
+
+    chosen = split(items, exclude, count, seed)
+    picked = {str(it.path) for it in chosen}
+    spare = [it for it in split(items, exclude, None, seed) if str(it.path) not in picked]
+    random.Random(seed + 1).shuffle(spare)
+    queue = list(chosen)
+    kept: list[tuple[LabelledImage, np.ndarray]] = []
+    skipped: list[str] = []
+    while queue:
+        it = queue.pop(0)
+        try:
+            kept.append((it, preprocess(load_image(it.path), spec)[0]))
+        except EffdeployError:
+            skipped.append(str(it.path))
+            if spare:
+                queue.append(spare.pop())
+    kept.sort(key=lambda k: str(k[0].path))
+    res = spec.resolution
+    data = np.stack([k[1] for k in kept]) if kept else np.zeros((0, 3, res, res), np.float32)
+    return ReadableImages(tuple(k[0] for k in kept), data, tuple(skipped))
 
 
 def builtin_image_paths() -> list[Path]:

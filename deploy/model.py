@@ -21,6 +21,7 @@ from .spec import (
     HEAD_CHANNELS,
     STEM_CHANNELS,
     ModelSpec,
+    check_fits_memory,
     model_spec,
     round_channels,
     round_repeats,
@@ -245,6 +246,7 @@ def build_model(
     source = resolve_weights(weights, phi, variant) if weights else None
     spec = model_spec(phi, variant, resolution=resolution, num_classes=num_classes,
                       weights_format=source.format if source else "native")
+    check_fits_memory(spec)  # before a single tensor is allocated
     if seed is not None:
         torch.manual_seed(seed)
     model = EfficientNet(spec)

@@ -25,12 +25,14 @@ from .bundle import (
     Manifest,
     check_output_dir,
     load_bundle,
+    remove_stale_partials,
     staging_dir,
     write_manifest,
 )
 from .errors import EffdeployError, ParityError
 from .profile import Profile
 from .report import info
+from .spec import check_fits_memory, extrapolation_warning, model_spec
 from .verify import Budget, Comparison, agreement_text, coarse_verification
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
@@ -56,6 +58,7 @@ class BuildRequest:
     num_classes: int = 1000
     calib_data: str | None = None
     calib_images: int = 256
+    calib_images_given: bool = True  # False: the default count (messages say so)
     calib_method: str = "auto"
     verify_data: str | None = None
     verify_images: int = 200
@@ -78,6 +81,8 @@ class BuildResult:
     next_step: str | None = None  # the compile command for the target, when not compiled here
     engine: Path | None = None
     compile_reason: str = ""
+    replaced: str | None = None  # the bundle that was at --out before (status, model, date)
+    cleaned: tuple[str, ...] = ()  # what a killed earlier build of --out left and this one removed
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class VerifySet:
     labels: list[int | None] | None
     source: str
     ids: tuple[str, ...]
+    warning: str | None = None  # unreadable images skipped (and replaced where others were left)
 
 
 def default_out(spec_name: str, precision: str, profile: str) -> Path:
@@ -109,8 +115,9 @@ def versions() -> dict[str, str]:
     return v
 
 
-def check_request(req: BuildRequest) -> None:
-    """Refuse what cannot work before any minutes are spent."""
+def check_request(req: BuildRequest, resolution: int | None = None) -> None:
+    """Refuse what cannot work before any minutes are spent: flags, and data that does not exist
+    or holds nothing usable (``resolution`` checks a preprocessed .npy's shape)."""
     assert req.profile is not None
     if req.precision not in ("fp32", "fp16", "int8"):
         raise EffdeployError(f"--precision must be fp32, fp16 or int8 (got {req.precision!r})")
@@ -125,15 +132,30 @@ def check_request(req: BuildRequest) -> None:
         raise EffdeployError("--accuracy-budget is a percentage of top-1 disagreement, e.g. 1 (for 99 % agreement)")
     if not 0 < req.max_kept_macs <= 100:
         raise EffdeployError(f"--max-kept-macs is a percentage of the multiply-adds in (0, 100], got {req.max_kept_macs:g}")
-    if req.precision == "int8":
-        from .calibration import source_kind
+    if req.seed < 0:
+        raise EffdeployError(f"--seed must be an integer >= 0 (got {req.seed})")
+    from .weights import check_weights_arg
 
-        source_kind(req.calib_data)  # a missing or unsupported --calib-data fails here, not after export
+    check_weights_arg(req.weights, req.phi, req.variant)
+    if req.precision == "int8":
+        from .calibration import check_usable, list_items
+
+        # a missing, empty, unreadable or unsupported --calib-data fails here, not after export
+        kind = check_usable(req.calib_data, resolution)
+        if kind == "folder" and req.verify_data is None:
+            n = len(list_items(req.calib_data))
+            if n <= req.calib_images:
+                raise EffdeployError(
+                    f"--calib-data {req.calib_data} holds {n} images and calibration takes up to {req.calib_images} "
+                    f"({'--calib-images' if req.calib_images_given else 'the default --calib-images'}), which leaves "
+                    f"none to verify on; pass --verify-data DIR, or --calib-images below {n}"
+                )
     if req.verify_data is not None:
+        from .calibration import check_usable
         from .datasets import list_images
 
-        if not list_images(req.verify_data):
-            raise EffdeployError(f"--verify-data {req.verify_data} holds no images")
+        list_images(req.verify_data)  # a folder, not a file
+        check_usable(req.verify_data)  # with at least one image that decodes
 
 
 def budget_for(req: BuildRequest) -> Budget:
@@ -169,15 +191,15 @@ def reserved_builtin_verification() -> tuple[str, ...]:
 def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str] = ()) -> VerifySet:
     """Images not used for calibration, with labels where they are known."""
     from .calibration import load_calibration_set, source_kind
-    from .datasets import builtin_image_paths, labelled_images, split
+    from .datasets import builtin_image_paths, labelled_images, select_readable
     from .preprocess import preprocess_files
 
     pre = spec.preprocessing
     if req.verify_data:
-        items = split(labelled_images(req.verify_data), calibration_ids, req.verify_images, req.seed)
+        readable = select_readable(labelled_images(req.verify_data), calibration_ids, req.verify_images, req.seed, pre)
         source = str(req.verify_data)
     elif req.precision == "int8" and req.calib_data and source_kind(req.calib_data) == "folder":
-        items = split(labelled_images(req.calib_data), calibration_ids, req.verify_images, req.seed)
+        readable = select_readable(labelled_images(req.calib_data), calibration_ids, req.verify_images, req.seed, pre)
         source = f"{req.calib_data} (images not used for calibration)"
     elif req.precision == "int8" and req.calib_data:
         s = load_calibration_set(req.calib_data, req.verify_images, pre, seed=req.seed + 1,
@@ -190,10 +212,12 @@ def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str
     else:
         paths = builtin_image_paths()[: req.verify_images]
         return VerifySet(preprocess_files(paths, pre), None, "built-in images", tuple(map(str, paths)))
+    items = readable.items
     if not items:
-        raise EffdeployError(f"no verification images left in {source}; pass --verify-data DIR")
-    return VerifySet(preprocess_files([i.path for i in items], pre), [i.label for i in items], source,
-                     tuple(str(i.path) for i in items))
+        unreadable = f" ({len(readable.skipped)} unreadable)" if readable.skipped else ""
+        raise EffdeployError(f"no verification images left in {source}{unreadable}; pass --verify-data DIR")
+    return VerifySet(readable.data, [i.label for i in items], source, tuple(str(i.path) for i in items),
+                     readable.warning("verification", source))
 
 
 def calibration_subset(plan: Any, n: int, pre: Any, skip: int = 0) -> Any:
@@ -227,24 +251,42 @@ def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
 
 
 def build_bundle(req: BuildRequest) -> BuildResult:
-    import onnx
+    assert req.profile is not None
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # The spec alone (no weights read, nothing allocated) prices the model and names the bundle,
+    # so a model that cannot fit, bad data or an unusable --out is refused in the first second.
+    preview = model_spec(req.phi, req.variant, resolution=req.resolution, num_classes=req.num_classes)
+    size = check_fits_memory(preview)
+    check_request(req, preview.resolution)
+    out = Path(req.out) if req.out else default_out(preview.name, req.precision, req.profile.name)
+    check_output_dir(out)
+    from .calibration import cache_problem, default_cache_dir, warn_cache_unusable
+
+    problem = cache_problem()
+    if problem:
+        warn_cache_unusable(default_cache_dir(), problem, req.quiet)
+    cleaned = tuple(remove_stale_partials(out))
+    for line in cleaned:
+        info(f"note: {line}", req.quiet)
+    replaced = describe_bundle(out)
+    if replaced:
+        info(f"note: replacing the bundle at {out} ({replaced}) once the new one is complete", req.quiet)
+    steps = 5 if req.precision != "fp32" else 4
+    info(f"[1/{steps}] {preview.name}: {size.parameters:,} parameters, {preview.resolution} px, weights: "
+         f"{req.weights or 'random init'}", req.quiet)
+    extrapolated = extrapolation_warning(preview)
+    if extrapolated:
+        info(f"warning: {extrapolated}", req.quiet)
+    import onnx  # torch, onnx and the exporter load only once the request has passed every check
 
     from .export import cached_export, check_parity, count_macs, graph_summary, run_eager
     from .model import build_model
 
-    assert req.profile is not None
-    check_request(req)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
                         resolution=req.resolution, seed=req.seed)
     spec = model.spec
-    out = Path(req.out) if req.out else default_out(spec.name, req.precision, req.profile.name)
-    check_output_dir(out)
     timings["model"] = time.perf_counter() - t0
-    steps = 5 if req.precision != "fp32" else 4
-    info(f"[1/{steps}] {spec.name}: {spec.parameters:,} parameters, {spec.resolution} px, weights: "
-         f"{model.weights_info['source']}", req.quiet)
     if req.precision == "int8" and model.weights_info.get("source") == "random":
         info("warning: INT8 of random weights rarely meets a top-1 agreement budget (their logits are "
              "near-tied); pass trained --weights for a deployable bundle", req.quiet)
@@ -277,7 +319,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
             t = time.perf_counter()
             exclude = reserved_builtin_verification() if req.calib_data is None else ()
-            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude)
+            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
+                                    count_given=req.calib_images_given)
             config = replace(config_for(req.profile.is_gpu),
                              quantize_se="se" not in req.int8_float_parts,
                              quantize_stem="stem" not in req.int8_float_parts,
@@ -313,6 +356,9 @@ def build_bundle(req: BuildRequest) -> BuildResult:
 
         t = time.perf_counter()
         verify = verification_set(req, spec, calibration_ids)
+        if verify.warning:
+            info(f"warning: {verify.warning}", req.quiet)
+            notes.append(verify.warning)
         parity = check_parity(model, fp32_path, sample_inputs(spec, verify, req.seed))
         timings["export_parity"] = time.perf_counter() - t
         parity["export_cache_hit"] = export_hit
@@ -438,7 +484,20 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         )
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
-                       compile_reason=auto.reason)
+                       compile_reason=auto.reason, replaced=replaced, cleaned=cleaned)
+
+
+def describe_bundle(path: Path) -> str | None:
+    """A few words on the bundle already at ``path`` (status, model, when built), or None."""
+    from .bundle import is_bundle
+
+    if not is_bundle(path):
+        return None
+    try:
+        m = load_bundle(path, check=False).manifest
+        return f"{m.model.name} {m.precision}, status {m.status}, built {m.created or 'at an unknown time'}"
+    except EffdeployError:
+        return "an unreadable manifest"
 
 
 def _comparison_fields(report: dict[str, Any]) -> dict[str, Any]:

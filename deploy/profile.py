@@ -160,6 +160,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """A built-in name (``jetson-orin``) or a path to a user's TOML file."""
     text_name = str(name_or_path)
     path = Path(text_name)
+    if not text_name.strip():
+        raise EffdeployError(f"--profile is empty; known profiles: {', '.join(builtin_profile_names())} "
+                             "(or pass a path to a .toml file)")
+    if path.is_dir():
+        raise EffdeployError(f"profile {text_name} is a directory; pass a built-in profile name or a .toml file "
+                             "(see 'effdeploy profiles')")
     if text_name.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise EffdeployError(f"profile file {text_name} does not exist")

@@ -186,6 +186,8 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -
     ``spin``: ONNX Runtime's threads busy-wait between calls (its default: lowest latency when the
     cores are yours); ``False`` for CPUs shared with other busy processes. Ignored by TensorRT.
     """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise EffdeployError(f"threads must be an integer >= 1, or None for every core (got {threads!r})")
     if art.kind == KIND_ENGINE:
         from .trt_compat import MISSING_TENSORRT, import_tensorrt
 

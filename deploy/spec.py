@@ -168,15 +168,21 @@ def model_spec(
     if phi.is_integer() and int(phi) in table:
         width, depth, res, dropout = table[int(phi)]
     else:
-        width, depth = BETA**phi, ALPHA**phi
-        res = _round_resolution(224 * GAMMA**phi)
+        try:
+            width, depth = BETA**phi, ALPHA**phi
+            res = _round_resolution(224 * GAMMA**phi)
+        except OverflowError:
+            raise EffdeployError(
+                f"--phi {phi:g} is far beyond any EfficientNet that fits in memory (its depth coefficient "
+                f"{ALPHA}^phi overflows a float); the released models are phi 0..7 (b) and 0..4 (lite)"
+            ) from None
         dropout = min(0.5, 0.2 + 0.05 * phi)
     if resolution is not None:
         if int(resolution) < 32:
             raise EffdeployError(f"--resolution must be at least 32 pixels (got {resolution})")
         res = int(resolution)
     if num_classes < 1:
-        raise EffdeployError(f"num_classes must be >= 1 (got {num_classes})")
+        raise EffdeployError(f"--num-classes must be at least 1 (got {num_classes})")
     symmetric = weights_format in ("torchvision", "timm")
     return ModelSpec(
         variant=variant,
@@ -213,3 +219,124 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 def with_parameters(spec: ModelSpec, parameters: int) -> ModelSpec:
     return replace(spec, parameters=parameters)
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a spec costs before anything is allocated: parameters and the largest activation
+    tensor of one image (elements), from the stage table alone (O(stages), so an absurd
+    ``--phi`` is priced without enumerating its blocks)."""
+
+    parameters: int
+    largest_activation: int  # elements of the biggest tensor one image produces
+    largest_at: str  # where it is ("blocks.1 expand", "stem", ...)
+    blocks: int
+
+    def bytes_at(self, batch: int, dtype_bytes: int = 4) -> int:
+        """Weights plus one ``batch`` of the largest activation, at ``dtype_bytes`` per element."""
+        return dtype_bytes * (self.parameters + batch * self.largest_activation)
+
+
+def estimate_size(spec: ModelSpec) -> SizeEstimate:
+    """Parameter count (exact: the same rounding as :func:`effdeploy.model.block_plan`) and the
+    largest per-image activation of ``spec`` without building it."""
+    lite = spec.variant == "lite"
+    stem = STEM_CHANNELS if lite else round_channels(STEM_CHANNELS, spec.width)
+    head = HEAD_CHANNELS if lite else round_channels(HEAD_CHANNELS, spec.width)
+    size = math.ceil(spec.resolution / 2)
+    params = 3 * stem * 9 + 2 * stem
+    acts = [(3 * spec.resolution ** 2, "input"), (stem * size ** 2, "stem")]
+    in_ch, blocks = stem, 0
+    last = len(B0_STAGES) - 1
+
+    def mbconv(cin: int, cout: int, st: StageSpec, stride: int, s: int) -> tuple[int, int, int]:
+        """(parameters, largest activation, output size) of one block at input size ``s``."""
+        mid = cin * st.expand
+        se = 0 if lite else max(1, int(cin * st.se_ratio))
+        p = (cin * mid + 2 * mid if st.expand != 1 else 0) + mid * st.kernel ** 2 + 2 * mid
+        p += (mid * se + se + se * mid + mid) if se else 0
+        p += mid * cout + 2 * cout
+        out = math.ceil(s / stride)
+        a = max(mid * (s + st.kernel - 1) ** 2, cout * out ** 2)  # the (padded) depthwise input dominates
+        return p, a, out
+
+    for i, st in enumerate(B0_STAGES):
+        repeats = st.repeats if lite and i in (0, last) else round_repeats(st.repeats, spec.depth)
+        out_ch = round_channels(st.out_channels, spec.width)
+        p, a, size = mbconv(in_ch, out_ch, st, st.stride, size)
+        params += p
+        acts.append((a, f"blocks.{i} (first block)"))
+        if repeats > 1:
+            p, a, _ = mbconv(out_ch, out_ch, st, 1, size)
+            params += (repeats - 1) * p
+            acts.append((a, f"blocks.{i}"))
+        in_ch, blocks = out_ch, blocks + repeats
+    params += in_ch * head + 2 * head + head * spec.num_classes + spec.num_classes
+    acts.append((head * size ** 2, "head"))
+    largest, where = max(acts)
+    return SizeEstimate(parameters=params, largest_activation=largest, largest_at=where, blocks=blocks)
+
+
+# A build pushes batches of up to 32 images through the network in eager PyTorch and ONNX Runtime
+# (BatchNorm init on the built-in images, export parity, verification), and the widest layer holds
+# its input, its padded copy and its output at once; the weights exist as the eager model, the
+# ONNX graph, an ONNX Runtime session and the precision graph (how this compares with a measured
+# build is in the README, Limits). The libraries' own footprint comes on top.
+BUILD_BATCH = 32
+LIVE_TENSORS = 3
+WEIGHT_COPIES = 4
+
+
+def build_memory_bytes(size: SizeEstimate, dtype_bytes: int = 4) -> int:
+    """What building (export, calibration, verification) needs at its working batch."""
+    return dtype_bytes * (WEIGHT_COPIES * size.parameters + LIVE_TENSORS * BUILD_BATCH * size.largest_activation)
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (os.sysconf; None where it cannot be read)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}" if unit == "PB" or abs(n) >= 1 else f"{n:.0f} {unit}"
+        n /= 1000.0
+    return f"{n:.3g} PB"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**12 else f"{n:.3g}"
+
+
+def check_fits_memory(spec: ModelSpec, ram_bytes: int | None = None) -> SizeEstimate:
+    """Refuse, before anything is allocated, a spec whose build could not fit in this machine's
+    memory, with what it would need; the estimate otherwise."""
+    size = estimate_size(spec)
+    ram = physical_memory_bytes() if ram_bytes is None else ram_bytes
+    need = build_memory_bytes(size)
+    if ram is not None and need > ram:
+        raise EffdeployError(
+            f"{spec.name} at {spec.resolution} px would need about {human_bytes(need)} of memory to build "
+            f"({_count(size.parameters)} parameters = {human_bytes(4 * size.parameters)} of FP32 weights; largest activation "
+            f"{human_bytes(4 * size.largest_activation)} per image at {size.largest_at}, in batches of {BUILD_BATCH}); "
+            f"this machine has {human_bytes(ram)}: choose a smaller --phi or --resolution"
+        )
+    return size
+
+
+def extrapolation_warning(spec: ModelSpec) -> str | None:
+    """A line for a phi beyond the released table: its coefficients are the compound rule's guess."""
+    table = B_COEFFICIENTS if spec.variant == "b" else LITE_COEFFICIENTS
+    top = max(table)
+    if spec.phi <= top:
+        return None
+    family = "EfficientNet-Lite" if spec.variant == "lite" else "EfficientNet-B"
+    return (f"{spec.name} is beyond the released {family} models (phi 0..{top}): width {spec.width:g}, depth "
+            f"{spec.depth:g} and {spec.resolution} px are extrapolated by the compound rule, and no pretrained "
+            "weights exist for it")

@@ -51,11 +51,29 @@ def _pretrained_path(phi: Any, variant: str) -> Path:
     return Path(cls.get_model_file_path())
 
 
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise EffdeployError(f"--weights {path} is a directory; pass a checkpoint file (.pth/.pt saved with "
+                             "torch.save) or 'pretrained'")
+    if not path.is_file():
+        raise EffdeployError(f"weights file {path} does not exist")
+
+
+def check_weights_arg(weights: str | None, phi: Any, variant: str) -> None:
+    """What can be said about ``--weights`` without reading it (no torch): a directory, a missing
+    file, or 'pretrained' for a model that has no released weights; so a build refuses it at once."""
+    if not weights:
+        return
+    if weights == "pretrained":
+        _pretrained_path(phi, variant)
+    else:
+        _check_file(Path(weights))
+
+
 def _read_state_dict(path: Path) -> Mapping[str, Any]:
     import torch
 
-    if not path.is_file():
-        raise EffdeployError(f"weights file {path} does not exist")
+    _check_file(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad pickles/zip files

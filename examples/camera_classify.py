@@ -75,12 +75,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise EffdeployError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise EffdeployError(f"--max-frames must be at least 1 (got {args.max_frames}); leave it out to run until "
+                             "the source ends")
+    if args.threads is not None and args.threads < 1:
+        raise EffdeployError(f"--threads must be at least 1 (got {args.threads}); leave it out to use every core")
     source = parse_source(args.source)
     live = isinstance(source, int) or "://" in str(source)
     drop = live if args.drop is None else args.drop
     if not args.headless:
         check_gui()
     with Runner.open(args.artifact, threads=args.threads, force=args.force) as runner:
+        classes = runner.artifact.num_classes
+        if args.top_k > classes:
+            raise EffdeployError(f"--top-k {args.top_k} is more than the model's {classes} classes; "
+                                 f"use --top-k {classes} or less")
         frames = video_frames(source, max_frames=args.max_frames)  # opens now: a bad source fails here
         stamps: collections.deque[float] = collections.deque(maxlen=30)
         count, start = 0, time.perf_counter()

@@ -712,7 +712,8 @@ def test_cli_dry_run_prints_the_plan(bundle: Path):
     r = run_cli("compile", str(bundle), "--profile", "jetson-orin", "--trt-version", "10.3", "--batch", "1,2,4",
                 "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "workspace_mb" in r.stdout and "4096" in r.stdout and "dry run" in r.stderr
+    assert "4096 MiB" in r.stdout and "1 / 2 / 4" in r.stdout and "dry run" in r.stderr
+    assert "workspace_mb" not in r.stdout and "None" not in r.stdout and "(3, " not in r.stdout  # no raw fields
     r = run_cli("compile", str(bundle), "--profile", "a100", "--trt-version", "11.4", "--hardware-compat",
                 "--version-compatible", "--dry-run", "--json")
     plan = json.loads(r.stdout)["build_plan"]

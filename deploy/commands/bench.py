@@ -101,11 +101,8 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     m = result["machine"]
     click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {backend}, "
                f"threads {threads or 'all'}, {m['cpu']} ({m['cores']} cores)")
-    click.echo(table(
-        [(r["batch"], r["measure"], r["mean_ms"], r["p50_ms"], r["p90_ms"], r["p99_ms"], f"{r['throughput_ips']:.1f}")
-         for r in rows],
-        headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"],
-    ))
+    click.echo(table([table_cells(r) for r in rows],
+                     headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"]))
     for b, v in result.get("end_to_end_over_compute_p50", {}).items():
         click.echo(f"end-to-end / {compute} latency (p50), batch {b}: {v:.3f}x")
     for b, v in result.get("eager_speedup_p50", {}).items():
@@ -113,6 +110,12 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     if eager_max_abs is not None and art.precision == "fp32" and eager_max_abs > 1e-3:
         info(f"warning: the eager model differs from the artifact (max abs {eager_max_abs:.3g} on random input); "
              "the speedup compares different models")
+
+
+def table_cells(r: dict[str, Any]) -> tuple[Any, ...]:
+    """One number format per column (ms with two decimals, img/s with one), so columns compare."""
+    return (r["batch"], r["measure"], *(f"{r[k]:.2f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")),
+            f"{r['throughput_ips']:.1f}")
 
 
 def _p50(rows: list[dict[str, Any]], batch: int, measure: str) -> float:

@@ -33,7 +33,7 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
 @click.option("--verify-images", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 %% agreement.")
+@click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 % agreement.")
 @click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
 @click.option("--max-kept-macs", type=float, default=50.0, show_default=True,
               help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
@@ -66,17 +66,20 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     bad = [p for p in parts if p not in ("se", "stem", "classifier")]
     if bad:
         raise EffdeployError(f"--int8-float takes se, stem, classifier or none (got {', '.join(bad)})")
+    given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
     req = BuildRequest(
         phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, resolution=resolution,
-        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
+        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_images_given=given,
+        calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
         max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images,
     )
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
+    summary["replaced"] = result.replaced
     if as_json:
-        emit_json({**summary, "engine": str(result.engine) if result.engine else None,
+        emit_json({**summary, "cleaned_up": list(result.cleaned), "engine": str(result.engine) if result.engine else None,
                    "next_step": result.next_step, "compile": result.compile_reason})
         return
     click.echo(kv_table(summary_rows(summary)))
@@ -132,6 +135,7 @@ def _seconds(r: dict[str, Any]) -> str:
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("bundle", s["bundle"]),
+        *([("replaced", f"the bundle that was there ({s['replaced']})")] if s.get("replaced") else []),
         ("status", s["status"]),
         ("model", f"{s['model']} ({s['weights']})"),
         ("parameters", f"{s['parameters']:,}"),
@@ -183,6 +187,8 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     from ..errors import EffdeployError
     from ..export import count_macs, graph_summary
 
+    if not artifact.exists():
+        raise EffdeployError(f"{artifact} does not exist; pass a bundle directory or an .onnx file")
     if artifact.is_dir() or is_bundle(artifact):
         bundle = load_bundle(artifact)
         onnx_path = bundle.model_path
@@ -218,9 +224,9 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         ("GFLOPs (2 x MACs, batch 1)", f"{2 * graph['macs'] / 1e9:.3f}"),
     ]))
     click.echo("")
-    io_rows = [(d, v["name"], v["dtype"], "x".join(str(x) for x in v["shape"]))
+    io_rows = [(d, v["name"], v["dtype"], " x ".join(str(x) for x in v["shape"]))
                for d, vals in (("input", graph["inputs"]), ("output", graph["outputs"])) for v in vals]
-    click.echo(table(io_rows, ["", "name", "dtype", "shape"]))
+    click.echo(table(io_rows, ["tensor", "name", "dtype", "shape"]))
     click.echo("")
     click.echo(table(list(graph["ops"].items()), ["op", "count"]))
     if graph["onnxruntime"] and not manifest:  # a bundle's summary above already says it
@@ -242,7 +248,11 @@ def profiles_cmd(as_json: bool) -> None:
         return
     rows = []
     for p in profiles:
-        trt = "; ".join(f"{r.platform}: {r.min_version}{'-<' + r.max_version if r.max_version else '+'}" for r in p.tensorrt)
+        trt = "; ".join(f"{r.platform}: {r.min_version}{' to <' + r.max_version if r.max_version else '+'}"
+                        for r in p.tensorrt)
         rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
-                     ",".join(p.precisions), trt or "-"))
-    click.echo(table(rows, ["profile", "device", "arch", "cc", "DLA", "precisions", "TensorRT"]))
+                     ",".join(p.precisions), p.workspace_mb, f"{p.batch_min}/{p.batch_opt}/{p.batch_max}", trt or "-"))
+    click.echo(table(rows, ["profile", "device", "arch", "compute cap.", "DLA cores", "precisions", "workspace MiB",
+                            "batch min/opt/max", "TensorRT (platform: versions)"]))
+    click.echo("\nsources:")
+    click.echo(table([(f"  {p.name}", p.source or "-") for p in profiles]))

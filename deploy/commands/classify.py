@@ -33,11 +33,18 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
         raise EffdeployError(f"--top-k must be at least 1 (got {top_k})")
     if batch_size < 1:
         raise EffdeployError(f"--batch must be at least 1 (got {batch_size})")
+    if threads is not None and threads < 1:
+        raise EffdeployError(f"--threads must be at least 1 (got {threads}); leave it out to use every core")
     for p in images:
+        if p.is_dir():
+            raise EffdeployError(f"image {p} is a directory; pass image files (e.g. {p}/*.jpg)")
         if not p.is_file():
             raise EffdeployError(f"image {p} does not exist")
     with Runner.open(artifact, threads=threads, force=force) as runner:
         backend, art = runner.backend_name, runner.artifact
+        if top_k > art.num_classes:
+            raise EffdeployError(f"--top-k {top_k} is more than the {art.num_classes} classes of {art.model_name}; "
+                                 f"use --top-k {art.num_classes} or less")
         results = []
         starts = range(0, len(images), batch_size)
         with progress(starts, length=len(starts), label="classifying",

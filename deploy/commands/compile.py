@@ -106,10 +106,27 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
 
 
 def _plan_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
-    keys = ("bundle_path", "plan_path", "timing_cache_path", "profile", "precision", "model_name", "input_name",
-            "input_chw", "batch_min", "batch_opt", "batch_max", "workspace_mb", "opt_level", "dla_core",
-            "gpu_fallback", "hardware_compat", "version_compatible", "trt_version", "onnx_sha256",
-            "calibration_sha256")
-    rows = [(k, d.get(k)) for k in keys]
+    """The build plan as a person reads it: labels with units, no raw field names or Python reprs."""
+    profile = d.get("profile")
+    profile_name = profile.get("name") if isinstance(profile, dict) else profile
+    chw = d.get("input_chw") or ()
+    dla = d.get("dla_core")
+    rows: list[tuple[str, Any]] = [
+        ("bundle", d.get("bundle_path")),
+        ("engine", d.get("plan_path")),
+        ("timing cache", d.get("timing_cache_path")),
+        ("profile", profile_name),
+        ("model / precision", f"{d.get('model_name')} / {d.get('precision')}"),
+        ("input", f"{d.get('input_name')}: N x {' x '.join(str(x) for x in chw)} (batch x C x H x W)"),
+        ("batch min / opt / max", f"{d.get('batch_min')} / {d.get('batch_opt')} / {d.get('batch_max')}"),
+        ("workspace", f"{d.get('workspace_mb')} MiB"),
+        ("builder optimisation level", f"{d.get('opt_level')} (0..5)"),
+        ("device", "GPU" if dla is None else f"DLA core {dla}" + (" + GPU fallback" if d.get("gpu_fallback") else "")),
+        ("hardware compatibility", d.get("hardware_compat")),
+        ("version compatible", "yes" if d.get("version_compatible") else "no"),
+        ("TensorRT rules checked for", d.get("trt_version") or "every release of the profile"),
+        ("ONNX sha256", d.get("onnx_sha256")),
+        ("calibration sha256", d.get("calibration_sha256") or "- (no INT8 calibration)"),
+    ]
     rows += [("note", n) for n in d.get("notes", [])]
     return rows

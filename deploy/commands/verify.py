@@ -51,7 +51,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
     """
     from ..bundle import REFERENCE, load_bundle
-    from ..datasets import builtin_image_paths, labelled_images, split
+    from ..datasets import builtin_image_paths, labelled_images, select_readable
     from ..export import run_eager
     from ..preprocess import preprocess_files
     from ..quantize_stage import drift_report, ort_logits
@@ -60,6 +60,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")
+    budget_with(Budget.for_precision("fp32"), max_abs, min_agreement, max_drop)  # bad budget flags fail first
     engine_art = None
     if artifact.suffix == ".plan":
         # An engine is verified against the eager model of the bundle it was compiled from.
@@ -74,16 +75,24 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     bundle = load_bundle(artifact)
     m = bundle.manifest
     exclude = calibration_names(bundle)
+    skipped_warning = None
     if data:
         items = [it for it in labelled_images(data) if it.path.name not in exclude]
-        items = split(items, (), count, seed)
-        paths, labels, source = [i.path for i in items], [i.label for i in items], str(data)
+        readable = select_readable(items, (), count, seed, m.preprocessing)
+        labels, source = [i.label for i in readable.items], str(data)
+        x = readable.data
+        skipped_warning = readable.warning("verification", source)
+        if not readable.items:
+            unreadable = f"; {len(readable.skipped)} could not be read" if readable.skipped else ""
+            raise EffdeployError(f"no images to verify on in {source} (calibration images are left out{unreadable})")
+        if skipped_warning:
+            info(f"warning: {skipped_warning}", as_json)
     else:
         paths = [p for p in builtin_image_paths() if p.name not in exclude][:count]
         labels, source = None, "built-in images"
-    if not paths:
-        raise EffdeployError(f"no images to verify on in {source} (calibration images are left out)")
-    x = preprocess_files(paths, m.preprocessing)
+        if not paths:
+            raise EffdeployError(f"no images to verify on in {source} (calibration images are left out)")
+        x = preprocess_files(paths, m.preprocessing)
 
     ref_logits, ref_name = None, ""
     if reference in ("auto", "eager"):
@@ -124,7 +133,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     result = {"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
               "precision": m.precision, "reference": ref_name, "data": source,
               "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
-              "drift": drift, "warnings": [coarse] if coarse else []}
+              "drift": drift, "warnings": [w for w in (skipped_warning, coarse) if w]}
     if as_json:
         emit_json(result)
     else:
