@@ -533,12 +533,12 @@ def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: Verif
                      quiet: bool, optimize: bool | None = None) -> tuple[dict[str, Any], bool]:
     """Reference logits vs the candidate graph on ONNX Runtime; the report and the ORT setting."""
     from .precision import needs_unoptimized_ort
-    from .quantize_stage import ort_logits
+    from .quantize_stage import cached_logits
     from .verify import check_budget, compare
 
     if optimize is None:
         optimize = not needs_unoptimized_ort(candidate)
-    logits = ort_logits(candidate, verify.data, optimize=optimize)
+    logits, _ = cached_logits(candidate, verify.data, optimize=optimize)
     comp = compare(reference_logits, logits, verify.labels)
     return {"reference": "fp32 reference graph (eager parity above)", "data": verify.source, "budget": budget.__dict__,
             "comparison": comp.to_dict(), "misses": check_budget(comp, budget)}, optimize

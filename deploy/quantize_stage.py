@@ -54,33 +54,35 @@ def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool =
         runner.close()
 
 
-def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = True) -> tuple[np.ndarray, bool]:
-    """FP32-graph logits on the verification images, reused when the same graph saw the same
-    pixels before (a rebuild spends ~3 s of B1's verification here). Keyed by the graph's bytes,
-    the input array's bytes and ONNX Runtime's version."""
+def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = True,
+                  use_cache: bool = True) -> tuple[np.ndarray, bool]:
+    """A graph's ONNX Runtime logits on an image array, reused when the same graph saw the same
+    pixels before (the FP32 reference and, on a rebuild with the same inputs, the candidate too).
+    Keyed by the graph's bytes, the input array's bytes, the optimisation setting and ONNX
+    Runtime's version."""
     import hashlib
     import io
 
     import onnxruntime
 
-    from .bundle import atomic_write, sha256_json
-    from .calibration import default_cache_dir
+    from .bundle import sha256_json
+    from .cache import atomic_write, cache_folder
 
     if not use_cache:
-        return ort_logits(fp32, data), False
+        return ort_logits(model, data, optimize=optimize), False
     key = sha256_json({
-        "model": hashlib.sha256(fp32.SerializeToString(deterministic=True)).hexdigest(),
+        "model": hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest(),
         "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
-        "shape": list(data.shape), "ort": onnxruntime.__version__,
+        "shape": list(data.shape), "ort": onnxruntime.__version__, "optimize": optimize,
     })
-    path = default_cache_dir().parent / "reference" / f"{key[:40]}.npy"
+    path = cache_folder("reference") / f"{key[:40]}.npy"
     try:
         cached = np.load(path)
         if cached.shape[0] == len(data):
             return cached, True
     except (OSError, ValueError):
         pass
-    logits = ort_logits(fp32, data)
+    logits = ort_logits(model, data, optimize=optimize)
     buf = io.BytesIO()
     np.save(buf, logits)
     try:
@@ -88,6 +90,11 @@ def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = 
     except OSError:
         pass  # an unwritable cache only costs the run next time
     return logits, False
+
+
+def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = True) -> tuple[np.ndarray, bool]:
+    """FP32-graph logits on the verification images (cached, see :func:`cached_logits`)."""
+    return cached_logits(fp32, data, use_cache=use_cache)
 
 
 def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
