@@ -185,23 +185,11 @@ def make_inputs(root: Path) -> None:
     """The files the cases point at: good images (from the built-in photos), a truncated JPEG,
     an empty folder, a fake video, a wrong array, a folder named like a TOML file, ..."""
     import numpy as np
-    from PIL import Image
 
-    from effdeploy.datasets import builtin_image_paths
+    from effdeploy.datasets import write_builtin_variants
 
     good = root / "good+1"
-    good.mkdir(parents=True)
-    photos = [Image.open(p).convert("RGB") for p in builtin_image_paths()]
-    n = 0
-    for variant in range(4):
-        for im in photos:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if variant % 2 else im
-            if variant >= 2:
-                w_, h_ = im.size
-                im = im.crop((w_ // 10, h_ // 10, w_ - w_ // 10, h_ - h_ // 10))
-            im.thumbnail((256, 256))
-            im.save(good / f"img_{n:03d}.jpg", quality=90)
-            n += 1
+    write_builtin_variants(good, 256)
     data = (good / "img_000.jpg").read_bytes()
     (good / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (root / "empty").mkdir()

@@ -122,3 +122,23 @@ def builtin_image_paths() -> list[Path]:
     from .calibration import list_items
 
     return [Path(p) for p in list_items(None)]
+
+
+def write_builtin_variants(folder: Path, size: int) -> list[Path]:
+    """Four JPEG variants (as is, flipped, cropped, both) of each built-in photo, at most ``size``
+    pixels a side: a small real image folder for examples, tests and the bad-input bench."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [Image.open(p).convert("RGB") for p in builtin_image_paths()]
+    out: list[Path] = []
+    for variant in range(4):
+        for im in photos:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if variant % 2 else im
+            if variant >= 2:
+                w, h = im.size
+                im = im.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+            im.thumbnail((size, size))
+            out.append(folder / f"img_{len(out):03d}.jpg")
+            im.save(out[-1], quality=90)
+    return out

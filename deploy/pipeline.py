@@ -308,9 +308,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             from .calibration import (
                 CALIBRATION_JSON,
                 TRT_CALIBRATION_CACHE,
-                load_calibration_set,
                 plan_calibration,
-                source_kind,
                 write_calibration_json,
                 write_trt_calibration_cache,
             )
@@ -603,7 +601,7 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
     """Keep the blocks that add the most error in higher precision until the budget holds, within
     ``max_kept_macs`` percent of the multiply-adds."""
     from .precision import needs_unoptimized_ort, quantize
-    from .quantize_stage import block_macs_shares, drift_report, sensitivity_order
+    from .quantize_stage import block_macs_shares, sensitivity_order
 
     shares = block_macs_shares(fp32)
     ranked = sensitivity_order(drift)

@@ -41,23 +41,10 @@ def entries(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 readable JPEGs (the built-in photos, flipped and cropped) and one truncated to a third."""
-    from PIL import Image
-
-    from effdeploy.datasets import builtin_image_paths
+    from effdeploy.datasets import write_builtin_variants
 
     folder = tmp_path_factory.mktemp("images") / "good+1"
-    folder.mkdir()
-    photos = [Image.open(p).convert("RGB") for p in builtin_image_paths()]
-    n = 0
-    for variant in range(4):
-        for im in photos:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if variant % 2 else im
-            if variant >= 2:
-                w, h = im.size
-                im = im.crop((w // 10, h // 10, w - w // 10, h - h // 10))
-            im.thumbnail((160, 160))
-            im.save(folder / f"img_{n:03d}.jpg", quality=90)
-            n += 1
+    n = len(write_builtin_variants(folder, 160))
     data = (folder / "img_000.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     assert n == 60

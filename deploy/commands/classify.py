@@ -26,7 +26,7 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
     from ..errors import EffdeployError
     from ..labels import label_from_filename
     from ..preprocess import load_image
-    from ..report import emit_json, info, progress, table
+    from ..report import emit_json, progress, table
     from ..runtime import Runner
 
     if top_k < 1:
