@@ -20,7 +20,6 @@ from .bundle import (
     REFERENCE,
     STATUS_CHECKED,
     STATUS_FAILED_PARITY,
-    STATUS_VERIFIED,
     Bundle,
     Manifest,
     check_output_dir,
@@ -33,7 +32,7 @@ from .errors import EffdeployError, ParityError
 from .profile import Profile
 from .report import info
 from .spec import check_fits_memory, extrapolation_warning, model_spec
-from .verify import Budget, Comparison, agreement_text, coarse_verification
+from .verify import Budget, Comparison, agreement_text, coarse_verification, gate_status
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
@@ -503,14 +502,6 @@ def _comparison_fields(report: dict[str, Any]) -> dict[str, Any]:
 
     names = {f.name for f in fields(Comparison)}
     return {k: v for k, v in report["comparison"].items() if k in names}
-
-
-def gate_status(misses: Sequence[str], coarse: str | None) -> str:
-    """verified: the budget holds on enough images to resolve it; checked: it holds on too few;
-    failed-parity: it misses."""
-    if misses:
-        return STATUS_FAILED_PARITY
-    return STATUS_CHECKED if coarse else STATUS_VERIFIED
 
 
 def verify_images_needed(budget: Budget) -> int:

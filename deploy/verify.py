@@ -196,3 +196,11 @@ def coarse_verification(images: int, budget: Budget, more: str = "--verify-data 
     return (f"verified on only {images} images: one image is {100 / images:.1f} % of top-1 agreement, too coarse "
             f"for a {100 * budget.top1_agreement:g} % budget; pass {more} with at least "
             f"{math.ceil(1 / (1 - budget.top1_agreement))} images for a meaningful gate")
+
+
+def gate_status(misses: Sequence[str], coarse: str | None) -> str:
+    """verified: the budget holds on enough images to resolve it; checked: it holds on too few;
+    failed-parity: it misses."""
+    if misses:
+        return "failed-parity"
+    return "checked" if coarse else "verified"

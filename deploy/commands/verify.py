@@ -125,6 +125,9 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     coarse = coarse_verification(len(x), budget, more="--data")
     if coarse:
         info(f"warning: {coarse}", as_json)
+    from ..verify import gate_status
+
+    status = gate_status(misses, coarse)
     drift = []
     if m.precision != "fp32" and (bundle.path / REFERENCE).is_file():
         import onnx
@@ -133,13 +136,16 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     result = {"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
               "precision": m.precision, "reference": ref_name, "data": source,
               "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
+              "status": status,
               "drift": drift, "warnings": [w for w in (skipped_warning, coarse) if w]}
     if as_json:
         emit_json(result)
     else:
         click.echo(kv_table([("bundle", f"{bundle.path} ({m.model.name}, {m.precision})"), ("reference", ref_name),
                              ("data", source), *comparison_rows(comp),
-                             ("verdict", "within budget" if not misses else "MISSED: " + "; ".join(misses))]))
+                             ("verdict", {"verified": "verified: within budget",
+                                          "checked": "checked: within budget on too few images to resolve it"}
+                              .get(status, "MISSED: " + "; ".join(misses)))]))
         if drift:
             worst = sorted(drift, key=lambda r: -r["added"])[:3]
             click.echo("drift (relative error at the last block): "
