@@ -48,6 +48,9 @@ class BuildRequest:
     precision: str = "fp32"
     profile: Profile | None = None
     weights: str | None = None
+    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.archs
+    replace_head: bool = False  # a new, untrained head instead of the checkpoint's (benchmark-only)
+    preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
     resolution: int | None = None
     out: Path | None = None
     num_classes: int = 1000
@@ -202,14 +205,15 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
-                        resolution=req.resolution, seed=req.seed)
+                        resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
+                        replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
     spec = model.spec
     out = Path(req.out) if req.out else default_out(spec.name, req.precision, req.profile.name)
     check_output_dir(out)
     timings["model"] = time.perf_counter() - t0
     steps = 5 if req.precision != "fp32" else 4
     info(f"[1/{steps}] {spec.name}: {spec.parameters:,} parameters, {spec.resolution} px, weights: "
-         f"{model.weights_info['source']}", req.quiet)
+         f"{model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
     if req.precision == "int8" and model.weights_info.get("source") == "random":
         info("warning: INT8 of random weights rarely meets a top-1 agreement budget (their logits are "
              "near-tied); pass trained --weights for a deployable bundle", req.quiet)
@@ -278,7 +282,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         parity["export_cache_hit"] = export_hit
         if not parity["passed"]:
             raise EffdeployError(
-                f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']}); "
+                f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']} x logit "
+                f"scale {parity['logit_scale']:.3g}); "
                 "this is an exporter bug, please report it"
             )
         info(f"      export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
@@ -381,6 +386,17 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     auto = compile_step(bundle, req.profile, req.quiet)
     return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
                        compile_reason=auto.reason)
+
+
+def arch_note(weights_info: dict[str, Any]) -> str:
+    """' as timm:tf_efficientnet_b1.ns_jft_in1k', saying when the key layout chose it."""
+    arch = weights_info.get("arch") or {}
+    if not arch or arch.get("source") == "native":
+        return ""
+    how = ""
+    if arch.get("inferred") and arch.get("source") == "torchvision":
+        how = " (torchvision's default weights for this layout; --weights-arch NAME.TAG for another tag)"
+    return f" as {arch['key']}{how}"
 
 
 def logit_margin(logits: np.ndarray) -> float:
