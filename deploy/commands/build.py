@@ -84,13 +84,19 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
         max_kept_macs=max_kept_macs,
     )
+    from ..bundle import status_warning
+
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
+    warning = status_warning(summary["status"])
     if as_json:
         emit_json({**summary, "engine": str(result.engine) if result.engine else None,
-                   "next_step": result.next_step, "compile": result.compile_reason})
+                   "next_step": result.next_step, "compile": result.compile_reason,
+                   "warnings": [warning] if warning else []})
         return
     click.echo(kv_table(summary_rows(summary)))
+    if warning:
+        info(f"warning: {warning}")
     if result.engine:
         info(f"\nengine: {result.engine} ({result.compile_reason})")
     elif result.next_step:
@@ -160,6 +166,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     if v:
         rows.append(("verify top-1 agreement", f"{100 * v['top1_agreement']:.2f} % of {v['samples']} images"))
         rows.append(("verify max abs / cosine min", f"{v['max_abs']:.2e} / {v['cosine_min']:.6f}"))
+        if v.get("relative_error") is not None:
+            rows.append(("verify relative error / cosine mean", f"{v['relative_error']:.3g} / {v['cosine_mean']:.6f}"))
         if v.get("labelled"):
             rows.append(("top-1 accuracy eager -> bundle",
                          f"{100 * v['reference_top1']:.2f} % -> {100 * v['candidate_top1']:.2f} %"))
