@@ -126,6 +126,27 @@ def test_unimplemented_precision_for_profile(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def test_head_mismatch_refused_then_replaced(tmp_path):
+    """A 10-class checkpoint with --num-classes 12: one line naming --replace-head; with it the bundle
+    is built with a new, untrained head and says so (benchmark-only, head row in the summary)."""
+    import torch
+
+    from effdeploy import build_model
+
+    ckpt = tmp_path / "b0-10.pth"
+    torch.save(build_model(0, "b", resolution=64, num_classes=10).state_dict(), ckpt)
+    args = ["build", "--phi", "0", "--resolution", "64", "--weights", str(ckpt), "--num-classes", "12"]
+    _assert_clean_failure(run_cli(*args, "--out", str(tmp_path / "refused")), "10-class head", "--replace-head")
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "replaced"
+    proc = run_cli(*args, "--replace-head", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "replaced: untrained (--replace-head)" in proc.stdout and "benchmark-only" in proc.stdout
+    m = read_manifest(out)
+    assert m["status"] == "benchmark-only" and m["weights"]["classifier"].startswith("replaced")
+    assert any("an untrained head (--replace-head): no accuracy claim" in n for n in m["notes"])
+
+
 @pytest.mark.slow
 def test_the_mission_command_ends_benchmark_only(tmp_path):
     """`effdeploy build --phi 1 --precision int8 --profile jetson-orin`, as a new user types it (random
