@@ -394,8 +394,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             hint = (f"keeping {len(repair['kept_blocks'])} blocks ({100 * repair['macs_share_kept']:.0f} % of the "
                     f"multiply-adds, --max-kept-macs {repair['max_kept_macs_pct']:g}) out of INT8 did not meet it; {hint}")
         if not accuracy_claim(model.weights_info):
-            hint = (f"{no_claim_reason(model.weights_info)} make no accuracy claim, so only numerical budgets gate "
-                    f"this build (logit margin {report['reference_logit_margin']:.2f} standard deviations); "
+            hint = (f"with {no_claim_reason(model.weights_info)} there is no accuracy claim, so only numerical "
+                    f"budgets gate this build (logit margin {report['reference_logit_margin']:.2f} standard deviations); "
                     f"a mean logit cosine below {GROSS_COSINE:g} against FP32 is breakage, please report it")
         raise ParityError(
             f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); it is kept with status "

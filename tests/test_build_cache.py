@@ -130,5 +130,5 @@ def test_benchmark_only_build_still_fails_a_numerical_budget(tmp_path, imagenet_
     m = read_manifest(out)
     assert m["status"] == "failed-parity" and m["quantization"]["repair"]["tried"]
     last = proc.stderr.strip().splitlines()[-1]
-    assert "random weights make no accuracy claim, so only numerical budgets gate this build" in last
+    assert "with random weights there is no accuracy claim, so only numerical budgets gate this build" in last
     assert f"{m['parity']['verify']['reference_logit_margin']:.2f}" in last
