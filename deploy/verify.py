@@ -20,6 +20,7 @@ class Budget:
     max_abs: float | None = None
     top1_agreement: float | None = None
     accuracy_drop_pt: float | None = None
+    min_cosine: float | None = None  # mean logit cosine; the gross-breakage gate of benchmark-only builds
 
     @staticmethod
     def for_precision(precision: str) -> "Budget":
@@ -63,6 +64,7 @@ class Comparison:
     reference_top5: float | None = None
     candidate_top1: float | None = None
     candidate_top5: float | None = None
+    relative_error: float = 0.0  # ||candidate - reference|| / ||reference|| over all logits
 
     @property
     def accuracy_drop_pt(self) -> float | None:
@@ -139,6 +141,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: Sequence[int |
         cosine_min=float(cos.min()),
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
+        relative_error=float(np.linalg.norm(ref - cand) / max(float(np.linalg.norm(ref)), 1e-30)),
         **fields,
     )
 
@@ -153,6 +156,8 @@ def check_budget(c: Comparison, budget: Budget) -> list[str]:
     drop = c.accuracy_drop_pt
     if budget.accuracy_drop_pt is not None and drop is not None and drop > budget.accuracy_drop_pt:
         misses.append(f"top-1 accuracy drop {drop:.2f} pt > {budget.accuracy_drop_pt:.2f} pt")
+    if budget.min_cosine is not None and c.cosine_mean < budget.min_cosine:
+        misses.append(f"mean logit cosine {c.cosine_mean:.3f} < {budget.min_cosine:g}")
     return misses
 
 
@@ -176,6 +181,7 @@ def comparison_rows(c: Comparison) -> list[tuple[str, Any]]:
         ("top-5 agreement", f"{100 * c.top5_agreement:.2f} %"),
         ("cosine (mean / min)", f"{c.cosine_mean:.6f} / {c.cosine_min:.6f}"),
         ("max abs error", f"{c.max_abs:.3e}"),
+        ("relative error (logits)", f"{c.relative_error:.3e}"),
     ]
     if c.labelled:
         rows += [

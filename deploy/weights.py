@@ -200,8 +200,26 @@ def key_map(fmt: str, model: Any) -> dict[str, str]:
 
 
 
-def load_weights(model: Any, source: WeightsSource) -> dict[str, Any]:
-    """Copy the checkpoint into ``model``; one clear error naming the first bad keys or shapes."""
+HEAD_LOADED = "loaded"
+HEAD_REPLACED = "replaced: untrained (--replace-head)"
+
+
+def accuracy_claim(weights_info: Mapping[str, Any]) -> bool:
+    """Whether a bundle from these weights can claim accuracy: not from random weights, not with an
+    untrained head. Without a claim the build is ``benchmark-only`` (numerical checks only)."""
+    return weights_info.get("source", "random") != "random" and weights_info.get("classifier", HEAD_LOADED) == HEAD_LOADED
+
+
+def no_claim_reason(weights_info: Mapping[str, Any]) -> str:
+    return "random weights" if weights_info.get("source", "random") == "random" else "an untrained head (--replace-head)"
+
+
+def load_weights(model: Any, source: WeightsSource, replace_head: bool = False) -> dict[str, Any]:
+    """Copy the checkpoint into ``model``; one clear error naming the first bad keys or shapes.
+
+    A head that does not fit the model's classes is refused (a random head would be silent about
+    it) unless ``replace_head``, which leaves a new, untrained head in place of the checkpoint's.
+    """
     import torch
 
     from .bundle import sha256_file
@@ -209,7 +227,9 @@ def load_weights(model: Any, source: WeightsSource) -> dict[str, Any]:
     mapping = key_map(source.format, model)
     target = model.state_dict()
     sd = source.state_dict
-    optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731 - older checkpoints lack it
+
+    def optional(k: str) -> bool:  # older checkpoints lack num_batches_tracked; a replaced head is not read
+        return k.endswith("num_batches_tracked") or (replace_head and mapping.get(k, "").startswith("classifier."))
     missing = [k for k in mapping if k not in sd and not optional(k)]
     unexpected = [k for k in sd if k not in mapping and not optional(k)]
     name = model.spec.name
@@ -224,15 +244,17 @@ def load_weights(model: Any, source: WeightsSource) -> dict[str, Any]:
             "check --phi/--variant"
         )
     new_state = {}
-    skipped_classifier = False
     for src, dst in mapping.items():
-        if src not in sd:
+        if src not in sd or (replace_head and dst.startswith("classifier.")):
             continue
         t = sd[src]
         if tuple(t.shape) != tuple(target[dst].shape):
-            if dst.startswith("classifier.") and model.spec.num_classes != 1000:
-                skipped_classifier = True
-                continue
+            if dst == "classifier.weight" and tuple(t.shape[1:]) == tuple(target[dst].shape[1:]):
+                raise EffdeployError(
+                    f"weights {source.label} have a {t.shape[0]}-class head and the model is built for "
+                    f"{model.spec.num_classes} classes; pass --num-classes {t.shape[0]}, or --replace-head for a new, "
+                    "untrained head (the bundle is then benchmark-only)"
+                )
             raise EffdeployError(
                 f"weights {source.label} do not fit {name}: {src} has shape {tuple(t.shape)}, "
                 f"the model expects {tuple(target[dst].shape)} at {dst}; check --phi/--variant/--resolution"
@@ -245,7 +267,7 @@ def load_weights(model: Any, source: WeightsSource) -> dict[str, Any]:
         "format": source.format,
         "path": str(source.path),
         "sha256": sha256_file(source.path),
-        "classifier": "random (num_classes differs)" if skipped_classifier else "loaded",
+        "classifier": HEAD_REPLACED if replace_head else HEAD_LOADED,
     }
 
 

@@ -107,7 +107,7 @@ def test_bench_json_has_both_figure_sets(tiny_bundle: Path) -> None:
                   "--threads", "1", "--json")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
-    assert r["backend"] == "onnxruntime" and r["status"] == "verified" and r["model"] == "efficientnet-b0"
+    assert r["backend"] == "onnxruntime" and r["status"] == "benchmark-only" and r["model"] == "efficientnet-b0"
     measures = {(row["batch"], row["measure"]) for row in r["results"]}
     assert measures == {(b, m) for b in (1, 2) for m in ("compute", "end-to-end 640x360")}
     for row in r["results"]:
@@ -200,14 +200,15 @@ def test_classify_json_and_table(tiny_bundle: Path, tmp_path: Path) -> None:
     assert "labelled by file name" in table.stdout
 
 
-def test_classify_bad_inputs(tiny_bundle: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    assert "does not exist" in one_line_error(cli("classify", str(tiny_bundle), str(tmp_path / "none.jpg")))
+def test_classify_bad_inputs(tiny_trained_bundle: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    bundle = str(tiny_trained_bundle)  # verified: no status warning before the error line
+    assert "does not exist" in one_line_error(cli("classify", bundle, str(tmp_path / "none.jpg")))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not a jpeg")
-    assert "cannot read image" in one_line_error(cli("classify", str(tiny_bundle), str(broken)))
+    assert "cannot read image" in one_line_error(cli("classify", bundle, str(broken)))
     img = tmp_path / "x.png"
     Image.fromarray(synthetic_frame(64, 64)).save(img)
-    assert "--top-k" in one_line_error(cli("classify", str(tiny_bundle), str(img), "--top-k", "0"))
+    assert "--top-k" in one_line_error(cli("classify", bundle, str(img), "--top-k", "0"))
 
 
 def test_classify_real_sample_with_the_tiny_bundle(tiny_bundle: Path, imagenet_sample: Path) -> None:

@@ -13,7 +13,7 @@ def test_manifest_round_trip(tiny_bundle):
     m = bundle.manifest
     again = Manifest.from_dict(json.loads(json.dumps(m.to_dict())))
     assert again == m
-    assert m.status == "verified"
+    assert m.status == "benchmark-only"  # random weights: numerical checks only
     assert m.model.parameters == 5_288_548
     assert m.preprocessing.resolution == 64
     assert m.artifacts["model.onnx"]["sha256"]

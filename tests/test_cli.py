@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from conftest import read_manifest, run_cli
+from effdeploy.bundle import status_warning
 
 
 def _assert_clean_failure(proc, *needles, code=2):
@@ -24,7 +25,8 @@ def test_build_inspect_end_to_end(tmp_path):
     proc = run_cli("build", "--phi", "0", "--resolution", "64", "--profile", "cpu", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["status"] == "verified"
+    assert summary["status"] == "benchmark-only"  # random weights: no accuracy claim, numerical checks passed
+    assert summary["warnings"] == [status_warning("benchmark-only")]
     assert summary["parameters"] == 5_288_548
     assert summary["export_max_abs"] <= 1e-4
     assert summary["verify"]["top1_agreement"] == 1.0
@@ -32,6 +34,8 @@ def test_build_inspect_end_to_end(tmp_path):
     assert m["precision"] == "fp32" and m["profile"]["name"] == "cpu"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b0"]
 
+    budget = m["parity"]["verify"]["budget"]  # FP32 of random weights: the numerical gate only
+    assert budget["max_abs"] == 1e-3 and budget["top1_agreement"] is None and budget["min_cosine"] is None
     table = run_cli("inspect", str(out))
     assert table.returncode == 0 and "efficientnet-b0" in table.stdout and "Conv" in table.stdout
     js = json.loads(run_cli("inspect", str(out / "model.onnx"), "--json").stdout)
@@ -51,7 +55,9 @@ def test_gpu_profile_without_tensorrt_prints_compile_command(tmp_path):
                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert f"effdeploy compile {out}" in proc.stderr
-    assert read_manifest(out)["status"] == "verified"
+    assert read_manifest(out)["status"] == "benchmark-only"
+    warnings = [l for l in proc.stderr.splitlines() if "warning: status benchmark-only" in l]
+    assert len(warnings) == 1  # one line, after the summary table
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -120,6 +126,44 @@ def test_unimplemented_precision_for_profile(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def test_head_mismatch_refused_then_replaced(tmp_path):
+    """A 10-class checkpoint with --num-classes 12: one line naming --replace-head; with it the bundle
+    is built with a new, untrained head and says so (benchmark-only, head row in the summary)."""
+    import torch
+
+    from effdeploy import build_model
+
+    ckpt = tmp_path / "b0-10.pth"
+    torch.save(build_model(0, "b", resolution=64, num_classes=10).state_dict(), ckpt)
+    args = ["build", "--phi", "0", "--resolution", "64", "--weights", str(ckpt), "--num-classes", "12"]
+    _assert_clean_failure(run_cli(*args, "--out", str(tmp_path / "refused")), "10-class head", "--replace-head")
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "replaced"
+    proc = run_cli(*args, "--replace-head", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "replaced: untrained (--replace-head)" in proc.stdout and "benchmark-only" in proc.stdout
+    m = read_manifest(out)
+    assert m["status"] == "benchmark-only" and m["weights"]["classifier"].startswith("replaced")
+    assert any("an untrained head (--replace-head): no accuracy claim" in n for n in m["notes"])
+
+
+@pytest.mark.slow
+def test_the_mission_command_ends_benchmark_only(tmp_path):
+    """`effdeploy build --phi 1 --precision int8 --profile jetson-orin`, as a new user types it (random
+    weights, built-in calibration images): a bundle for latency work, exit 0, one warning line."""
+    out = tmp_path / "b1"
+    proc = run_cli("build", "--phi", "1", "--precision", "int8", "--profile", "jetson-orin", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert [l for l in proc.stderr.splitlines() if "warning: status benchmark-only" in l] == \
+        [f"warning: {status_warning('benchmark-only')}"]
+    assert "effdeploy compile" in proc.stderr and "benchmark-only" in proc.stdout
+    m = read_manifest(out)
+    assert m["status"] == "benchmark-only" and m["precision"] == "int8"
+    v = m["parity"]["verify"]
+    assert v["budget"]["min_cosine"] == 0.5 and v["budget"]["top1_agreement"] is None
+    assert v["comparison"]["cosine_mean"] >= 0.5 and v["comparison"]["relative_error"] > 0
+
+
 @pytest.mark.slow
 def test_full_resolution_b1_build(tmp_path):
     """The issue's acceptance line: B1 at 240 px, ONNX within 1e-4 of eager."""
@@ -128,4 +172,4 @@ def test_full_resolution_b1_build(tmp_path):
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["resolution"] == 240 and s["parameters"] == 7_794_184
-    assert s["export_max_abs"] <= 1e-4 and s["status"] == "verified"
+    assert s["export_max_abs"] <= 1e-4 and s["status"] == "benchmark-only"

@@ -146,7 +146,7 @@ def test_missed_budget_fails_and_keeps_report(tmp_path):
     assert m["parity"]["verify"]["misses"] and m["parity"]["verify"]["misses"][0].startswith("max abs error")
 
 
-def test_verify_command_with_labels(tmp_path, tiny_bundle):
+def test_verify_command_with_labels(tmp_path, tiny_trained_bundle, tiny_bundle):
     from effdeploy.datasets import builtin_image_paths
 
     folder = tmp_path / "imagefolder"
@@ -155,13 +155,16 @@ def test_verify_command_with_labels(tmp_path, tiny_bundle):
         (folder / synset).mkdir(parents=True)
         src = [p for p in builtin_image_paths() if p.name == name][0]
         shutil.copy(src, folder / synset / name)
-    proc = run_cli("verify", str(tiny_bundle), "--data", str(folder), "--json")
+    proc = run_cli("verify", str(tiny_trained_bundle), "--data", str(folder), "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["reference"].startswith("eager") and r["comparison"]["labelled"] == 2
     assert r["comparison"]["samples"] == 2 and r["passed"]
-    table = run_cli("verify", str(tiny_bundle))
+    table = run_cli("verify", str(tiny_trained_bundle))
     assert table.returncode == 0 and "top-1 agreement" in table.stdout
+    refused = run_cli("verify", str(tiny_bundle))  # random weights: nothing to verify
+    assert refused.returncode == 2 and "random weights cannot" not in refused.stdout
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "no accuracy to verify" in refused.stderr
 
 
 def test_verify_warns_when_too_few_images_for_the_budget(gpu_int8, tmp_path):

@@ -231,7 +231,7 @@ def test_bare_onnx_needs_its_preprocessing(tiny_bundle: Path, tmp_path: Path, ru
     with Runner.open(bare, preprocessing=runner.preprocessing) as r:
         assert r.classify(frame, top_k=1) == runner.classify(frame, top_k=1)
     with Runner.open(tiny_bundle / "model.onnx") as r:  # inside a bundle: its manifest applies
-        assert r.preprocessing == runner.preprocessing and r.status == "verified"
+        assert r.preprocessing == runner.preprocessing and r.status == "benchmark-only"
 
 
 def test_engine_plan_without_tensorrt(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ def test_layouts_round_trip(tmp_path, fmt):
     src = build_model(0, "b", resolution=64, seed=3)
     path = tmp_path / f"{fmt}.pth"
     torch.save({"state_dict": convert_state_dict(src, fmt)}, path)
-    loaded = build_model(0, "b", weights=str(path), resolution=64)
+    arch = "timm:efficientnet_b0" if fmt == "timm" else None  # timm's keys fit two functions
+    loaded = build_model(0, "b", weights=str(path), resolution=64, weights_arch=arch)
     assert loaded.weights_info["format"] == fmt
     if fmt in ("torchvision", "timm"):  # symmetric padding, eps 1e-5: a different function
         assert loaded.spec.padding == "symmetric" and loaded.spec.bn_eps == 1e-5
@@ -99,9 +100,24 @@ def test_unreadable_and_foreign_weights(tmp_path):
         build_model(1, "b", weights="pretrained")
 
 
-def test_other_num_classes_keeps_backbone(tmp_path):
-    path = tmp_path / "b0.pth"
-    torch.save(build_model(0, "b", resolution=64).state_dict(), path)
-    m = build_model(0, "b", weights=str(path), resolution=64, num_classes=5)
-    assert m.weights_info["classifier"].startswith("random")
-    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+def test_head_that_does_not_fit_is_refused_unless_replaced(tmp_path):
+    """A 10-class checkpoint built for 12 classes: refused with the checkpoint's count; --replace-head
+    keeps the backbone, puts an untrained head on and says so (no accuracy claim)."""
+    from effdeploy.weights import accuracy_claim
+
+    path = tmp_path / "b0-10.pth"
+    src = build_model(0, "b", resolution=64, num_classes=10)
+    torch.save(src.state_dict(), path)
+    with pytest.raises(EffdeployError, match="have a 10-class head and the model is built for 12 classes; "
+                                             "pass --num-classes 10, or --replace-head"):
+        build_model(0, "b", weights=str(path), resolution=64, num_classes=12)
+    with pytest.raises(EffdeployError, match="pass --num-classes 10"):
+        build_model(0, "b", weights=str(path), resolution=64)  # the default 1000
+    m = build_model(0, "b", weights=str(path), resolution=64, num_classes=12, replace_head=True)
+    assert m.weights_info["classifier"].startswith("replaced") and not accuracy_claim(m.weights_info)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 12)
+    assert torch.equal(m.state_dict()["blocks.3.1.dw.conv.weight"], src.state_dict()["blocks.3.1.dw.conv.weight"])
+    same = build_model(0, "b", weights=str(path), resolution=64, num_classes=10)
+    assert accuracy_claim(same.weights_info) and torch.equal(same.classifier.weight, src.classifier.weight)
+    with pytest.raises(EffdeployError, match="--replace-head replaces the head of a checkpoint"):
+        build_model(0, "b", resolution=64, replace_head=True)

@@ -17,7 +17,18 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--profile", "profile_name", default="cpu", show_default=True, help="Built-in profile name or path to a .toml file.")
 @click.option("--weights", default=None, help="Checkpoint path (native/lukemelas/torchvision/timm) or 'pretrained' (lite 0..2).")
+@click.option("--weights-arch", default=None, metavar="SOURCE:NAME[.TAG]",
+              help="The library function the weights belong to (padding, BatchNorm eps, preprocessing), e.g. "
+                   "timm:tf_efficientnet_b1 or torchvision:efficientnet_b1.IMAGENET1K_V2 (docs/weights.md); "
+                   "required for timm's layout.")
+@click.option("--replace-head", is_flag=True, help="Put a new, untrained head on a checkpoint whose head does not fit --num-classes (status benchmark-only).")
 @click.option("--resolution", type=int, default=None, help="Override the input resolution.")
+@click.option("--resize", type=int, default=None, help="Override the preprocessing: shorter side before the center crop, in pixels.")
+@click.option("--crop-pct", type=float, default=None, help="Override the preprocessing: crop / resize (timm's crop_pct), e.g. 0.875.")
+@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"]),
+              default=None, help="Override the preprocessing's resampling filter.")
+@click.option("--mean", default=None, metavar="R,G,B", help="Override the normalisation mean, 0-1 scale (e.g. 0.5,0.5,0.5).")
+@click.option("--std", default=None, metavar="R,G,B", help="Override the normalisation std, 0-1 scale (e.g. 0.5,0.5,0.5).")
 @click.option("--num-classes", type=int, default=1000, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [bundles/<model>-<precision>-<profile>].")
 @click.option("--calib-data", default=None, help="Calibration images: folder, video file or .npy (int8).")
@@ -42,7 +53,9 @@ from ..report import emit_json, info, kv_table, table
 @click.option("--max-drop", type=float, default=None, help="Budget: max top-1 accuracy drop in points where labels exist (default int8 1.0).")
 @click.option("--allow-parity-failure", is_flag=True, help="Keep going (exit 0) when verification misses its budget.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
-def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, resolution: int | None,
+def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, weights_arch: str | None,
+              replace_head: bool, resize: int | None, crop_pct: float | None, interpolation: str | None,
+              mean: str | None, std: str | None, resolution: int | None,
               num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
@@ -67,26 +80,52 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     if bad:
         raise EffdeployError(f"--int8-float takes se, stem, classifier or none (got {', '.join(bad)})")
     given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
+    overrides = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation,
+                 "mean": _triple("--mean", mean), "std": _triple("--std", std)}
     req = BuildRequest(
-        phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, resolution=resolution,
+        phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, weights_arch=weights_arch,
+        replace_head=replace_head, preprocessing=tuple((k, v) for k, v in overrides.items() if v is not None),
+        resolution=resolution,
         out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_images_given=given,
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
         max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images,
     )
+    from ..bundle import status_warning
+
     result = build_bundle(req)
     summary = build_summary(result.bundle.path, result.bundle.manifest.to_dict(), result.timings)
     summary["replaced"] = result.replaced
+    warning = status_warning(summary["status"])
     if as_json:
         emit_json({**summary, "cleaned_up": list(result.cleaned), "engine": str(result.engine) if result.engine else None,
-                   "next_step": result.next_step, "compile": result.compile_reason})
+                   "next_step": result.next_step, "compile": result.compile_reason,
+                   "warnings": [warning] if warning else []})
         return
     click.echo(kv_table(summary_rows(summary)))
+    if warning:
+        info(f"warning: {warning}")
     if result.engine:
         info(f"\nengine: {result.engine} ({result.compile_reason})")
     elif result.next_step:
         info(f"\n{result.compile_reason}\ncompile on the target with:\n  {result.next_step}")
+
+
+def _triple(flag: str, text: str | None) -> tuple[float, float, float] | None:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5); one line naming the flag otherwise."""
+    from ..errors import EffdeployError
+
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise EffdeployError(f"{flag} takes three comma-separated numbers on the 0-1 scale (got {text!r}); "
+                             f"e.g. {flag} 0.5,0.5,0.5")
+    return vals  # type: ignore[return-value]
 
 
 def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Any]:
@@ -104,6 +143,9 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
         "precision": m["precision"],
         "profile": m["profile"]["name"],
         "weights": m["weights"].get("source"),
+        "weights_arch": (m["weights"].get("arch") or {}).get("key"),
+        "head": m["weights"].get("classifier"),
+        "preprocessing": {**m["model"]["preprocessing"], **(m["weights"].get("preprocessing") or {})},
         "onnx_nodes": m["graph"]["nodes"],
         "export_max_abs": m["parity"]["export"]["max_abs"],
         "verify": verify.get("comparison"),
@@ -137,10 +179,12 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         ("bundle", s["bundle"]),
         *([("replaced", f"the bundle that was there ({s['replaced']})")] if s.get("replaced") else []),
         ("status", s["status"]),
-        ("model", f"{s['model']} ({s['weights']})"),
+        ("model", f"{s['model']} ({s['weights']}{' as ' + s['weights_arch'] if s.get('weights_arch') else ''})"),
         ("parameters", f"{s['parameters']:,}"),
         ("GFLOPs (2 x MACs, batch 1)", f"{s['gflops']:.3f}"),
         ("resolution", s["resolution"]),
+        *([("preprocessing", preprocessing_line(s["preprocessing"]))] if s.get("preprocessing") else []),
+        *([("head", s["head"])] if s.get("head", "loaded") not in ("loaded", None) else []),
         ("precision / profile", f"{s['precision']} / {s['profile']}"),
         ("ONNX nodes", s["onnx_nodes"]),
         ("export parity (max abs vs eager)", f"{s['export_max_abs']:.2e}"),
@@ -151,6 +195,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         ci = f" (95 % CI {100 * lo:.1f}-{100 * hi:.1f} %)" if lo is not None else ""
         rows.append(("verify top-1 agreement", f"{100 * v['top1_agreement']:.2f} % of {v['samples']} images{ci}"))
         rows.append(("verify max abs / cosine min", f"{v['max_abs']:.2e} / {v['cosine_min']:.6f}"))
+        if v.get("relative_error") is not None:
+            rows.append(("verify relative error / cosine mean", f"{v['relative_error']:.3g} / {v['cosine_mean']:.6f}"))
         if v.get("labelled"):
             rows.append(("top-1 accuracy eager -> bundle",
                          f"{100 * v['reference_top1']:.2f} % -> {100 * v['candidate_top1']:.2f} %"))
@@ -171,6 +217,17 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     if s.get("timings_s", {}).get("total"):
         rows.append(("build time", f"{s['timings_s']['total']:.1f} s"))
     return rows
+
+
+def preprocessing_line(p: dict[str, Any]) -> str:
+    """'resize 272 bicubic, crop 240, mean/std ImageNet (from timm:...; overridden: resize)'."""
+    mean, std = tuple(round(x / 255, 3) for x in p["mean"]), tuple(round(x / 255, 3) for x in p["std"])
+    norm = "ImageNet" if (mean, std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) else f"{mean} / {std}"
+    where = p.get("from")
+    over = ", ".join(p.get("overrides") or {})
+    tail = "; ".join(x for x in (f"from {where}" if where else "", f"overridden: {over}" if over else "") if x)
+    return (f"resize {p['resize']} {p['interpolation']}, crop {p['resolution']}, mean/std {norm}"
+            + (f" ({tail})" if tail else ""))
 
 
 @cli.command("inspect")
@@ -211,9 +268,6 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         return
     if manifest:
         click.echo(kv_table(summary_rows(build_summary(artifact, manifest))))
-        pre = manifest["model"]["preprocessing"]
-        click.echo(f"preprocessing: resize {pre['resize']} ({pre['interpolation']}), crop {pre['resolution']}, "
-                   f"mean {tuple(round(x, 3) for x in pre['mean'])}, std {tuple(round(x, 3) for x in pre['std'])} (0-255)")
         click.echo("artifacts: " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in manifest["artifacts"].items()))
         click.echo("")
     click.echo(kv_table([

@@ -74,6 +74,13 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
         artifact = Path(source_bundle)
     bundle = load_bundle(artifact)
     m = bundle.manifest
+    from ..weights import accuracy_claim, no_claim_reason
+
+    if m.status == "benchmark-only" or not accuracy_claim(m.weights):
+        raise EffdeployError(
+            f"{bundle.path} was built from {no_claim_reason(m.weights)} (status benchmark-only): there is no accuracy "
+            "to verify; its numerical checks are in the manifest ('effdeploy inspect'); rebuild with trained --weights"
+        )
     exclude = calibration_names(bundle)
     skipped_warning = None
     if data:
