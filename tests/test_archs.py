@@ -148,8 +148,9 @@ def test_tf_checkpoint_refusal_is_one_line(tmp_path):
     path, _, _ = _checkpoint("timm_tf_efficientnet_b0")
     proc = run_cli("build", "--phi", "0", "--weights", str(path), "--out", str(tmp_path / "b"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("effdeploy: ")]
     assert len(lines) == 1 and "timm:tf_efficientnet_b0" in lines[0] and "timm:efficientnet_b0" in lines[0]
+    assert proc.stderr.strip().splitlines()[-1] == lines[0]  # after the progress line, nothing but the refusal
     assert not (tmp_path / "b").exists()
 
 

@@ -94,9 +94,9 @@ def test_verification_set_skips_and_replaces_an_unreadable_image(images: Path) -
         [i.path for i in split(good, (), 10, 3)]
 
 
-def test_verify_data_with_a_corrupt_image(tiny_bundle: Path, images: Path) -> None:
+def test_verify_data_with_a_corrupt_image(tiny_trained_bundle: Path, images: Path) -> None:
     """Before: one corrupt image aborted verify (exit 2)."""
-    proc = run_cli("verify", str(tiny_bundle), "--data", str(images))
+    proc = run_cli("verify", str(tiny_trained_bundle), "--data", str(images))
     assert proc.returncode == 0, proc.stderr
     warnings = [l for l in lines_of(proc) if "warning" in l]
     assert len(warnings) == 1 and "skipped 1 unreadable verification image(s)" in warnings[0], proc.stderr
@@ -448,7 +448,8 @@ def test_replacing_an_existing_bundle_is_said_and_an_interruption_keeps_it(tiny_
     proc.send_signal(signal.SIGINT)
     proc.stderr.read()
     assert proc.wait(timeout=120) == 130
-    assert first.startswith(f"note: replacing the bundle at {out} (efficientnet-b0 fp32, status verified, built ")
+    status = json.loads(before)["status"]  # random weights: benchmark-only
+    assert first.startswith(f"note: replacing the bundle at {out} (efficientnet-b0 fp32, status {status}, built ")
     assert (out / "manifest.json").read_bytes() == before and entries(tmp_path) == ["bundle"]
     summary = {"bundle": "b", "replaced": "efficientnet-b0 fp32, status verified", "status": "verified", "model": "m",
                "weights": "random", "parameters": 1, "gflops": 0.1, "resolution": 64, "precision": "fp32",
