@@ -40,7 +40,8 @@ class Int8Result:
     @property
     def initializers(self) -> Mapping[str, np.ndarray] | None:
         """Reconstructed integers and biases for :func:`quantize` (a repair re-quantizes with them)."""
-        return self.reconstruction.initializers if self.reconstruction is not None else None
+        rec = self.reconstruction
+        return rec.initializers if rec is not None and rec.accepted else None
 
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
@@ -209,15 +210,25 @@ def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: Q
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
     into the deployed graph; reused from the cache when the same inputs were reconstructed."""
     from .precision import TENSORRT
-    from .reconstruct import cached_reconstruction
+    from .reconstruct import apply_initializers, cached_reconstruction
 
     twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
-    rec = cached_reconstruction(twin, fp32, data(recipe.images), recipe,
+    images = data(recipe.images)
+    rec = cached_reconstruction(twin, fp32, images, recipe,
                                 fp16_scales=config.dialect == TENSORRT and config.fp16_rest, quiet=quiet)
-    last = rec.layers[-1] if rec.layers else None
+    # A safety net: the corrected graph, run by ONNX Runtime itself, must beat the plain one on the
+    # images the corrections were measured on; otherwise they are not used (and the manifest says so).
+    ref, _ = cached_logits(fp32, images)
+    plain, _ = cached_logits(twin, images, optimize=False)
+    fixed, _ = cached_logits(apply_initializers(twin, rec.initializers), images, optimize=False)
+    before, after = relative_mse(ref, plain), relative_mse(ref, fixed)
+    rec = replace(rec, logit_rel_mse=(before, after), accepted=after < before)
     info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers): "
-         + (f"logit error {last.relative_error_before:.4f} -> {last.relative_error_after:.4f}, " if last else "")
-         + ("cache hit" if rec.cache_hit else f"{rec.seconds:.1f} s"), quiet)
+         f"logit relative MSE {before:.3e} -> {after:.3e}"
+         + ("" if rec.accepted else " - not better, not used")
+         + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)
+    if not rec.accepted:
+        return quantize(fp32, ranges, config), rec
     return quantize(fp32, ranges, config, initializers=rec.initializers), rec
 
 

@@ -411,6 +411,8 @@ class Reconstruction:
     images: int
     seconds: float
     cache_hit: bool = False
+    logit_rel_mse: tuple[float, float] | None = None  # on its images, ONNX Runtime: plain -> corrected
+    accepted: bool = True  # False: not better on its own images, so not written into the graph
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -420,7 +422,9 @@ class Reconstruction:
             units[layer.unit] = {"relative_error_before": layer.relative_error_before,
                                  "relative_error_after": layer.relative_error_after}
         return {"recipe": dict(self.recipe), "images": self.images, "seconds": round(self.seconds, 2),
-                "cache_hit": self.cache_hit, "biases_corrected": len(self.layers),
+                "cache_hit": self.cache_hit, "accepted": self.accepted,
+                "logit_relative_mse": list(self.logit_rel_mse) if self.logit_rel_mse else None,
+                "biases_corrected": len(self.layers) if self.accepted else 0,
                 "units": units, "layers": [asdict(r) for r in self.layers]}
 
 

@@ -167,7 +167,8 @@ def _reconstruction_line(r: dict[str, Any] | None) -> str | None:
     layers = r.get("layers") or []
     err = (f", logit error {layers[-1]['relative_error_before']:.4f} -> {layers[-1]['relative_error_after']:.4f}"
            if layers else "")
-    return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}, {_seconds(r)}"
+    used = "" if r.get("accepted", True) else " (not better on its images: not used)"
+    return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}{used}, {_seconds(r)}"
 
 
 def _seconds(r: dict[str, Any]) -> str:
