@@ -241,7 +241,7 @@ def calibration_subset(plan: Any, n: int, pre: Any, skip: int = 0) -> Any:
     image): the plan's candidates ``skip`` to ``count``, loaded until ``n`` decode."""
     from .calibration import load_plan
 
-    k = plan.count
+    k = min(plan.count, len(plan.items))
     if skip >= k:
         raise EffdeployError(f"only {k} calibration images, none left after the {skip} the reconstruction fits on; "
                              "pass more --calib-images or fewer --reconstruct-images")
@@ -261,7 +261,8 @@ def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
 def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
     """Where the repair chooses: calibration images the reconstruction did not fit on, never the
     images the gate judges (choosing and judging on the same images buys only their noise)."""
-    skip = req.reconstruct_images if req.reconstruct and plan.count > req.reconstruct_images else 0
+    available = min(plan.count, len(plan.items))
+    skip = req.reconstruct_images if req.reconstruct and available > req.reconstruct_images else 0
     s = calibration_subset(plan, REPAIR_SELECTION_IMAGES, pre, skip=skip)
     return VerifySet(s.data, None, f"{len(s.data)} calibration images (selection split)", tuple(s.ids))
 
