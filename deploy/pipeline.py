@@ -33,7 +33,7 @@ from .errors import EffdeployError, ParityError
 from .profile import Profile
 from .report import info
 from .spec import check_fits_memory, extrapolation_warning, model_spec
-from .verify import Budget, Comparison, agreement_text, coarse_verification, gate_status
+from .verify import Budget, Comparison, agreement_text, coarse_verification, gate_status, verify_images_needed
 from .weights import accuracy_claim, no_claim_reason
 
 IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
@@ -527,13 +527,6 @@ def _comparison_fields(report: dict[str, Any]) -> dict[str, Any]:
 
     names = {f.name for f in fields(Comparison)}
     return {k: v for k, v in report["comparison"].items() if k in names}
-
-
-def verify_images_needed(budget: Budget) -> int:
-    """The fewest verification images at which one flipped image cannot decide the budget."""
-    import math
-
-    return math.ceil(1 / (1 - budget.top1_agreement)) if budget.top1_agreement and budget.top1_agreement < 1 else 1
 
 
 def arch_note(weights_info: dict[str, Any]) -> str:

@@ -201,7 +201,13 @@ def coarse_verification(images: int, budget: Budget, more: str = "--verify-data 
         return None
     return (f"verified on only {images} images: one image is {100 / images:.1f} % of top-1 agreement, too coarse "
             f"for a {100 * budget.top1_agreement:g} % budget; pass {more} with at least "
-            f"{math.ceil(1 / (1 - budget.top1_agreement))} images for a meaningful gate")
+            f"{verify_images_needed(budget)} images for a meaningful gate")
+
+
+def verify_images_needed(budget: Budget) -> int:
+    """The fewest verification images at which one flipped image cannot decide the budget."""
+    t = budget.top1_agreement
+    return math.ceil(1 / (1 - t)) if t is not None and t < 1 else 1
 
 
 def gate_status(misses: Sequence[str], coarse: str | None) -> str:
