@@ -18,6 +18,7 @@ import collections
 import os
 import sys
 import time
+import warnings
 from typing import Sequence
 
 
@@ -71,7 +72,7 @@ def check_gui() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from effdeploy.errors import EffdeployError
-    from effdeploy.runtime import Runner, parse_source, video_frames
+    from effdeploy.runtime import Runner, parse_source, resolve_artifact, video_frames
 
     if args.top_k < 1:
         raise EffdeployError(f"--top-k must be at least 1 (got {args.top_k})")
@@ -85,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     drop = live if args.drop is None else args.drop
     if not args.headless:
         check_gui()
+    classes = resolve_artifact(args.artifact).num_classes  # checked before opening warns about status
+    if args.top_k > classes:
+        raise EffdeployError(f"--top-k {args.top_k} is more than the model's {classes} classes; "
+                             f"use --top-k {classes} or less")
     with Runner.open(args.artifact, threads=args.threads, force=args.force) as runner:
-        classes = runner.artifact.num_classes
-        if args.top_k > classes:
-            raise EffdeployError(f"--top-k {args.top_k} is more than the model's {classes} classes; "
-                                 f"use --top-k {classes} or less")
         frames = video_frames(source, max_frames=args.max_frames)  # opens now: a bad source fails here
         stamps: collections.deque[float] = collections.deque(maxlen=30)
         count, start = 0, time.perf_counter()
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from effdeploy.errors import EffdeployError
 
+    # The runner warns about a bundle that is not 'verified'; say it as one line, not a source location.
+    warnings.showwarning = lambda message, *_a, **_k: print(f"camera_classify: warning: {message}", file=sys.stderr)
     try:
         return run(args)
     except EffdeployError as e:

@@ -426,7 +426,7 @@ def test_killed_build_then_rebuild_of_the_same_out(tmp_path: Path, images: Path)
     third = run_cli("build", *LITE, "--out", str(out), "--json")  # --json: stderr stays quiet, the summary says it
     assert third.returncode == 0, third.stderr
     summary = json.loads(third.stdout)
-    assert summary["replaced"].startswith("efficientnet-lite0 fp32, status verified") and summary["cleaned_up"] == []
+    assert summary["replaced"].startswith("efficientnet-lite0 fp32, status benchmark-only") and summary["cleaned_up"] == []
     assert entries(tmp_path) == ["bundle"]
 
 

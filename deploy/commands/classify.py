@@ -27,7 +27,7 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
     from ..labels import label_from_filename
     from ..preprocess import load_image
     from ..report import emit_json, progress, table
-    from ..runtime import Runner
+    from ..runtime import Runner, resolve_artifact
 
     if top_k < 1:
         raise EffdeployError(f"--top-k must be at least 1 (got {top_k})")
@@ -40,11 +40,12 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
             raise EffdeployError(f"image {p} is a directory; pass image files (e.g. {p}/*.jpg)")
         if not p.is_file():
             raise EffdeployError(f"image {p} does not exist")
+    art = resolve_artifact(artifact)  # the class count, before opening prints any status warning
+    if top_k > art.num_classes:
+        raise EffdeployError(f"--top-k {top_k} is more than the {art.num_classes} classes of {art.model_name}; "
+                             f"use --top-k {art.num_classes} or less")
     with Runner.open(artifact, threads=threads, force=force) as runner:
         backend, art = runner.backend_name, runner.artifact
-        if top_k > art.num_classes:
-            raise EffdeployError(f"--top-k {top_k} is more than the {art.num_classes} classes of {art.model_name}; "
-                                 f"use --top-k {art.num_classes} or less")
         results = []
         starts = range(0, len(images), batch_size)
         with progress(starts, length=len(starts), label="classifying",
