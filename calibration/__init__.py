@@ -31,7 +31,6 @@ from .artifact import (
     trt_cache_header,
     trt_scale_hex,
     trt_version_code,
-    warn_cache_unusable,
     write_calibration_json,
     write_trt_calibration_cache,
 )
@@ -129,7 +128,6 @@ __all__ = [
     "trt_cache_header",
     "trt_scale_hex",
     "trt_version_code",
-    "warn_cache_unusable",
     "write_calibration_json",
     "write_trt_calibration_cache",
 ]

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from effdeploy.bundle import atomic_write, sha256_file, sha256_json
+from effdeploy.cache import CACHE_ENV, cache_folder, warn_unusable
+from effdeploy.cache import cache_problem as folder_problem
 from effdeploy.errors import EffdeployError
 from effdeploy.report import info
 from effdeploy.spec import Preprocessing
@@ -48,7 +50,6 @@ from .sources import CalibrationPlan, load_plan
 ARTIFACT_FORMAT = 1
 CALIBRATION_JSON = "calibration.json"
 TRT_CALIBRATION_CACHE = "calibration.cache"
-CACHE_ENV = "EFFDEPLOY_CACHE_DIR"
 # JetPack 6.1/6.2 ship TensorRT 10.3 (profiles/jetson-orin.toml); TensorRT ignores a cache whose
 # header names another version, so pass the version the engine is built with.
 DEFAULT_TRT_VERSION = "10.3.0"
@@ -233,42 +234,15 @@ def read_calibration_json(path: str | Path) -> CalibrationArtifact:
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` if given, else ``$EFFDEPLOY_CACHE_DIR/calibration``, else ``~/.cache/effdeploy/calibration``."""
+    """``cache_dir`` if given, else the build cache's calibration folder (``effdeploy.cache``)."""
     if cache_dir is not None and str(cache_dir) != "":
         return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV, "")
-    if env:
-        return Path(env).expanduser() / "calibration"
-    base = os.environ.get("XDG_CACHE_HOME", "") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "effdeploy" / "calibration"
+    return cache_folder("calibration")
 
 
 def cache_problem(cache_dir: str | Path | None = None) -> str | None:
-    """Why the cache folder cannot be used, or None: probed by creating it and a file in it (a
-    permission check alone misses read-only mounts, a file in the way, and root)."""
-    import tempfile
-
-    folder = default_cache_dir(cache_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    return None
-
-
-_WARNED: set[str] = set()
-
-
-def warn_cache_unusable(folder: str | Path, reason: str, quiet: bool = False) -> None:
-    """One warning line per process for an unusable cache folder, however many stages find it so."""
-    if str(folder) in _WARNED or quiet:
-        return
-    _WARNED.add(str(folder))
-    info(f"warning: cache folder {folder} cannot be used ({reason}): building without the cache (nothing is "
-         f"reused or stored); set {CACHE_ENV} to a writable folder", quiet)
+    """Why the calibration cache folder cannot be used, or None (``effdeploy.cache.cache_problem``)."""
+    return folder_problem(default_cache_dir(cache_dir))
 
 
 def cache_entry_path(key: str, cache_dir: str | Path | None = None) -> Path:
@@ -481,7 +455,7 @@ def run_calibrations(
                 artifact=artifact, cache_hit=False, ids=calib_set.ids, warnings=calib_set.warnings, cache_path=stored
             )
     if unwritable:
-        warn_cache_unusable(default_cache_dir(cache_dir), "not writable", quiet)
+        warn_unusable(default_cache_dir(cache_dir), "not writable", quiet)
     return {m: outcomes[m] for m in methods}
 
 

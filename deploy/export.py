@@ -116,9 +116,9 @@ def export_key(model: Any, resolution: int, opset: int = OPSET) -> str:
 
 
 def export_cache_dir() -> Path:
-    from .calibration import default_cache_dir
+    from .cache import cache_folder
 
-    return default_cache_dir().parent / "export"
+    return cache_folder("export")
 
 
 def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bool = True) -> tuple[onnx.ModelProto, bool]:
@@ -127,7 +127,7 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
     every build, so a stale or corrupt entry cannot pass unnoticed; a corrupt one is re-exported."""
     import os
 
-    from .bundle import atomic_write
+    from .cache import store
 
     path = export_cache_dir() / f"{export_key(model, resolution, opset)}.onnx" if use_cache else None
     if path is not None and path.is_file():
@@ -139,14 +139,13 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
         except Exception:  # truncated or foreign file: export again and overwrite it
             pass
     proto = simplify(export_onnx(model, resolution, opset))
-    if path is not None:
+    if path is not None and store(path, proto.SerializeToString()):
         try:
-            atomic_write(path, proto.SerializeToString())
             entries = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in entries[EXPORT_CACHE_ENTRIES:]:
                 old.unlink(missing_ok=True)
         except OSError:
-            pass  # an unwritable cache only costs the export next time
+            pass  # pruning is best effort: another build may be pruning the same folder
     return proto, False
 
 

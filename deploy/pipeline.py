@@ -278,11 +278,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     check_request(req, preview.resolution)
     out = Path(req.out) if req.out else default_out(preview.name, req.precision, req.profile.name)
     check_output_dir(out)
-    from .calibration import cache_problem, default_cache_dir, warn_cache_unusable
+    from .cache import cache_problem, cache_folder, warn_unusable
 
-    problem = cache_problem()
+    problem = cache_problem(cache_folder("calibration"))
     if problem:
-        warn_cache_unusable(default_cache_dir(), problem, req.quiet)
+        warn_unusable(cache_folder("calibration"), problem, req.quiet)
     cleaned = tuple(remove_stale_partials(out))
     for line in cleaned:
         info(f"note: {line}", req.quiet)

@@ -67,7 +67,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     import onnxruntime
 
     from .bundle import sha256_json
-    from .cache import atomic_write, cache_folder
+    from .cache import cache_folder, store
 
     if not use_cache:
         return ort_logits(model, data, optimize=optimize), False
@@ -86,10 +86,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     logits = ort_logits(model, data, optimize=optimize)
     buf = io.BytesIO()
     np.save(buf, logits)
-    try:
-        atomic_write(path, buf.getvalue())
-    except OSError:
-        pass  # an unwritable cache only costs the run next time
+    store(path, buf.getvalue())
     return logits, False
 
 
@@ -234,11 +231,11 @@ def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: Q
 
 def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:
     from .bundle import sha256_json
-    from .calibration import default_cache_dir
+    from .cache import cache_folder
 
     keys = sorted(o.artifact.key for o in outcomes.values())
     cfg = {k: v for k, v in config.to_dict().items() if k not in ("method", "fp16_rest")}
-    return default_cache_dir() / f"selection-{sha256_json({'keys': keys, 'config': cfg})[:32]}.json"
+    return cache_folder("selection") / f"{sha256_json({'keys': keys, 'config': cfg})[:32]}.json"
 
 
 def _read_json(path: Path) -> Any:
@@ -252,15 +249,11 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, record: Any) -> None:
-    """Atomically; an unwritable cache only costs the measurement next time."""
     import json
 
-    from .bundle import atomic_write
+    from .cache import store
 
-    try:
-        atomic_write(path, json.dumps(record))
-    except OSError:
-        pass
+    store(path, json.dumps(record))
 
 
 def _load_selection(outcomes: Mapping[str, Any], config: QuantConfig) -> dict[str, float] | None:
@@ -286,7 +279,7 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     import onnxruntime
 
     from .bundle import sha256_json
-    from .calibration import default_cache_dir
+    from .cache import cache_folder
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -297,7 +290,7 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
     key = sha256_json({"calibration": calibration_key, "config": cfg, "ort": onnxruntime.__version__,
                        "cpu": cpu, "cores": os.cpu_count()})
-    return default_cache_dir() / f"dialect-{key[:32]}.json"
+    return cache_folder("dialect") / f"{key[:32]}.json"
 
 
 def _load_dialect(calibration_key: str, config: QuantConfig) -> tuple[dict[str, float], str] | None:

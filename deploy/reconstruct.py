@@ -459,7 +459,7 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
     import json
     import time
 
-    from .cache import atomic_write, cache_folder
+    from .cache import cache_folder, store
     from .report import info
 
     images = images[: recipe.images]
@@ -486,8 +486,5 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
             "seconds": rec.seconds}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.array(json.dumps(meta)), **values)
-    try:
-        atomic_write(path, buf.getvalue())
-    except OSError:
-        pass  # an unwritable cache only costs the reconstruction next time
+    store(path, buf.getvalue())
     return rec

@@ -285,13 +285,15 @@ def test_runner_refuses_threads_below_one(tiny_bundle: Path) -> None:
 
 
 def test_unusable_cache_folder_is_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from effdeploy.calibration import artifact, cache_problem, warn_cache_unusable
+    from effdeploy import cache
+    from effdeploy.calibration import cache_problem
+    from effdeploy.cache import warn_unusable as warn_cache_unusable
 
     in_the_way = tmp_path / "afile"
     in_the_way.write_text("x")
     assert cache_problem(in_the_way / "calibration") is not None
     assert cache_problem(tmp_path / "fine" / "calibration") is None
-    artifact._WARNED.discard(str(in_the_way))
+    cache._WARNED.discard(str(in_the_way))
     warn_cache_unusable(in_the_way, "Not a directory")
     warn_cache_unusable(in_the_way, "not writable")  # the calibration stage finding the same folder
     err = capsys.readouterr().err.strip().splitlines()
