@@ -8,9 +8,10 @@ Typical build use::
     verify = load_calibration_set(source, 200, spec, exclude=outcome.ids)
 """
 
+from effdeploy.cache import CACHE_ENV
+
 from .artifact import (
     ARTIFACT_FORMAT,
-    CACHE_ENV,
     CALIBRATION_JSON,
     DEFAULT_TRT_VERSION,
     TRT_CALIBRATION_CACHE,

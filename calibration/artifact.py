@@ -18,7 +18,6 @@ TensorRT's text cache format.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from effdeploy.bundle import atomic_write, sha256_file, sha256_json
-from effdeploy.cache import CACHE_ENV, cache_folder, warn_unusable
+from effdeploy.cache import cache_folder, warn_unusable
 from effdeploy.cache import cache_problem as folder_problem
 from effdeploy.errors import EffdeployError
-from effdeploy.report import info
 from effdeploy.spec import Preprocessing
 
 from .calibrators import (

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .errors import EffdeployError
 
@@ -166,7 +166,6 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
             logging.getLogger().setLevel(level)
         out = onnx.load(str(out_path))
     if initializers:  # before the refit below, which requantizes the integers it finds
-        from .reconstruct import apply_initializers
 
         out = apply_initializers(out, initializers)
     if config.dialect == TENSORRT:
@@ -273,7 +272,6 @@ def refit_tiny_weight_scales(model: onnx.ModelProto) -> int:
     against it, so the FP16 graph dequantizes what the FP32 Q/DQ graph did (within half a step).
     Returns the number of channels refitted; edits initializers in place.
     """
-    from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     done: set[str] = set()
@@ -372,3 +370,20 @@ def precision_summary(model: onnx.ModelProto) -> dict[str, Any]:
         "quantize_nodes": sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear"),
         "fp16_initializers": fp16_inits,
     }
+
+
+def apply_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` with the initializers it shares with ``values`` replaced (same dtype
+    and shape, else refused); the others (blocks a repair keeps in float) stay as they are."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        v = values.get(init.name)
+        if v is None:
+            continue
+        old = numpy_helper.to_array(init)
+        if old.shape != v.shape or old.dtype != v.dtype:
+            raise EffdeployError(f"reconstruction: {init.name} is {old.dtype}{list(old.shape)} in the graph, "
+                                 f"{v.dtype}{list(v.shape)} reconstructed")
+        init.CopyFrom(numpy_helper.from_array(v, init.name))
+    return out

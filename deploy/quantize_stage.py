@@ -207,7 +207,8 @@ def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: Q
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
     into the deployed graph; reused from the cache when the same inputs were reconstructed."""
     from .precision import TENSORRT
-    from .reconstruct import apply_initializers, cached_reconstruction
+    from .precision import apply_initializers
+    from .reconstruct import cached_reconstruction
 
     twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
     images = data(recipe.images)

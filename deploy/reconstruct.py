@@ -384,23 +384,6 @@ def learned_initializers(q: GraphModule) -> dict[str, np.ndarray]:
     return out
 
 
-def apply_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with the initializers it shares with ``values`` replaced (same dtype
-    and shape, else refused); the others (blocks a repair keeps in float) stay as they are."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        v = values.get(init.name)
-        if v is None:
-            continue
-        old = numpy_helper.to_array(init)
-        if old.shape != v.shape or old.dtype != v.dtype:
-            raise EffdeployError(f"reconstruction: {init.name} is {old.dtype}{list(old.shape)} in the graph, "
-                                 f"{v.dtype}{list(v.shape)} reconstructed")
-        init.CopyFrom(numpy_helper.from_array(v, init.name))
-    return out
-
-
 @dataclass(frozen=True)
 class Reconstruction:
     """What the reconstruction changed and what it measured (the manifest's record)."""

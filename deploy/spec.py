@@ -228,6 +228,77 @@ def round_repeats(repeats: int, depth: float) -> int:
     return int(math.ceil(depth * repeats))
 
 
+# --- the builder: the stage table scaled to one model (timm's rounding) --------------------------
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One MBConv block after scaling: everything needed to instantiate it."""
+
+    stage: int
+    index: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    expand: int
+    se_channels: int  # 0 = no squeeze-and-excitation
+    drop_path: float
+    input_size: int  # spatial size of the block input (for TF SAME padding)
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.stage}.{self.index}"
+
+    @property
+    def has_skip(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def stem_channels(spec: ModelSpec) -> int:
+    return STEM_CHANNELS if spec.variant == "lite" else round_channels(STEM_CHANNELS, spec.width)
+
+
+def head_channels(spec: ModelSpec) -> int:
+    return HEAD_CHANNELS if spec.variant == "lite" else round_channels(HEAD_CHANNELS, spec.width)
+
+
+def block_plan(spec: ModelSpec) -> list[BlockPlan]:
+    """Scale the B0 table by the spec's width and depth coefficients."""
+    lite = spec.variant == "lite"
+    last = len(B0_STAGES) - 1
+    rows = []
+    for s, st in enumerate(B0_STAGES):
+        fixed = lite and s in (0, last)
+        rows.append((s, st, st.repeats if fixed else round_repeats(st.repeats, spec.depth)))
+    total = sum(r for _, _, r in rows)
+    plans: list[BlockPlan] = []
+    size = math.ceil(spec.resolution / 2)  # after the stride-2 stem
+    in_ch = stem_channels(spec)
+    for s, st, repeats in rows:
+        out_ch = round_channels(st.out_channels, spec.width)
+        for i in range(repeats):
+            stride = st.stride if i == 0 else 1
+            se = 0 if lite else max(1, int(in_ch * st.se_ratio))
+            plans.append(
+                BlockPlan(
+                    stage=s,
+                    index=i,
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    kernel=st.kernel,
+                    stride=stride,
+                    expand=st.expand,
+                    se_channels=se,
+                    drop_path=spec.drop_connect * len(plans) / total,
+                    input_size=size,
+                )
+            )
+            size = math.ceil(size / stride)
+            in_ch = out_ch
+    return plans
+
+
 def with_parameters(spec: ModelSpec, parameters: int) -> ModelSpec:
     return replace(spec, parameters=parameters)
 

@@ -130,7 +130,7 @@ def _block_parts(expand: bool) -> list[str]:
 
 def key_map(fmt: str, model: Any) -> dict[str, str]:
     """source key -> native key for every parameter/buffer the model has in that layout."""
-    from .model import block_plan
+    from .spec import block_plan
 
     plans = block_plan(model.spec)
     m: dict[str, str] = {}

@@ -12,7 +12,8 @@ import torch
 
 from effdeploy.precision import config_for, quantize
 from effdeploy.quantize_stage import _run_outputs, ort_logits, relative_mse
-from effdeploy.reconstruct import GraphModule, Recipe, apply_initializers, correct_biases, learned_initializers
+from effdeploy.precision import apply_initializers
+from effdeploy.reconstruct import GraphModule, Recipe, correct_biases, learned_initializers
 
 RES = 96
 
