@@ -401,19 +401,7 @@ def run_calibrations(
         params = method_parameters(m, percentile, samples_per_image)
         return params, calibration_key(model_sha, prep_sha, plan.sha256, m, params, names)
 
-    outcomes: dict[str, CalibrationOutcome] = {}
-    if use_cache:
-        for m in methods:
-            key = key_for(m)[1]
-            hit = cache_lookup(key, cache_dir)
-            if hit is not None:
-                outcomes[m] = CalibrationOutcome(
-                    artifact=hit,
-                    cache_hit=True,
-                    ids=_ids_on_this_machine(plan, hit.images),
-                    warnings=hit.warnings,
-                    cache_path=cache_entry_path(key, cache_dir),
-                )
+    outcomes = _cached_outcomes(methods, plan, lambda m: key_for(m)[1], cache_dir) if use_cache else {}
     missing = [m for m in methods if m not in outcomes]
     if not missing:
         return outcomes
@@ -458,6 +446,19 @@ def run_calibrations(
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _cached_outcomes(methods: Sequence[str], plan: CalibrationPlan, key_of: Any,
+                     cache_dir: str | Path | None) -> dict[str, CalibrationOutcome]:
+    """The methods whose calibration is in the cache, straight from disk."""
+    outcomes: dict[str, CalibrationOutcome] = {}
+    for m in methods:
+        key = key_of(m)
+        hit = cache_lookup(key, cache_dir)
+        if hit is not None:
+            outcomes[m] = CalibrationOutcome(artifact=hit, cache_hit=True, ids=_ids_on_this_machine(plan, hit.images),
+                                             warnings=hit.warnings, cache_path=cache_entry_path(key, cache_dir))
+    return outcomes
 
 
 def _ids_on_this_machine(plan: CalibrationPlan, names: Sequence[str]) -> tuple[str, ...]:

@@ -4,15 +4,9 @@ One ONNX Runtime pass collects, for every requested tensor, its exact min/max an
 all four methods are then derived from those statistics in milliseconds, so switching methods
 (or caching all of them) never costs another pass.
 
-Why not ONNX Runtime's calibrators (``onnxruntime.quantization.calibrate``)? Measured with
-``bench/calibration_speed.py`` on this 2-core machine, 256 ImageNet-sample images, the inputs and
-outputs of every Conv/Gemm, batch 8 (1-min load average 0.7 at the start, ~1-3 while ORT ran):
-
-* EfficientNet-B1 @ 240 (225 tensors): ours 11.1 s for one pass giving all four methods
-  (+1.3 s to derive entropy); ORT MinMax 19.3 s, Percentile 66.1 s, Entropy unfinished after
-  600 s (another run: still in its threshold search after 17 min). The whole B1 build has 90 s.
-* EfficientNet-Lite0 @ 224 (93 tensors): ours 7.3 s; ORT MinMax 7.4 s, Percentile 26.1 s,
-  Entropy 84.0 s.
+Why not ONNX Runtime's calibrators (``onnxruntime.quantization.calibrate``)? They are several times
+slower, and their entropy search does not finish within a build (``bench/calibration_speed.py``;
+figures in docs/int8.md).
 
 ORT's histogram calibrators run the augmented model with graph optimisations disabled, copy every
 calibrated activation of every image out of the session and keep a whole data-reader pass of them
@@ -46,15 +40,16 @@ import numpy as np
 
 from effdeploy.errors import EffdeployError
 from effdeploy.report import progress
+from effdeploy.request import CALIBRATION_METHODS
 
-METHODS: tuple[str, ...] = ("max", "percentile", "entropy", "mse")
+METHODS: tuple[str, ...] = CALIBRATION_METHODS  # listed where the CLI reads them without numpy
 DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.99
 NUM_BINS = 2048  # TensorRT's histogram of |x| over [0, amax]
 NUM_QUANTIZED_BINS = 128  # int8 levels on one side
 START_BIN = 128  # smallest candidate threshold (in bins) for entropy and mse, as in TensorRT
 STORE_BINS = 8192  # per sign; the stored histogram is >= 2x finer than the 2048-bin one
-DEFAULT_BATCH_SIZE = 8  # as fast as 16-32 on 2 cores (measured), half the activation memory
+DEFAULT_BATCH_SIZE = 8  # as fast as 16-32 (docs/int8.md), half the activation memory
 # Elements histogrammed per image and tensor (min/max always see every element): 32768 x 256
 # images = 8.4M samples per tensor. Against histograms of every element (|d amax| p90 / max):
 # Lite0 (pretrained) percentile 0.9 % / 2.8 %, entropy 0.6 % / 13 %, mse 0.6 % / 5.4 %, for a pass
@@ -392,23 +387,31 @@ def per_channel_weight_scales(w: np.ndarray, axis: int = 0, max_level: int = 127
     return scales
 
 
-def to_tensors_data(result: CalibrationResult, dialect: str = "cpu"):
-    """ORT's ``TensorsData`` for its quantizer: (min, max) for the CPU dialect, (-amax, amax) for the GPU one."""
+def ranges_to_tensors_data(ranges: Mapping[str, Any], method: str, symmetric: bool):
+    """ORT's ``TensorsData`` for its quantizer from our ranges: (-amax, amax) for symmetric
+    activations, (min, max) for asymmetric ones; an empty range is widened so no scale is zero."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
-    if dialect not in ("cpu", "gpu"):
-        raise EffdeployError(f"dialect must be 'cpu' or 'gpu' (got {dialect!r})")
     ort_method = {
         "max": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
         "mse": CalibrationMethod.MinMax,
-    }[result.method]
+    }[method]
     data = {}
-    for name, r in result.ranges.items():
-        lo, hi = (r.min, r.max) if dialect == "cpu" else (-r.amax, r.amax)
+    for name, r in ranges.items():
+        lo, hi = (-r.amax, r.amax) if symmetric else (r.min, r.max)
+        if hi - lo <= 0:
+            lo, hi = lo - 1e-3, hi + 1e-3
         data[name] = TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
     return TensorsData(ort_method, data)
+
+
+def to_tensors_data(result: CalibrationResult, dialect: str = "cpu"):
+    """:func:`ranges_to_tensors_data` of a result: (min, max) for the CPU dialect, (-amax, amax) for the GPU one."""
+    if dialect not in ("cpu", "gpu"):
+        raise EffdeployError(f"dialect must be 'cpu' or 'gpu' (got {dialect!r})")
+    return ranges_to_tensors_data(result.ranges, result.method, symmetric=dialect == "gpu")
 
 
 def calibrate_with_ort(

@@ -123,7 +123,7 @@ def export_cache_dir() -> Path:
 
 def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bool = True) -> tuple[onnx.ModelProto, bool]:
     """``simplify(export_onnx(...))``, reused when the same weights, spec and toolchain were exported
-    before (the dynamo exporter is ~9 s of a B1 rebuild). Parity against eager is still checked on
+    before (the dynamo exporter is most of a rebuild's export time). Parity against eager is still checked on
     every build, so a stale or corrupt entry cannot pass unnoticed; a corrupt one is re-exported."""
     import os
 
@@ -183,7 +183,8 @@ def check_parity(model: Any, onnx_path: Path, inputs: Sequence[np.ndarray], tole
     values, and a network whose logits reach the hundreds differs by more than 1e-4 in absolute terms
     without any exporter fault."""
     from .runners import OnnxRuntimeRunner
-    from .verify import compare, run_batched
+    from .logits import run_batched
+    from .verify import compare
 
     runner = OnnxRuntimeRunner(onnx_path)
     figures = {}

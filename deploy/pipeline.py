@@ -10,7 +10,7 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -30,52 +30,27 @@ from .bundle import (
     write_manifest,
 )
 from .errors import EffdeployError, ParityError
-from .profile import Profile
+from .profile import PRECISIONS, Profile
+from .request import REPAIR_SELECTION_IMAGES, BuildRequest
 from .report import info
 from .spec import check_fits_memory, extrapolation_warning, model_spec
-from .verify import Budget, Comparison, agreement_text, coarse_verification, gate_status, verify_images_needed
+from .verify import (
+    REFERENCE_GRAPH,
+    Budget,
+    VerifyReport,
+    VerifySet,
+    agreement_text,
+    coarse_verification,
+    verify_candidate,
+    verify_images_needed,
+)
 from .weights import accuracy_claim, no_claim_reason
 
-IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:  # the repair module loads onnx; the build imports it only once the checks passed
+    from .repair import RepairReport
+
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
 DRIFT_IMAGES = 32
-# The repair keeps at most half of the multiply-adds out of INT8 by default: beyond that the bundle
-# is mostly an FP16/FP32 model under an INT8 label (random B1 "verified" with all 23 blocks kept
-# in FP16 is what an uncapped repair produced); --max-kept-macs raises it deliberately.
-MAX_KEPT_MACS_PCT = 50.0
-RECONSTRUCT_IMAGES = 32  # calibration images the INT8 reconstruction fits on (a subset of them)
-REPAIR_SELECTION_IMAGES = 256  # calibration images the repair chooses kept blocks on (never the gate's)
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    phi: Any
-    variant: str = "b"
-    precision: str = "fp32"
-    profile: Profile | None = None
-    weights: str | None = None
-    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.archs
-    replace_head: bool = False  # a new, untrained head instead of the checkpoint's (benchmark-only)
-    preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
-    resolution: int | None = None
-    out: Path | None = None
-    num_classes: int = 1000
-    calib_data: str | None = None
-    calib_images: int = 256
-    calib_images_given: bool = True  # False: the default count (messages say so)
-    calib_method: str = "auto"
-    verify_data: str | None = None
-    verify_images: int = 200
-    seed: int = 0
-    budget: Budget | None = None
-    accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
-    repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
-    max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
-    int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
-    reconstruct: bool = True  # INT8: learn the rounding of the weights on calibration images
-    reconstruct_images: int = RECONSTRUCT_IMAGES
-    allow_parity_failure: bool = False
-    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,15 +62,6 @@ class BuildResult:
     compile_reason: str = ""
     replaced: str | None = None  # the bundle that was at --out before (status, model, date)
     cleaned: tuple[str, ...] = ()  # what a killed earlier build of --out left and this one removed
-
-
-@dataclass(frozen=True)
-class VerifySet:
-    data: np.ndarray
-    labels: list[int | None] | None
-    source: str
-    ids: tuple[str, ...]
-    warning: str | None = None  # unreadable images skipped (and replaced where others were left)
 
 
 def default_out(spec_name: str, precision: str, profile: str) -> Path:
@@ -123,8 +89,8 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
     """Refuse what cannot work before any minutes are spent: flags, and data that does not exist
     or holds nothing usable (``resolution`` checks a preprocessed .npy's shape)."""
     assert req.profile is not None
-    if req.precision not in ("fp32", "fp16", "int8"):
-        raise EffdeployError(f"--precision must be fp32, fp16 or int8 (got {req.precision!r})")
+    if req.precision not in PRECISIONS:
+        raise EffdeployError(f"--precision must be one of {', '.join(PRECISIONS)} (got {req.precision!r})")
     if req.precision not in req.profile.precisions:
         raise EffdeployError(
             f"profile {req.profile.name} has no fast {req.precision} kernels "
@@ -179,9 +145,9 @@ GROSS_COSINE = 0.5  # benchmark-only FP16/INT8: mean logit cosine against FP32 b
 
 def numerical_budget(budget: Budget, precision: str) -> Budget:
     """The budget of a build that makes no accuracy claim (random weights, an untrained head): top-1
-    agreement and accuracy drop say nothing about near-tied random logits (median top-1 margin 0.36
-    logit standard deviations), so only numbers are gated: FP32's max abs error, and for FP16/INT8
-    gross breakage (mean logit cosine against FP32 below 0.5) plus any --max-abs."""
+    agreement and accuracy drop say nothing about near-tied random logits (see ``logit_margin``),
+    so only numbers are gated: FP32's max abs error, and for FP16/INT8 gross breakage (mean logit
+    cosine against FP32 below 0.5) plus any --max-abs."""
     return replace(budget, top1_agreement=None, accuracy_drop_pt=None,
                    min_cosine=None if precision == "fp32" else GROSS_COSINE)
 
@@ -250,14 +216,6 @@ def calibration_subset(plan: Any, n: int, pre: Any, skip: int = 0) -> Any:
     return load_plan(sub, pre, quiet=True)
 
 
-def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
-    """What the repair judges a candidate by: its FP32-typed twin (the same Q/DQ and reconstructed
-    biases; run as written, a few times faster on a CPU than the FP16 rest of the tensorrt graph)."""
-    from .precision import quantize
-
-    return quantize(fp32, int8.artifact.ranges, replace(config, fp16_rest=False), initializers=int8.initializers)
-
-
 def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
     """Where the repair chooses: calibration images the reconstruction did not fit on, never the
     images the gate judges (choosing and judging on the same images buys only their noise)."""
@@ -267,19 +225,82 @@ def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
     return VerifySet(s.data, None, f"{len(s.data)} calibration images (selection split)", tuple(s.ids))
 
 
+@dataclass(frozen=True)
+class Exported:
+    """The export stage's output: the simplified FP32 graph, saved in the staging bundle."""
+
+    fp32: Any  # onnx.ModelProto
+    path: Path
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The precision stage's output: the graph to verify (and its INT8 record)."""
+
+    model: Any  # onnx.ModelProto
+    int8: Any = None  # effdeploy.quantize_stage.Int8Result
+    calibration_ids: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The verify-and-repair stage's output: the final candidate and what judged it."""
+
+    candidate: Candidate
+    parity: dict[str, Any]  # export parity vs eager
+    report: VerifyReport
+    optimize: bool  # ONNX Runtime's graph optimiser runs the candidate
+    drift: list[dict[str, Any]]
+    repair: RepairReport | None
+    notes: tuple[str, ...]
+
+
 def build_bundle(req: BuildRequest) -> BuildResult:
+    """model -> export -> precision -> verify (and repair) -> manifest [-> compile], staged in a
+    directory renamed into place only when the manifest is written."""
     assert req.profile is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    # The spec alone (no weights read, nothing allocated) prices the model and names the bundle,
-    # so a model that cannot fit, bad data or an unusable --out is refused in the first second.
+    out, replaced, cleaned = check_build(req)
+    steps = 5 if req.precision != "fp32" else 4
+    model = model_stage(req)
+    timings["model"] = time.perf_counter() - t0
+    with staging_dir(out) as tmp:
+        t = time.perf_counter()
+        exported = export_stage(req, model, tmp, steps)
+        timings["export"] = time.perf_counter() - t
+        t = time.perf_counter()
+        candidate = precision_stage(req, model.spec, exported, tmp, steps)
+        if candidate.int8 is not None:
+            timings["calibration"] = time.perf_counter() - t
+        t = time.perf_counter()
+        verified = verify_stage(req, model, exported, candidate, tmp, steps, timings)
+        timings["verify"] = time.perf_counter() - t
+        manifest = assemble_manifest(req, model, exported, verified, tmp)
+        info(f"[{steps}/{steps}] bundle {manifest.status}", req.quiet)
+        write_manifest(tmp, manifest)
+    timings["total"] = time.perf_counter() - t0
+    bundle = load_bundle(out)
+    if manifest.status == STATUS_FAILED_PARITY and not req.allow_parity_failure:
+        raise ParityError(parity_failure_message(out, verified, model.weights_info))
+    auto = compile_step(bundle, req.profile, req.quiet)
+    return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
+                       compile_reason=auto.reason, replaced=replaced, cleaned=cleaned)
+
+
+def check_build(req: BuildRequest) -> tuple[Path, str | None, tuple[str, ...]]:
+    """Everything that can be refused before a weight is read: the spec alone prices the model and
+    names the bundle, so a model that cannot fit, bad data or an unusable --out fail in the first
+    second. Returns --out, what it replaces there and the stale partials it removed."""
+    from .cache import cache_folder, cache_problem, warn_unusable
+
     preview = model_spec(req.phi, req.variant, resolution=req.resolution, num_classes=req.num_classes)
     size = check_fits_memory(preview)
     check_request(req, preview.resolution)
     out = Path(req.out) if req.out else default_out(preview.name, req.precision, req.profile.name)
     check_output_dir(out)
-    from .cache import cache_problem, cache_folder, warn_unusable
-
     problem = cache_problem(cache_folder("calibration"))
     if problem:
         warn_unusable(cache_folder("calibration"), problem, req.quiet)
@@ -295,218 +316,240 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     extrapolated = extrapolation_warning(preview)
     if extrapolated:
         info(f"warning: {extrapolated}", req.quiet)
-    import onnx  # torch, onnx and the exporter load only once the request has passed every check
+    return out, replaced, cleaned
 
-    from .export import cached_export, check_parity, count_macs, graph_summary, run_eager
+
+def model_stage(req: BuildRequest) -> Any:
+    """The eager model with its weights (torch and the exporter load only now)."""
     from .model import build_model
 
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
                         resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
                         replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
-    spec = model.spec
-    timings["model"] = time.perf_counter() - t0
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
+    return model
 
-    with staging_dir(out) as tmp:
-        t = time.perf_counter()
-        fp32, export_hit = cached_export(model, spec.resolution)
-        fp32_path = tmp / (MODEL if req.precision == "fp32" else REFERENCE)
-        onnx.save(fp32, str(fp32_path))
-        timings["export"] = time.perf_counter() - t
-        info(f"[2/{steps}] exported and simplified: {len(fp32.graph.node)} nodes"
-             + (" (export cache hit)" if export_hit else ""), req.quiet)
 
-        quant: dict[str, Any] = {}
-        notes: list[str] = []
-        int8 = None
-        calibration_ids: tuple[str, ...] = ()
-        if req.precision == "int8":
-            from .calibration import (
-                CALIBRATION_JSON,
-                TRT_CALIBRATION_CACHE,
-                plan_calibration,
-                write_calibration_json,
-                write_trt_calibration_cache,
-            )
-            from .precision import config_for
-            from .quantize_stage import run_int8
+def export_stage(req: BuildRequest, model: Any, tmp: Path, steps: int) -> Exported:
+    """The simplified FP32 graph (cached), saved as the bundle's model or its FP32 reference."""
+    import onnx
 
-            t = time.perf_counter()
-            exclude = reserved_builtin_verification() if req.calib_data is None else ()
-            plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
-                                    count_given=req.calib_images_given)
-            config = replace(config_for(req.profile.is_gpu),
-                             quantize_se="se" not in req.int8_float_parts,
-                             quantize_stem="stem" not in req.int8_float_parts,
-                             quantize_classifier="classifier" not in req.int8_float_parts)
-            info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
-                 f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
+    from .export import cached_export
 
-            def selection() -> np.ndarray:
-                return calibration_subset(plan, SELECTION_IMAGES, spec.preprocessing).data
+    fp32, hit = cached_export(model, model.spec.resolution)
+    path = tmp / (MODEL if req.precision == "fp32" else REFERENCE)
+    onnx.save(fp32, str(path))
+    info(f"[2/{steps}] exported and simplified: {len(fp32.graph.node)} nodes" + (" (export cache hit)" if hit else ""),
+         req.quiet)
+    return Exported(fp32, path, hit)
 
-            recipe = None
-            if req.reconstruct:
-                from .reconstruct import Recipe
 
-                recipe = Recipe(images=req.reconstruct_images)
-            int8 = run_int8(fp32, fp32_path, config, plan, spec.preprocessing, req.calib_method, selection, req.quiet,
-                            recipe=recipe, reconstruction_data=lambda n: calibration_subset(plan, n, spec.preprocessing).data)
-            calibration_ids = int8.calibration_ids
-            for w in int8.warnings:
-                info(f"warning: {w}", req.quiet)
-                notes.append(w)
+def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path, steps: int) -> Candidate:
+    """The graph in the requested precision: FP32 as exported, FP16 converted, INT8 calibrated,
+    quantized in the profile's dialect and reconstructed."""
+    if req.precision == "fp16":
+        from .precision import to_fp16
+
+        info(f"[3/{steps}] FP16 conversion (onnxconverter-common, FP32 inputs/outputs)", req.quiet)
+        return Candidate(to_fp16(exported.fp32))
+    if req.precision != "int8":
+        return Candidate(exported.fp32)
+    from .calibration import CALIBRATION_JSON, TRT_CALIBRATION_CACHE, write_calibration_json, write_trt_calibration_cache
+
+    int8 = int8_stage(req, spec, exported, steps)
+    for w in int8.warnings:
+        info(f"warning: {w}", req.quiet)
+    write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
+    write_trt_calibration_cache(tmp / TRT_CALIBRATION_CACHE, int8.artifact)
+    return Candidate(int8.model, int8, tuple(int8.calibration_ids), tuple(int8.warnings))
+
+
+def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
+    """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
+    from .calibration import plan_calibration
+    from .precision import config_for
+    from .quantize_stage import run_int8
+
+    exclude = reserved_builtin_verification() if req.calib_data is None else ()
+    plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
+                            count_given=req.calib_images_given)
+    config = replace(config_for(req.profile.is_gpu), quantize_se="se" not in req.int8_float_parts,
+                     quantize_stem="stem" not in req.int8_float_parts,
+                     quantize_classifier="classifier" not in req.int8_float_parts)
+    info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
+         f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
+    recipe = None
+    if req.reconstruct:
+        from .reconstruct import Recipe
+
+        recipe = Recipe(images=req.reconstruct_images)
+    pre = spec.preprocessing
+    int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,
+                    lambda: calibration_subset(plan, SELECTION_IMAGES, pre).data, req.quiet, recipe=recipe,
+                    reconstruction_data=lambda n: calibration_subset(plan, n, pre).data)
+    return replace(int8, plan=plan)
+
+
+def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: Candidate, tmp: Path, steps: int,
+                 timings: dict[str, float]) -> Verified:
+    """Export parity against eager, then the candidate against the FP32 reference on images it was
+    not calibrated on; an INT8 candidate that misses its budget on the selection split is repaired."""
+    from .calibration import CALIBRATION_JSON, write_calibration_json
+    from .repair import drift_report
+
+    t = time.perf_counter()
+    verify = verification_set(req, model.spec, candidate.calibration_ids)
+    notes = list(candidate.notes)
+    if verify.warning:
+        info(f"warning: {verify.warning}", req.quiet)
+        notes.append(verify.warning)
+    parity = export_parity(req, model, exported, verify)
+    timings["export_parity"] = time.perf_counter() - t
+    reference_logits, reference_hit = reference_stage(req, model, exported, verify)
+    budget = budget_for(req)
+    if not accuracy_claim(model.weights_info):
+        budget = numerical_budget(budget, req.precision)
+        notes.append(f"{no_claim_reason(model.weights_info)}: no accuracy claim, numerical checks only "
+                     "(export parity; " + ("max abs error vs eager)" if req.precision == "fp32" else
+                                           f"logit cosine >= {GROSS_COSINE:g} and relative error vs FP32 reported)"))
+    coarse = coarse_verification(len(verify.data), budget)
+    if coarse:
+        info(f"warning: {coarse}", req.quiet)
+        notes.append(coarse)
+    reference = "eager" if req.precision == "fp32" else REFERENCE_GRAPH
+    report, optimize = verify_candidate(candidate.model, reference_logits, verify, budget, reference=reference,
+                                        reference_cached=reference_hit)
+    info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
+         f"top-1 agreement {agreement_text(report.comparison)}", req.quiet)
+    drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES]) if req.precision != "fp32" else []
+    repair = None
+    if candidate.int8 is not None and req.repair:
+        int8, repair = repair_stage(req, model.spec, exported, candidate.int8, budget, report)
+        if repair is not None:
+            candidate = replace(candidate, model=int8.model, int8=int8)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
-            write_trt_calibration_cache(tmp / TRT_CALIBRATION_CACHE, int8.artifact)
-            candidate = int8.model
-            timings["calibration"] = time.perf_counter() - t
-        elif req.precision == "fp16":
-            from .precision import to_fp16
+            report, optimize = verify_candidate(candidate.model, reference_logits, verify, budget,
+                                                reference=reference, reference_cached=reference_hit)
+            drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES])
+    return Verified(candidate, parity, report, optimize, drift, repair, tuple(notes))
 
-            info(f"[3/{steps}] FP16 conversion (onnxconverter-common, FP32 inputs/outputs)", req.quiet)
-            candidate = to_fp16(fp32)
-        else:
-            candidate = fp32
 
-        t = time.perf_counter()
-        verify = verification_set(req, spec, calibration_ids)
-        if verify.warning:
-            info(f"warning: {verify.warning}", req.quiet)
-            notes.append(verify.warning)
-        parity = check_parity(model, fp32_path, sample_inputs(spec, verify, req.seed))
-        timings["export_parity"] = time.perf_counter() - t
-        parity["export_cache_hit"] = export_hit
-        if not parity["passed"]:
-            raise EffdeployError(
-                f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']} x logit "
-                f"scale {parity['logit_scale']:.3g}); "
-                "this is an exporter bug, please report it"
-            )
-        info(f"      export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
+def export_parity(req: BuildRequest, model: Any, exported: Exported, verify: VerifySet) -> dict[str, Any]:
+    """The exported graph against eager on random inputs and real images; a miss is an exporter bug."""
+    from .export import check_parity
 
-        t = time.perf_counter()
-        # The reference graph is eager-equivalent (export parity above, on random and real
-        # images) and 5x faster to run than eager on the CPU; `effdeploy verify` uses eager.
-        from .quantize_stage import reference_logits as fp32_logits
+    parity = check_parity(model, exported.path, sample_inputs(model.spec, verify, req.seed))
+    parity["export_cache_hit"] = exported.cache_hit
+    if not parity["passed"]:
+        raise EffdeployError(
+            f"the exported ONNX differs from eager by {parity['max_abs']:.3g} (> {parity['tolerance']} x logit "
+            f"scale {parity['logit_scale']:.3g}); this is an exporter bug, please report it")
+    info(f"      export parity: max abs {parity['max_abs']:.2e} vs eager", req.quiet)
+    return parity
 
-        eager_reference = req.precision == "fp32"
-        reference_hit = False
-        if eager_reference:
-            reference_logits = run_eager(model, verify.data)
-        else:
-            reference_logits, reference_hit = fp32_logits(fp32, verify.data)
-        budget = budget_for(req)
-        if not accuracy_claim(model.weights_info):
-            budget = numerical_budget(budget, req.precision)
-            notes.append(f"{no_claim_reason(model.weights_info)}: no accuracy claim, numerical checks only "
-                         "(export parity; " + ("max abs error vs eager)" if req.precision == "fp32" else
-                                               f"logit cosine >= {GROSS_COSINE:g} and relative error vs FP32 reported)"))
-        coarse = coarse_verification(len(verify.data), budget)
-        if coarse:
-            info(f"warning: {coarse}", req.quiet)
-            notes.append(coarse)
-        report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
-        reference_facts = {"reference_logits_cached": reference_hit,
-                           "reference_logit_margin": logit_margin(reference_logits)}
-        if eager_reference:
-            report["reference"] = "eager"
-        report.update(reference_facts)
-        info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
-             f"top-1 agreement {agreement_text(Comparison(**_comparison_fields(report)))}", req.quiet)
-        drift: list[dict[str, Any]] = []
-        repair: dict[str, Any] = {}
-        from .quantize_stage import drift_report
 
-        if req.precision != "fp32":
-            drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
-        if int8 is not None and req.repair:
-            selection = selection_set(req, plan, spec.preprocessing)
-            sel_reference, _ = fp32_logits(fp32, selection.data)
-            sel_report, _ = verify_candidate(choice_twin(fp32, int8, int8.config), sel_reference, selection, budget,
-                                             True, optimize=False)
-            if sel_report["misses"]:
-                info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
-                     f"{'; '.join(sel_report['misses'])}; repairing", req.quiet)
-                sel_drift = drift_report(fp32, candidate, selection.data[:DRIFT_IMAGES])
-                candidate, int8, _, repair, _ = repair_int8(
-                    fp32, fp32_path, int8, sel_reference, selection, budget, sel_drift, req.quiet, sel_report,
-                    req.max_kept_macs)
-                repair["chosen_on"] = selection.source
-                repair["initial_verification"] = {"top1_agreement": report["comparison"]["top1_agreement"],
-                                                  "misses": report["misses"]}
-                write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
-                report, candidate_opt = verify_candidate(candidate, reference_logits, verify, budget, req.quiet)
-                report.update(reference_facts)
-                drift = drift_report(fp32, candidate, verify.data[:DRIFT_IMAGES])
-        timings["verify"] = time.perf_counter() - t
-        if req.precision != "fp32":
-            from .precision import precision_summary
+def reference_stage(req: BuildRequest, model: Any, exported: Exported, verify: VerifySet) -> tuple[np.ndarray, bool]:
+    """What a candidate is judged against: eager for FP32; for FP16/INT8 the FP32 reference graph,
+    eager-equivalent by export parity and several times faster than eager on a CPU (cached)."""
+    from .export import run_eager
+    from .logits import reference_logits
 
-            onnx.save(candidate, str(tmp / MODEL))
-            quant = {"precision_summary": precision_summary(candidate),
-                     "ort_graph_optimization": "all" if candidate_opt else "disabled",
-                     "drift": drift, "repair": repair}
-            if req.precision == "fp16":
-                quant["converter"] = "onnxconverter-common float16 (keep_io_types)"
-        if int8 is not None:
-            quant.update({
-                "dialect": int8.config.dialect,
-                "config": int8.config.to_dict(),
-                "activations": "S8 symmetric" if int8.config.activations == "int8" else "U8 asymmetric",
-                "weights": "S8 symmetric per-channel",
-                "method": int8.config.method,
-                "method_scores": dict(int8.method_scores),
-                "cpu_dialect_latency_ms": dict(int8.dialect_timings_ms),
-                "cpu_dialect_timed_before": int8.dialect_timed_before,
-                "reconstruction": int8.reconstruction.to_dict() if int8.reconstruction is not None else None,
-                "calibration": {**int8.artifact.manifest_entry(), "cache_hit": int8.cache_hit,
-                                "builtin": int8.artifact.builtin, "warnings": list(int8.warnings)},
-            })
-            if int8.artifact.builtin:
-                notes.append("calibrated on the small built-in image set (no --calib-data); "
-                             "pass --calib-data DIR with images from the deployment for best accuracy")
+    if req.precision == "fp32":
+        return run_eager(model, verify.data), False
+    return reference_logits(exported.fp32, verify.data)
 
-        summary = graph_summary(candidate)
-        summary["macs"] = count_macs(fp32)
-        status = gate_status(report["misses"], coarse)
-        if status != STATUS_FAILED_PARITY and not accuracy_claim(model.weights_info):
-            status = STATUS_BENCHMARK_ONLY
-        elif status == STATUS_CHECKED:
-            info(f"warning: status checked, not verified: the budget held on {len(verify.data)} images, too few to "
-                 f"resolve it; {verify_images_needed(budget)} verification images would verify it", req.quiet)
-        manifest = Manifest(
-            model=spec,
-            precision=req.precision,
-            profile=req.profile.to_dict(),
-            weights=dict(model.weights_info),
-            io={"inputs": summary["inputs"], "outputs": summary["outputs"]},
-            versions=versions(),
-            parity={"export": parity, "verify": report},
-            graph={k: summary[k] for k in ("nodes", "opset", "ops", "macs", "initializer_parameters")},
-            quantization=quant,
-            notes=tuple(notes),
-            status=status,
-        )
-        info(f"[{steps}/{steps}] bundle {status}", req.quiet)
-        write_manifest(tmp, manifest)
-    timings["total"] = time.perf_counter() - t0
-    bundle = load_bundle(out)
-    if status == STATUS_FAILED_PARITY and not req.allow_parity_failure:
-        hint = "try --accuracy-budget, more --calib-images or --precision fp16"
-        if repair and not repair["held"]:
-            hint = (f"keeping {len(repair['kept_blocks'])} blocks ({100 * repair['macs_share_kept']:.0f} % of the "
-                    f"multiply-adds, --max-kept-macs {repair['max_kept_macs_pct']:g}) out of INT8 did not meet it; {hint}")
-        if not accuracy_claim(model.weights_info):
-            hint = (f"with {no_claim_reason(model.weights_info)} there is no accuracy claim, so only numerical "
-                    f"budgets gate this build (logit margin {report['reference_logit_margin']:.2f} standard deviations); "
-                    f"a mean logit cosine below {GROSS_COSINE:g} against FP32 is breakage, please report it")
-        raise ParityError(
-            f"bundle {out} missed its accuracy budget ({'; '.join(report['misses'])}); it is kept with status "
-            f"failed-parity (see 'effdeploy inspect'); {hint}"
-        )
-    auto = compile_step(bundle, req.profile, req.quiet)
-    return BuildResult(bundle=bundle, timings=timings, next_step=auto.hint, engine=auto.engine,
-                       compile_reason=auto.reason, replaced=replaced, cleaned=cleaned)
+
+def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, budget: Budget,
+                 first: VerifyReport) -> tuple[Any, RepairReport | None]:
+    """Decide and choose on the selection split (calibration images the reconstruction did not fit
+    on), never on the verification images the gate judges; None when all-INT8 holds there."""
+    from .logits import reference_logits
+    from .repair import choice_twin, drift_report, repair_int8
+
+    selection = selection_set(req, int8.plan, spec.preprocessing)
+    sel_reference, _ = reference_logits(exported.fp32, selection.data)
+    sel_report, _ = verify_candidate(choice_twin(exported.fp32, int8, int8.config), sel_reference, selection,
+                                     budget, optimize=False)
+    if not sel_report.misses:
+        return int8, None
+    info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
+         f"{'; '.join(sel_report.misses)}; repairing", req.quiet)
+    sel_drift = drift_report(exported.fp32, int8.model, selection.data[:DRIFT_IMAGES])
+    int8, repair = repair_int8(exported.fp32, int8, sel_reference, selection, budget, sel_drift, req.quiet,
+                               sel_report, req.max_kept_macs)
+    initial = {"top1_agreement": first.comparison.top1_agreement, "misses": list(first.misses)}
+    return int8, replace(repair, initial_verification=initial)
+
+
+def status_of(req: BuildRequest, verified: Verified, weights_info: dict[str, Any]) -> str:
+    """verified / checked / failed-parity from the gate; benchmark-only where no accuracy is claimed."""
+    report = verified.report
+    status = report.status
+    if status != STATUS_FAILED_PARITY and not accuracy_claim(weights_info):
+        return STATUS_BENCHMARK_ONLY
+    if status == STATUS_CHECKED:
+        info(f"warning: status checked, not verified: the budget held on {report.comparison.samples} images, too "
+             f"few to resolve it; {verify_images_needed(report.budget)} verification images would verify it",
+             req.quiet)
+    return status
+
+
+def quantization_record(req: BuildRequest, verified: Verified) -> dict[str, Any]:
+    """The manifest's ``quantization``: precision summary, drift, repair and the INT8 choices."""
+    from .precision import precision_summary
+
+    model, int8 = verified.candidate.model, verified.candidate.int8
+    if req.precision == "fp32":
+        return {}
+    quant: dict[str, Any] = {"precision_summary": precision_summary(model),
+                             "ort_graph_optimization": "all" if verified.optimize else "disabled",
+                             "drift": verified.drift, "repair": verified.repair.to_dict() if verified.repair else {}}
+    if req.precision == "fp16":
+        quant["converter"] = "onnxconverter-common float16 (keep_io_types)"
+    if int8 is not None:
+        quant.update(int8.to_manifest())
+    return quant
+
+
+def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verified: Verified, tmp: Path) -> Manifest:
+    """The one record of the build (written last: a bundle without it is not a bundle)."""
+    import onnx
+
+    from .export import count_macs, graph_summary
+
+    candidate = verified.candidate.model
+    notes = list(verified.notes)
+    if req.precision != "fp32":
+        onnx.save(candidate, str(tmp / MODEL))
+    int8 = verified.candidate.int8
+    if int8 is not None and int8.artifact.builtin:
+        notes.append("calibrated on the small built-in image set (no --calib-data); "
+                     "pass --calib-data DIR with images from the deployment for best accuracy")
+    summary = graph_summary(candidate)
+    summary["macs"] = count_macs(exported.fp32)
+    return Manifest(
+        model=model.spec, precision=req.precision, profile=req.profile.to_dict(), weights=dict(model.weights_info),
+        io={"inputs": summary["inputs"], "outputs": summary["outputs"]}, versions=versions(),
+        parity={"export": verified.parity, "verify": verified.report.to_dict()},
+        graph={k: summary[k] for k in ("nodes", "opset", "ops", "macs", "initializer_parameters")},
+        quantization=quantization_record(req, verified), notes=tuple(notes),
+        status=status_of(req, verified, model.weights_info),
+    )
+
+
+def parity_failure_message(out: Path, verified: Verified, weights_info: dict[str, Any]) -> str:
+    """What missed, and what to try (the repair's outcome, or why a benchmark-only build failed)."""
+    report, repair = verified.report, verified.repair
+    hint = "try --accuracy-budget, more --calib-images or --precision fp16"
+    if repair is not None and not repair.held:
+        hint = (f"keeping {len(repair.kept_blocks)} blocks ({100 * repair.macs_share_kept:.0f} % of the "
+                f"multiply-adds, --max-kept-macs {repair.max_kept_macs_pct:g}) out of INT8 did not meet it; {hint}")
+    if not accuracy_claim(weights_info):
+        hint = (f"with {no_claim_reason(weights_info)} there is no accuracy claim, so only numerical "
+                f"budgets gate this build (logit margin {report.reference_logit_margin:.2f} standard deviations); "
+                f"a mean logit cosine below {GROSS_COSINE:g} against FP32 is breakage, please report it")
+    return (f"bundle {out} missed its accuracy budget ({'; '.join(report.misses)}); it is kept with status "
+            f"failed-parity (see 'effdeploy inspect'); {hint}")
 
 
 def describe_bundle(path: Path) -> str | None:
@@ -522,13 +565,6 @@ def describe_bundle(path: Path) -> str | None:
         return "an unreadable manifest"
 
 
-def _comparison_fields(report: dict[str, Any]) -> dict[str, Any]:
-    from dataclasses import fields
-
-    names = {f.name for f in fields(Comparison)}
-    return {k: v for k, v in report["comparison"].items() if k in names}
-
-
 def arch_note(weights_info: dict[str, Any]) -> str:
     """' as timm:tf_efficientnet_b1.ns_jft_in1k', saying when the key layout chose it."""
     arch = weights_info.get("arch") or {}
@@ -538,137 +574,6 @@ def arch_note(weights_info: dict[str, Any]) -> str:
     if arch.get("inferred") and arch.get("source") == "torchvision":
         how = " (torchvision's default weights for this layout; --weights-arch NAME.TAG for another tag)"
     return f" as {arch['key']}{how}"
-
-
-def logit_margin(logits: np.ndarray) -> float:
-    """Median gap between the top two logits in units of each row's standard deviation: how much
-    noise top-1 agreement can take (measured: random B0/B1 0.34-0.36, pretrained Lite0 2.4)."""
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    return float(np.median((top2[:, 1] - top2[:, 0]) / np.maximum(logits.std(axis=1), 1e-12)))
-
-
-def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: VerifySet, budget: Budget,
-                     quiet: bool, optimize: bool | None = None) -> tuple[dict[str, Any], bool]:
-    """Reference logits vs the candidate graph on ONNX Runtime; the report and the ORT setting."""
-    from .precision import needs_unoptimized_ort
-    from .quantize_stage import cached_logits
-    from .verify import check_budget, compare
-
-    if optimize is None:
-        optimize = not needs_unoptimized_ort(candidate)
-    logits, _ = cached_logits(candidate, verify.data, optimize=optimize)
-    comp = compare(reference_logits, logits, verify.labels)
-    return {"reference": "fp32 reference graph (eager parity above)", "data": verify.source, "budget": budget.__dict__,
-            "comparison": comp.to_dict(), "misses": check_budget(comp, budget)}, optimize
-
-
-LINEAR_KEPT_BLOCKS = 8  # the repair tries 1..8 kept blocks one by one, then doubles and bisects
-
-
-def kept_count_search(n: int, holds: Callable[[int], bool],
-                      linear: int = LINEAR_KEPT_BLOCKS) -> tuple[int | None, list[int]]:
-    """How many of the ``n`` most sensitive blocks to keep out of INT8 so the budget holds.
-
-    Agreement grows with the kept count only up to the verification set's noise (one image of 244
-    is 0.41 pt), so a pure bisection skips small counts that hold: measured on Lite0 at a 99 %
-    budget it kept 10 blocks (55 % of the multiply-adds) where 5 (25 %) held. Small counts are
-    cheap to deploy and worth finding, so 1..``linear`` are tried one by one; beyond that the
-    search doubles up to ``n`` (the blocks the caller's cap allows) and bisects: at most
-    ``linear`` + ~2 log2(n) verifications. Returns (the count that held or None, the counts tried).
-    """
-    tried: list[int] = []
-
-    def check(k: int) -> bool:
-        tried.append(k)
-        return holds(k)
-
-    for k in range(1, min(linear, n) + 1):
-        if check(k):
-            return k, tried
-    missed = min(linear, n)
-    if missed == n:
-        return None, tried
-    k = min(2 * missed, n)
-    while not check(k):
-        missed = k
-        if k == n:
-            return None, tried
-        k = min(2 * k, n)
-    held = k
-    while held - missed > 1:
-        mid = (missed + held) // 2
-        if check(mid):
-            held = mid
-        else:
-            missed = mid
-    return held, tried
-
-
-def blocks_within(order: Sequence[str], shares: dict[str, float], max_share: float) -> int:
-    """How many of the leading blocks of ``order`` fit in ``max_share`` of the multiply-adds."""
-    total, n = 0.0, 0
-    for block in order:
-        total += shares.get(block, 0.0)
-        if total > max_share + 1e-9:
-            break
-        n += 1
-    return n
-
-
-def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndarray, verify: VerifySet,
-                budget: Budget, drift: list[dict[str, Any]], quiet: bool, first_report: dict[str, Any] | None = None,
-                max_kept_macs: float = MAX_KEPT_MACS_PCT):
-    """Keep the blocks that add the most error in higher precision until the budget holds, within
-    ``max_kept_macs`` percent of the multiply-adds."""
-    from .precision import needs_unoptimized_ort, quantize
-    from .quantize_stage import block_macs_shares, sensitivity_order
-
-    shares = block_macs_shares(fp32)
-    ranked = sensitivity_order(drift)
-    order = ranked[:blocks_within(ranked, shares, max_kept_macs / 100.0)]
-    first_size = int8.model.ByteSize()
-    info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
-         f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
-    chosen: list[tuple[Any, Any, dict[str, Any], bool]] = []  # the smallest count that held, or the last one
-    tried = []
-
-    def holds(k: int) -> bool:
-        config = replace(int8.config, keep_blocks=tuple(order[:k]))
-        report, _ = verify_candidate(choice_twin(fp32, int8, config), reference_logits, verify, budget, quiet,
-                                     optimize=False)
-        agree = report["comparison"]["top1_agreement"]
-        tried.append({"keep_blocks": list(config.keep_blocks), "top1_agreement": agree, "misses": report["misses"]})
-        names = ", ".join(order[:k]) if k <= 4 else f"{', '.join(order[:3])}, ... {order[k - 1]}"
-        info(f"      keeping {k} block{'s' if k > 1 else ''} ({names}) in higher precision: "
-             f"top-1 agreement {100 * agree:.2f} %", quiet)
-        ok = not report["misses"]
-        if ok or k == len(order):  # a later count that holds is smaller: one choice in memory
-            chosen[:] = [(config, report)]
-        return ok
-
-    held, _ = kept_count_search(len(order), holds)
-    if not chosen:  # no MBConv block fits the cap (or none in the graph): the first result stands
-        chosen.append((int8.config, first_report or {}))
-    config, report = chosen[0]
-    candidate = (int8.model if config == int8.config else
-                 quantize(fp32, int8.artifact.ranges, config, initializers=int8.initializers))
-    optimize = not needs_unoptimized_ort(candidate)
-    int8 = replace(int8, model=candidate, config=config)
-    initial = {"top1_agreement": None, "misses": []}
-    if first_report:
-        initial = {"top1_agreement": first_report["comparison"]["top1_agreement"], "misses": first_report["misses"]}
-    repair = {
-        "initial": initial,
-        "kept_blocks": list(config.keep_blocks),
-        "macs_share_kept": sum(shares.get(k, 0.0) for k in config.keep_blocks),
-        "max_kept_macs_pct": max_kept_macs,
-        "blocks_within_cap": len(order),
-        "model_bytes": {"all_int8": first_size, "repaired": candidate.ByteSize()},
-        "search": f"1..{LINEAR_KEPT_BLOCKS} blocks one by one, then doubling and bisection, in sensitivity order",
-        "tried": tried,
-        "held": held is not None,
-    }
-    return candidate, int8, report, repair, optimize
 
 
 def compile_step(bundle: Bundle, profile: Profile, quiet: bool) -> Any:

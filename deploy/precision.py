@@ -6,8 +6,8 @@ that is deployed, in the dialect the profile's runtime executes well:
 
 * ``tensorrt`` (GPU profiles): symmetric INT8 (zero point 0), per-channel weights, per-tensor
   activations, Q/DQ only at the *inputs* of Conv/Gemm and residual Adds (where TensorRT fuses
-  them; a Q/DQ on a conv output would split Conv+activation fusions and, measured on Lite0,
-  cost 8 pt top-1), everything else FP16 with explicit types (opset 19 for FP16 Q/DQ scales).
+  them; a Q/DQ on a conv output would split Conv+activation fusions and cost accuracy,
+  docs/int8.md), everything else FP16 with explicit types (opset 19 for FP16 Q/DQ scales).
 * ``ort-cpu`` (the ``cpu`` profile): QDQ around Conv/Gemm/Add/Clip so ONNX Runtime fuses them
   into QLinear kernels; activation signedness (U8S8 vs S8S8) is chosen by timing both.
 
@@ -58,11 +58,39 @@ class QuantConfig:
         return d
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """How one runtime wants its INT8 graph: a row of :data:`DIALECTS`, read instead of branching
+    on dialect names. A new runtime's dialect is a new row."""
+
+    name: str
+    op_types: tuple[str, ...]  # ops that get Q/DQ
+    activations: tuple[str, ...]  # activation forms it runs, preferred first ("int8" S8S8, "uint8" U8S8)
+    fp16_rest: bool  # everything outside INT8 in FP16
+    opset: int | None  # the graph is converted to this opset first (FP16 DequantizeLinear scales need 19)
+    output_qdq: bool  # Q/DQ on op outputs too, with INT32 biases (ORT's QLinear fusions want them)
+    reduce_range: bool  # 7-bit weights (see QuantConfig.reduce_range)
+    ort_optimize: bool  # ONNX Runtime's graph optimiser may run the deployed graph (see needs_unoptimized_ort)
+
+
+DIALECTS: dict[str, Dialect] = {
+    # TensorRT fuses float biases itself; an INT32 bias at scale s_in * s_w would underflow FP16.
+    TENSORRT: Dialect(TENSORRT, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=True, opset=GPU_OPSET,
+                      output_qdq=False, reduce_range=False, ort_optimize=False),
+    ORT_CPU: Dialect(ORT_CPU, ("Conv", "Gemm", "Add", "Clip", "Relu"), ("uint8", "int8"), fp16_rest=False,
+                     opset=None, output_qdq=True, reduce_range=True, ort_optimize=True),
+}
+
+
+def dialect_of(config: QuantConfig) -> Dialect:
+    return DIALECTS[config.dialect]
+
+
 def config_for(profile_is_gpu: bool, method: str = "max", activations: str | None = None) -> QuantConfig:
-    if profile_is_gpu:
-        return QuantConfig(dialect=TENSORRT, method=method, activations="int8", fp16_rest=True)
-    return QuantConfig(dialect=ORT_CPU, method=method, activations=activations or "uint8", fp16_rest=False,
-                       reduce_range=True)
+    d = DIALECTS[TENSORRT if profile_is_gpu else ORT_CPU]
+    return QuantConfig(dialect=d.name, method=method,
+                       activations=activations if activations in d.activations else d.activations[0],
+                       fp16_rest=d.fp16_rest, reduce_range=d.reduce_range)
 
 
 def weight_qmax(config: QuantConfig) -> int:
@@ -76,9 +104,7 @@ def block_of(node_name: str) -> str | None:
 
 
 def op_types(config: QuantConfig) -> list[str]:
-    if config.dialect == TENSORRT:
-        return ["Conv", "Gemm", "Add"]
-    return ["Conv", "Gemm", "Add", "Clip", "Relu"]
+    return list(dialect_of(config).op_types)
 
 
 def excluded_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
@@ -109,20 +135,6 @@ def calibration_tensors(model: onnx.ModelProto, config: QuantConfig) -> list[str
     return list(dict.fromkeys(names))
 
 
-def _tensors_data(ranges: Mapping[str, Any], config: QuantConfig, method: str) -> Any:
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-
-    data = {}
-    for name, r in ranges.items():
-        lo, hi = (-r.amax, r.amax) if config.activations == "int8" else (r.min, r.max)
-        if hi - lo <= 0:
-            lo, hi = lo - 1e-3, hi + 1e-3
-        data[name] = TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
-    ort_method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}.get(
-        method, CalibrationMethod.MinMax)
-    return TensorsData(ort_method, data)
-
-
 def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig,
              initializers: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Insert Q/DQ with ORT's quantizer using our ranges; write reconstructed integers and biases
@@ -130,18 +142,17 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    src = model
-    if config.dialect == TENSORRT:
-        src = onnx.version_converter.convert_version(model, GPU_OPSET)
-    td = _tensors_data(ranges, config, config.method)
+    from .calibration.calibrators import ranges_to_tensors_data
+
+    dialect = dialect_of(config)
+    src = onnx.version_converter.convert_version(model, dialect.opset) if dialect.opset else model
+    td = ranges_to_tensors_data(ranges, config.method, symmetric=config.activations == "int8")
     act = QuantType.QInt8 if config.activations == "int8" else QuantType.QUInt8
     extra: dict[str, Any] = {
         "ActivationSymmetric": config.activations == "int8",
         "WeightSymmetric": True,
     }
-    if config.dialect == TENSORRT:
-        # Q/DQ only on inputs; biases stay float (TensorRT fuses them; an int32 bias with scale
-        # s_in * s_w would underflow FP16).
+    if not dialect.output_qdq:  # Q/DQ only on inputs; biases stay float
         extra["OpTypesToExcludeOutputQuantization"] = op_types(config)
         extra["QuantizeBias"] = False
     with tempfile.TemporaryDirectory(prefix="effdeploy-q-") as tmp:
@@ -166,13 +177,11 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
             logging.getLogger().setLevel(level)
         out = onnx.load(str(out_path))
     if initializers:  # before the refit below, which requantizes the integers it finds
-
         out = apply_initializers(out, initializers)
-    if config.dialect == TENSORRT:
+    if not dialect.output_qdq:
         drop_non_residual_add_qdq(out)
-        if config.fp16_rest:
-            refit_tiny_weight_scales(out)
-    if config.dialect == TENSORRT and config.fp16_rest:
+    if config.fp16_rest:
+        refit_tiny_weight_scales(out)
         out = to_fp16(out)
     return out
 

@@ -1,25 +1,20 @@
-"""The INT8 stage of a build: calibrate, choose the method by measurement, insert Q/DQ, pick the
-CPU dialect by timing, and repair a missed accuracy budget by keeping sensitive blocks in
-higher precision. Pure functions over ONNX protos and arrays; the build orchestrates them."""
+"""The INT8 stage of a build: calibrate, choose the method by measurement, insert Q/DQ in the
+profile's dialect, choose the activation form by timing where the dialect offers two, and
+reconstruct. Pure functions over ONNX protos and arrays; the build orchestrates them (the repair
+of a missed budget is :mod:`effdeploy.repair`)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
 
-from .precision import (
-    ORT_CPU,
-    QuantConfig,
-    block_of,
-    calibration_tensors,
-    needs_unoptimized_ort,
-    quantize,
-)
+from .logits import cached_logits, ort_logits, relative_mse
+from .precision import QuantConfig, calibration_tensors, dialect_of, quantize
 from .report import info
 
 
@@ -36,6 +31,7 @@ class Int8Result:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     reconstruction: Any = None  # effdeploy.reconstruct.Reconstruction, or None (--no-reconstruct)
+    plan: Any = None  # the calibration plan (the repair's selection split is drawn from it)
 
     @property
     def initializers(self) -> Mapping[str, np.ndarray] | None:
@@ -43,78 +39,21 @@ class Int8Result:
         rec = self.reconstruction
         return rec.initializers if rec is not None and rec.accepted else None
 
-
-def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
-    from .runners import OnnxRuntimeRunner
-    from .verify import run_batched
-
-    runner = OnnxRuntimeRunner(model, optimize=optimize)
-    try:
-        return run_batched(runner.infer, data, batch)
-    finally:
-        runner.close()
-
-
-def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = True,
-                  use_cache: bool = True) -> tuple[np.ndarray, bool]:
-    """A graph's ONNX Runtime logits on an image array, reused when the same graph saw the same
-    pixels before (the FP32 reference and, on a rebuild with the same inputs, the candidate too).
-    Keyed by the graph's bytes, the input array's bytes, the optimisation setting and ONNX
-    Runtime's version."""
-    import hashlib
-    import io
-
-    import onnxruntime
-
-    from .bundle import sha256_json
-    from .cache import cache_folder, store
-
-    if not use_cache:
-        return ort_logits(model, data, optimize=optimize), False
-    key = sha256_json({
-        "model": hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest(),
-        "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
-        "shape": list(data.shape), "ort": onnxruntime.__version__, "optimize": optimize,
-    })
-    path = cache_folder("reference") / f"{key[:40]}.npy"
-    try:
-        cached = np.load(path)
-        if cached.shape[0] == len(data):
-            return cached, True
-    except (OSError, ValueError):
-        pass
-    logits = ort_logits(model, data, optimize=optimize)
-    buf = io.BytesIO()
-    np.save(buf, logits)
-    store(path, buf.getvalue())
-    return logits, False
-
-
-def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = True) -> tuple[np.ndarray, bool]:
-    """FP32-graph logits on the verification images (cached, see :func:`cached_logits`)."""
-    return cached_logits(fp32, data, use_cache=use_cache)
-
-
-def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    return float(((candidate.astype(np.float64) - ref) ** 2).mean() / max((ref ** 2).mean(), 1e-30))
-
-
-def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
-    """Median batch-1 latency on ONNX Runtime (CPU dialect choice)."""
-    from .runners import OnnxRuntimeRunner
-
-    r = OnnxRuntimeRunner(model)
-    x = sample[:1]
-    for _ in range(2):
-        r.infer(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r.infer(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    r.close()
-    return float(np.median(times))
+    def to_manifest(self) -> dict[str, Any]:
+        """The INT8 part of the manifest's ``quantization`` record."""
+        return {
+            "dialect": self.config.dialect,
+            "config": self.config.to_dict(),
+            "activations": "S8 symmetric" if self.config.activations == "int8" else "U8 asymmetric",
+            "weights": "S8 symmetric per-channel",
+            "method": self.config.method,
+            "method_scores": dict(self.method_scores),
+            "cpu_dialect_latency_ms": dict(self.dialect_timings_ms),
+            "cpu_dialect_timed_before": self.dialect_timed_before,
+            "reconstruction": self.reconstruction.to_dict() if self.reconstruction is not None else None,
+            "calibration": {**self.artifact.manifest_entry(), "cache_hit": self.cache_hit,
+                            "builtin": self.artifact.builtin, "warnings": list(self.warnings)},
+        }
 
 
 def run_int8(
@@ -130,8 +69,8 @@ def run_int8(
     reconstruction_data: Callable[[int], np.ndarray] | None = None,
 ) -> Int8Result:
     """Calibrate on ``plan``, choose the method (``auto``: lowest logit error on calibration
-    images), quantize, for the CPU dialect choose U8S8 or S8S8 by timing both, then (``recipe``)
-    reconstruct the INT8 weights on ``reconstruction_data(n)``: n calibration images."""
+    images), quantize, choose the activation form by timing where the dialect offers two, then
+    (``recipe``) reconstruct the INT8 weights on ``reconstruction_data(n)``: n calibration images."""
     from .calibration import METHODS, run_calibrations
 
     t0 = time.perf_counter()
@@ -141,79 +80,101 @@ def run_int8(
     first = outcomes[candidates[0]]
     info(f"      calibration: {first.artifact.image_count} images, "
          f"{'cache hit' if first.cache_hit else f'{first.artifact.seconds:.1f} s'}", quiet)
-    scores: dict[str, float] = {}
-    models: dict[str, onnx.ModelProto] = {}
-    if len(candidates) > 1:
-        saved = _load_selection(outcomes, config)
-        if saved is not None:
-            scores = saved
-        else:
-            # Ranges are judged on the FP32-typed twin (same Q/DQ, ORT-optimised, fast); the FP16
-            # typing of the other ops is independent of the calibration method.
-            # Unoptimised: the Q/DQ twin as written, in float (ORT's x86 integer kernels without VNNI
-            # saturate S8 activations, which would judge the CPU instead of the ranges).
-            x = selection_data()
-            ref = ort_logits(fp32, x)
-            for m in candidates:
-                twin = quantize(fp32, outcomes[m].artifact.ranges, replace(config, method=m, fp16_rest=False))
-                scores[m] = relative_mse(ref, ort_logits(twin, x, optimize=False))
-            _store_selection(outcomes, config, scores)
-        chosen = min(scores, key=scores.get)
-        info("      method by measurement (relative logit MSE on calibration images): "
-             + ", ".join(f"{m} {s:.2e}" for m, s in scores.items()) + f" -> {chosen}"
-             + (" (cached)" if saved is not None else ""), quiet)
-    else:
-        chosen = candidates[0]
+    chosen, scores = choose_method(fp32, outcomes, config, selection_data, quiet)
     config = replace(config, method=chosen)
-    model = models.get(chosen) or quantize(fp32, outcomes[chosen].artifact.ranges, config)
-    timings: dict[str, float] = {}
-    timed = None
-    if config.dialect == ORT_CPU:
-        timed = _load_dialect(outcomes[chosen].artifact.key, config)
-        if timed is None:
-            x = selection_data()
-            other = replace(config, activations="int8" if config.activations == "uint8" else "uint8")
-            other_model = quantize(fp32, outcomes[chosen].artifact.ranges, other)
-            timings = {
-                _form(config): latency_ms(model, x),
-                _form(other): latency_ms(other_model, x),
-                "fp32": latency_ms(fp32, x),
-            }
-            if timings[_form(other)] < timings[_form(config)]:
-                model, config = other_model, other
-            _store_dialect(outcomes[chosen].artifact.key, config, timings)
-        else:
-            timings, activations = timed
-            if activations != config.activations:
-                config = replace(config, activations=activations)
-                model = quantize(fp32, outcomes[chosen].artifact.ranges, config)
-        info("      cpu dialect by timing (batch 1, ms): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-             + f" -> {_form(config)}" + (" (measured before on this machine)" if timed else ""), quiet)
     out = outcomes[chosen]
+    model, config, timings, timed_before = choose_activations(fp32, out.artifact, config, selection_data, quiet)
     rec = None
     if recipe is not None and reconstruction_data is not None:
         model, rec = reconstruct_int8(fp32, out.artifact.ranges, config, recipe, reconstruction_data, quiet)
     return Int8Result(
         model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
         calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
-        dialect_timed_before=timed is not None,
-        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0, reconstruction=rec,
+        dialect_timed_before=timed_before,
+        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0, reconstruction=rec, plan=plan,
     )
+
+
+def choose_method(fp32: onnx.ModelProto, outcomes: Mapping[str, Any], config: QuantConfig,
+                  selection_data: Callable[[], np.ndarray], quiet: bool) -> tuple[str, dict[str, float]]:
+    """The calibration method whose ranges give the lowest logit error on calibration images
+    (cached per calibration data and graph); the only one when a single method was asked for."""
+    if len(outcomes) == 1:
+        return next(iter(outcomes)), {}
+    scores = _load_selection(outcomes, config)
+    cached = scores is not None
+    if scores is None:
+        # Judged on the FP32-typed twin (the FP16 typing of the other ops is independent of the
+        # method), unoptimised: ORT's x86 integer kernels without VNNI saturate S8 activations,
+        # which would judge the CPU instead of the ranges.
+        x = selection_data()
+        ref = ort_logits(fp32, x)
+        scores = {}
+        for m, outcome in outcomes.items():
+            twin = quantize(fp32, outcome.artifact.ranges, replace(config, method=m, fp16_rest=False))
+            scores[m] = relative_mse(ref, ort_logits(twin, x, optimize=False))
+        _store_selection(outcomes, config, scores)
+    chosen = min(scores, key=scores.get)
+    info("      method by measurement (relative logit MSE on calibration images): "
+         + ", ".join(f"{m} {s:.2e}" for m, s in scores.items()) + f" -> {chosen}" + (" (cached)" if cached else ""),
+         quiet)
+    return chosen, scores
+
+
+def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency on ONNX Runtime (the activation-form choice)."""
+    from .benchmark import TimingPlan, time_callable
+    from .runners import OnnxRuntimeRunner
+
+    r = OnnxRuntimeRunner(model)
+    try:
+        x = sample[:1]
+        return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
+    finally:
+        r.close()
+
+
+def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig,
+                       selection_data: Callable[[], np.ndarray],
+                       quiet: bool) -> tuple[onnx.ModelProto, QuantConfig, dict[str, float], bool]:
+    """Where the dialect runs both U8S8 and S8S8 (ONNX Runtime's CPU kernels), the faster on this
+    machine by timing (cached per machine); else its one form. Returns the graph, the config, the
+    timings and whether they were measured before."""
+    model = quantize(fp32, artifact.ranges, config)
+    forms = dialect_of(config).activations
+    if len(forms) < 2:
+        return model, config, {}, False
+    timed = _load_dialect(artifact.key, config)
+    if timed is None:
+        x = selection_data()
+        other = replace(config, activations=next(f for f in forms if f != config.activations))
+        other_model = quantize(fp32, artifact.ranges, other)
+        timings = {_form(config): latency_ms(model, x), _form(other): latency_ms(other_model, x),
+                   "fp32": latency_ms(fp32, x)}
+        if timings[_form(other)] < timings[_form(config)]:
+            model, config = other_model, other
+        _store_dialect(artifact.key, config, timings)
+    else:
+        timings, activations = timed
+        if activations != config.activations:
+            config = replace(config, activations=activations)
+            model = quantize(fp32, artifact.ranges, config)
+    info("      cpu dialect by timing (batch 1, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+         + f" -> {_form(config)}" + (" (measured before on this machine)" if timed else ""), quiet)
+    return model, config, timings, timed is not None
 
 
 def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig, recipe: Any,
                      data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
     into the deployed graph; reused from the cache when the same inputs were reconstructed."""
-    from .precision import TENSORRT
     from .precision import apply_initializers
     from .reconstruct import cached_reconstruction
 
     twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
     images = data(recipe.images)
     rec = cached_reconstruction(twin, fp32, images, recipe,
-                                fp16_scales=config.dialect == TENSORRT and config.fp16_rest, quiet=quiet)
+                                fp16_scales=config.fp16_rest, quiet=quiet)
     # A safety net: the corrected graph, run by ONNX Runtime itself, must beat the plain one on the
     # images the corrections were measured on; otherwise they are not used (and the manifest says so).
     ref, _ = cached_logits(fp32, images)
@@ -307,84 +268,3 @@ def _load_dialect(calibration_key: str, config: QuantConfig) -> tuple[dict[str, 
 def _store_dialect(calibration_key: str, config: QuantConfig, timings: Mapping[str, float]) -> None:
     _write_json(_dialect_path(calibration_key, config),
                 {"timings_ms": dict(timings), "activations": config.activations})
-
-
-# --- drift and sensitivity ----------------------------------------------------------------------
-
-def block_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """MBConv block -> the tensor it produces (the output of its last node), in graph order."""
-    last: dict[str, str] = {}
-    for n in model.graph.node:
-        b = block_of(n.name)
-        if b and n.output:
-            last[b] = n.output[0]
-    return last
-
-
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inferred = onnx.shape_inference.infer_shapes(m)
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
-    return m
-
-
-def _run_outputs(model: onnx.ModelProto, names: Sequence[str], data: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    m = _with_outputs(model, names)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    inp = s.get_inputs()[0].name
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(0, len(data), 16):
-        res = s.run(list(names), {inp: data[i:i + 16]})
-        for n, r in zip(names, res):
-            outs[n].append(r.astype(np.float32))
-    return {n: np.concatenate(v) for n, v in outs.items()}
-
-
-def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: np.ndarray) -> list[dict[str, Any]]:
-    """Per-MBConv-block relative error (||a-b|| / ||a||) between the FP32 reference and the
-    reduced-precision graph, and how much each block adds: where accuracy goes."""
-    blocks = block_outputs(reference)
-    cand_tensors = {o for n in candidate.graph.node for o in n.output}
-    blocks = {b: t for b, t in blocks.items() if t in cand_tensors}
-    if not blocks:
-        return []
-    names = list(blocks.values())
-    a = _run_outputs(reference, names, data, optimize=True)
-    b = _run_outputs(candidate, names, data, optimize=not needs_unoptimized_ort(candidate))
-    rows, prev = [], 0.0
-    for block, t in blocks.items():
-        ra, rb = a[t].astype(np.float64), b[t].astype(np.float64)
-        err = float(np.linalg.norm(ra - rb) / max(np.linalg.norm(ra), 1e-30))
-        rows.append({"block": block, "tensor": t, "relative_error": err, "added": err - prev})
-        prev = err
-    return rows
-
-
-def sensitivity_order(drift: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Blocks by the error they add (largest first): the ones to keep in higher precision."""
-    return [r["block"] for r in sorted(drift, key=lambda r: -r["added"])]
-
-
-def block_macs_shares(model: onnx.ModelProto) -> dict[str, float]:
-    """Each MBConv block's fraction of the network's multiply-adds (what keeping it out of INT8 costs)."""
-    from .export import macs_per_node
-
-    per_node = macs_per_node(model)
-    total = sum(per_node.values())
-    shares: dict[str, float] = {}
-    for name, macs in per_node.items():
-        b = block_of(name)
-        if b is not None and total:
-            shares[b] = shares.get(b, 0.0) + macs / total
-    return shares

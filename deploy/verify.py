@@ -4,9 +4,8 @@ and a candidate runner, budgets per precision, and the report every build ends w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -161,19 +160,6 @@ def check_budget(c: Comparison, budget: Budget) -> list[str]:
     return misses
 
 
-def run_batched(infer: Callable[[np.ndarray], np.ndarray], data: np.ndarray, batch: int = 32,
-                label: str = "", quiet: bool = True) -> np.ndarray:
-    """Run a runner over a preprocessed array in batches, with progress for long runs."""
-    from .report import progress
-
-    starts = list(range(0, len(data), batch))
-    outs = []
-    with progress(starts, label=label, quiet=quiet) as bar:
-        for i in bar:
-            outs.append(np.asarray(infer(data[i:i + batch]), dtype=np.float32))
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
 def comparison_rows(c: Comparison) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("images", c.samples),
@@ -216,3 +202,82 @@ def gate_status(misses: Sequence[str], coarse: str | None) -> str:
     if misses:
         return "failed-parity"
     return "checked" if coarse else "verified"
+
+
+# --- the verify stage: one judgement of a candidate, for the build and `effdeploy verify` --------
+
+
+@dataclass(frozen=True)
+class VerifySet:
+    """The images a candidate is judged on (never ones its calibration or choices used)."""
+
+    data: np.ndarray
+    labels: list[int | None] | None
+    source: str
+    ids: tuple[str, ...]
+    warning: str | None = None  # unreadable images skipped (and replaced where others were left)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """A candidate against its reference on one image set: the manifest's ``parity.verify``."""
+
+    reference: str
+    data: str
+    budget: Budget
+    comparison: Comparison
+    misses: tuple[str, ...]
+    coarse: str | None = None  # the images are too few to resolve the budget (status checked)
+    reference_logits_cached: bool | None = None
+    reference_logit_margin: float | None = None
+
+    @property
+    def status(self) -> str:
+        return gate_status(self.misses, self.coarse)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"reference": self.reference, "data": self.data, "budget": asdict(self.budget),
+                             "comparison": self.comparison.to_dict(), "misses": list(self.misses)}
+        if self.reference_logits_cached is not None:
+            d["reference_logits_cached"] = self.reference_logits_cached
+        if self.reference_logit_margin is not None:
+            d["reference_logit_margin"] = self.reference_logit_margin
+        return d
+
+
+def logit_margin(logits: np.ndarray) -> float:
+    """Median gap between the top two logits in units of each row's standard deviation: how much
+    noise top-1 agreement can take (random weights have a small one, trained ones a large one)."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return float(np.median((top2[:, 1] - top2[:, 0]) / np.maximum(logits.std(axis=1), 1e-12)))
+
+
+def verify_bundle(reference_logits: np.ndarray, candidate_logits: np.ndarray, labels: Sequence[int | None] | None,
+                  budget: Budget, *, reference: str, data: str, more: str = "--verify-data (or --calib-data)",
+                  reference_cached: bool | None = None) -> VerifyReport:
+    """The one judgement the build and ``effdeploy verify`` share: comparison, budget misses, and
+    whether the images are enough to call a pass verified (``more`` names the flag that adds some)."""
+    comp = compare(reference_logits, candidate_logits, labels)
+    return VerifyReport(reference=reference, data=data, budget=budget, comparison=comp,
+                        misses=tuple(check_budget(comp, budget)),
+                        coarse=coarse_verification(len(candidate_logits), budget, more),
+                        reference_logits_cached=reference_cached,
+                        reference_logit_margin=logit_margin(reference_logits))
+
+
+REFERENCE_GRAPH = "fp32 reference graph (eager parity above)"
+
+
+def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: VerifySet, budget: Budget,
+                     optimize: bool | None = None, reference: str = REFERENCE_GRAPH,
+                     reference_cached: bool | None = None) -> tuple[VerifyReport, bool]:
+    """A candidate ONNX graph judged on ``verify`` (ONNX Runtime, cached); the report and whether
+    ORT's graph optimiser ran it (off where it would mis-rewrite the graph)."""
+    from .logits import cached_logits
+    from .precision import needs_unoptimized_ort
+
+    if optimize is None:
+        optimize = not needs_unoptimized_ort(candidate)
+    logits, _ = cached_logits(candidate, verify.data, optimize=optimize)
+    return verify_bundle(reference_logits, logits, verify.labels, budget, reference=reference, data=verify.source,
+                         reference_cached=reference_cached), optimize

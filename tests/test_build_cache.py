@@ -10,8 +10,8 @@ import torch
 from conftest import read_manifest, run_cli
 from effdeploy import build_model
 from effdeploy.export import cached_export, export_cache_dir, export_key
-from effdeploy.pipeline import logit_margin
-from effdeploy.quantize_stage import ort_logits, reference_logits
+from effdeploy.verify import logit_margin
+from effdeploy.logits import ort_logits, reference_logits
 
 LITE = ["--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "128"]
 

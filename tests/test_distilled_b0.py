@@ -29,7 +29,7 @@ def test_distilled_b0_loads_as_its_readme_says(distilled, imagenet_sample):
     built that way it classifies real images (a wrong padding or eps would not), with trained margins."""
     from effdeploy import build_model
     from effdeploy.datasets import labelled_images
-    from effdeploy.pipeline import logit_margin
+    from effdeploy.verify import logit_margin
     from effdeploy.preprocess import preprocess_files
 
     m = build_model(0, "b", weights=distilled)

@@ -10,9 +10,8 @@ import onnx
 import pytest
 import torch
 
-from effdeploy.precision import config_for, quantize
-from effdeploy.quantize_stage import _run_outputs, ort_logits, relative_mse
-from effdeploy.precision import apply_initializers
+from effdeploy.logits import ort_logits, relative_mse, run_outputs
+from effdeploy.precision import apply_initializers, config_for, quantize
 from effdeploy.reconstruct import GraphModule, Recipe, correct_biases, learned_initializers
 
 RES = 96
@@ -55,7 +54,7 @@ def test_interpreter_is_the_graph_node_by_node(lite0, gpu):
     x = lite0[2][:4]
     g = GraphModule(twin)
     names = [o for op in g.ops for o in op.outputs]
-    ort = _run_outputs(twin, names, x, optimize=False)
+    ort = run_outputs(twin, names, x, optimize=False)
     ort[g.input_name] = x
     checked = {"FakeQuant": 0, "Conv": 0}
     for op in g.ops:

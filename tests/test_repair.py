@@ -7,7 +7,7 @@ import pytest
 
 from conftest import read_manifest, run_cli
 from effdeploy.precision import config_for, quantize, calibration_tensors, block_of
-from effdeploy.quantize_stage import sensitivity_order
+from effdeploy.repair import sensitivity_order
 
 LITE = ["--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "96"]
 
@@ -47,7 +47,7 @@ def test_kept_count_search_finds_the_fewest_blocks(n):
     """Monotone budgets: the smallest count that holds, one by one up to 8, then by bisection."""
     import math
 
-    from effdeploy.pipeline import LINEAR_KEPT_BLOCKS, kept_count_search
+    from effdeploy.repair import LINEAR_KEPT_BLOCKS, kept_count_search
 
     for need in range(1, n + 2):  # need > n: not even every block is enough
         held, tried = kept_count_search(n, lambda k: k >= need)
@@ -60,7 +60,7 @@ def test_kept_count_search_finds_the_fewest_blocks(n):
 
 def test_kept_count_search_keeps_a_small_count_that_holds_through_noise():
     """Noise: 5 holds, 6-8 miss again; one-by-one finds 5 where bisection from 16 would not."""
-    from effdeploy.pipeline import kept_count_search
+    from effdeploy.repair import kept_count_search
 
     held, tried = kept_count_search(16, lambda k: k == 5 or k >= 12)
     assert (held, tried) == (5, [1, 2, 3, 4, 5])
@@ -69,7 +69,7 @@ def test_kept_count_search_keeps_a_small_count_that_holds_through_noise():
 
 
 def test_blocks_within_the_macs_cap():
-    from effdeploy.pipeline import blocks_within
+    from effdeploy.repair import blocks_within
 
     shares = {"a": 0.3, "b": 0.15, "c": 0.1, "d": 0.2}
     assert blocks_within(["a", "b", "c", "d"], shares, 0.5) == 2  # a+b = 0.45; +c = 0.55 is over

@@ -8,13 +8,15 @@ from typing import Any
 import click
 
 from ..cli import cli
+from ..profile import PRECISIONS
 from ..report import emit_json, info, kv_table, table
+from ..request import CALIBRATION_METHODS, default
 
 
 @cli.command("build")
 @click.option("--phi", required=True, help="Compound coefficient: 0..7 (b) or 0..4 (lite) use the released table; any other number >= 0 the compound rule.")
-@click.option("--variant", type=click.Choice(["b", "lite"]), default="b", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--variant", type=click.Choice(["b", "lite"]), default=default("variant"), show_default=True)
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default=default("precision"), show_default=True)
 @click.option("--profile", "profile_name", default="cpu", show_default=True, help="Built-in profile name or path to a .toml file.")
 @click.option("--weights", default=None, help="Checkpoint path (native/lukemelas/torchvision/timm) or 'pretrained' (lite 0..2).")
 @click.option("--weights-arch", default=None, metavar="SOURCE:NAME[.TAG]",
@@ -29,24 +31,24 @@ from ..report import emit_json, info, kv_table, table
               default=None, help="Override the preprocessing's resampling filter.")
 @click.option("--mean", default=None, metavar="R,G,B", help="Override the normalisation mean, 0-1 scale (e.g. 0.5,0.5,0.5).")
 @click.option("--std", default=None, metavar="R,G,B", help="Override the normalisation std, 0-1 scale (e.g. 0.5,0.5,0.5).")
-@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--num-classes", type=int, default=default("num_classes"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [bundles/<model>-<precision>-<profile>].")
 @click.option("--calib-data", default=None, help="Calibration images: folder, video file or .npy (int8).")
-@click.option("--calib-images", type=int, default=256, show_default=True)
-@click.option("--calib-method", type=click.Choice(["auto", "max", "percentile", "entropy", "mse"]), default="auto", show_default=True)
-@click.option("--int8-float", "int8_float", default="se", show_default=True,
+@click.option("--calib-images", type=int, default=default("calib_images"), show_default=True)
+@click.option("--calib-method", type=click.Choice(["auto", *CALIBRATION_METHODS]), default=default("calib_method"), show_default=True)
+@click.option("--int8-float", "int8_float", default=",".join(default("int8_float_parts")), show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier; 'none' for none).")
-@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+@click.option("--reconstruct/--no-reconstruct", default=default("reconstruct"), show_default=True,
               help="INT8: correct every INT8 layer on calibration images, in order, for the error of its weights and "
                    "of the quantized activations before it (sequential bias correction); every layer stays INT8.")
-@click.option("--reconstruct-images", type=int, default=32, show_default=True,
+@click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
-@click.option("--verify-images", type=int, default=200, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--verify-images", type=int, default=default("verify_images"), show_default=True)
+@click.option("--seed", type=int, default=default("seed"), show_default=True)
 @click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 % agreement.")
-@click.option("--repair/--no-repair", default=True, show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
-@click.option("--max-kept-macs", type=float, default=50.0, show_default=True,
+@click.option("--repair/--no-repair", default=default("repair"), show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
+@click.option("--max-kept-macs", type=float, default=default("max_kept_macs"), show_default=True,
               help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
 @click.option("--max-abs", type=float, default=None, help="Budget: max abs logit error (default fp32 1e-3).")
 @click.option("--min-agreement", type=float, default=None, help="Budget: min top-1 agreement in percent (default fp16 99.5, int8 98).")
@@ -59,8 +61,8 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
-              max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool = True,
-              reconstruct_images: int = 32) -> None:
+              max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
+              reconstruct_images: int) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin

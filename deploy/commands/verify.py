@@ -33,6 +33,91 @@ def calibration_names(bundle: Any) -> set[str]:
     return {Path(n).name for n in read_calibration_json(p).images}
 
 
+def verification_images(bundle: Any, data: str | None, count: int, seed: int, quiet: bool) -> Any:
+    """The images to verify on, calibration images left out (a VerifySet)."""
+    from ..datasets import builtin_image_paths, labelled_images, select_readable
+    from ..preprocess import preprocess_files
+    from ..verify import VerifySet
+
+    m, exclude = bundle.manifest, calibration_names(bundle)
+    if not data:
+        paths = [p for p in builtin_image_paths() if p.name not in exclude][:count]
+        if not paths:
+            raise EffdeployError("no images to verify on in built-in images (calibration images are left out)")
+        return VerifySet(preprocess_files(paths, m.preprocessing), None, "built-in images", tuple(map(str, paths)))
+    items = [it for it in labelled_images(data) if it.path.name not in exclude]
+    readable = select_readable(items, (), count, seed, m.preprocessing)
+    if not readable.items:
+        unreadable = f"; {len(readable.skipped)} could not be read" if readable.skipped else ""
+        raise EffdeployError(f"no images to verify on in {data} (calibration images are left out{unreadable})")
+    warning = readable.warning("verification", str(data))
+    if warning:
+        info(f"warning: {warning}", quiet)
+    return VerifySet(readable.data, [i.label for i in readable.items], str(data),
+                     tuple(str(i.path) for i in readable.items), warning)
+
+
+def reference_for(bundle: Any, x: np.ndarray, reference: str, quiet: bool) -> tuple[np.ndarray, str]:
+    """Eager PyTorch where torch and the weights are here (``auto``/``eager``), else the bundle's
+    FP32 reference graph: the logits and what they came from."""
+    from ..export import run_eager
+    from ..logits import ort_logits
+
+    m = bundle.manifest
+    if reference in ("auto", "eager"):
+        eager = eager_model_for(m)
+        if eager is not None:
+            model, name = eager
+            info(f"reference: {name} on {len(x)} images", quiet)
+            return run_eager(model, x), name
+        if reference == "eager":
+            raise EffdeployError("--reference eager needs torch and the bundle's weights here; use --reference onnx")
+    ref_path = bundle.reference_path or (bundle.model_path if m.precision == "fp32" else None)
+    if ref_path is None:
+        raise EffdeployError("this bundle has no FP32 reference graph; install torch to verify against eager")
+    return ort_logits(Path(ref_path), x), f"FP32 reference graph ({Path(ref_path).name})"
+
+
+def engine_source(artifact: Path) -> tuple[Any, Path]:
+    """An engine is verified against the eager model of the bundle it was compiled from."""
+    from ..runtime import resolve_artifact
+
+    engine_art = resolve_artifact(artifact)
+    source_bundle = engine_art.manifest.bundle.get("path")
+    if not source_bundle or not Path(source_bundle).is_dir():
+        raise EffdeployError(f"{artifact}: the bundle it was compiled from ({source_bundle}) is not here; "
+                             "copy it beside the engine or verify the bundle itself")
+    return engine_art, Path(source_bundle)
+
+
+def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool) -> np.ndarray:
+    from ..logits import run_batched
+    from ..runners import bundle_runner
+    from ..runtime import open_backend
+
+    runner = open_backend(engine_art) if engine_art is not None else bundle_runner(bundle)
+    try:
+        return run_batched(runner.infer, x, batch=16, label="verify", quiet=quiet)
+    finally:
+        runner.close()
+
+
+def show_report(bundle: Any, report: Any, drift: list[dict[str, Any]]) -> None:
+    from ..verify import comparison_rows
+
+    m = bundle.manifest
+    verdict = {"verified": "verified: within budget",
+               "checked": "checked: within budget on too few images to resolve it"}.get(
+        report.status, "MISSED: " + "; ".join(report.misses))
+    click.echo(kv_table([("bundle", f"{bundle.path} ({m.model.name}, {m.precision})"), ("reference", report.reference),
+                         ("data", report.data), *comparison_rows(report.comparison), ("verdict", verdict)]))
+    if drift:
+        worst = sorted(drift, key=lambda r: -r["added"])[:3]
+        click.echo("drift (relative error at the last block): "
+                   f"{drift[-1]['relative_error']:.3g}; most added by " +
+                   ", ".join(f"{r['block']} (+{r['added']:.3g})" for r in worst))
+
+
 @cli.command("verify")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--data", "data", default=None, help="Image folder (labels from synset file names or ImageFolder sub-folders); default: built-in images.")
@@ -51,112 +136,42 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
     """
     from ..bundle import REFERENCE, load_bundle
-    from ..datasets import builtin_image_paths, labelled_images, select_readable
-    from ..export import run_eager
-    from ..preprocess import preprocess_files
-    from ..quantize_stage import drift_report, ort_logits
-    from ..runners import bundle_runner
-    from ..verify import Budget, budget_with, check_budget, coarse_verification, compare, comparison_rows, run_batched
+    from ..repair import drift_report
+    from ..verify import Budget, budget_with, verify_bundle
+    from ..weights import accuracy_claim, no_claim_reason
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")
     budget_with(Budget.for_precision("fp32"), max_abs, min_agreement, max_drop)  # bad budget flags fail first
     engine_art = None
     if artifact.suffix == ".plan":
-        # An engine is verified against the eager model of the bundle it was compiled from.
-        from ..runtime import resolve_artifact
-
-        engine_art = resolve_artifact(artifact)
-        source_bundle = engine_art.manifest.bundle.get("path")
-        if not source_bundle or not Path(source_bundle).is_dir():
-            raise EffdeployError(f"{artifact}: the bundle it was compiled from ({source_bundle}) is not here; "
-                                 "copy it beside the engine or verify the bundle itself")
-        artifact = Path(source_bundle)
+        engine_art, artifact = engine_source(artifact)
     bundle = load_bundle(artifact)
     m = bundle.manifest
-    from ..weights import accuracy_claim, no_claim_reason
-
     if m.status == "benchmark-only" or not accuracy_claim(m.weights):
         raise EffdeployError(
             f"{bundle.path} was built from {no_claim_reason(m.weights)} (status benchmark-only): there is no accuracy "
             "to verify; its numerical checks are in the manifest ('effdeploy inspect'); rebuild with trained --weights"
         )
-    exclude = calibration_names(bundle)
-    skipped_warning = None
-    if data:
-        items = [it for it in labelled_images(data) if it.path.name not in exclude]
-        readable = select_readable(items, (), count, seed, m.preprocessing)
-        labels, source = [i.label for i in readable.items], str(data)
-        x = readable.data
-        skipped_warning = readable.warning("verification", source)
-        if not readable.items:
-            unreadable = f"; {len(readable.skipped)} could not be read" if readable.skipped else ""
-            raise EffdeployError(f"no images to verify on in {source} (calibration images are left out{unreadable})")
-        if skipped_warning:
-            info(f"warning: {skipped_warning}", as_json)
-    else:
-        paths = [p for p in builtin_image_paths() if p.name not in exclude][:count]
-        labels, source = None, "built-in images"
-        if not paths:
-            raise EffdeployError(f"no images to verify on in {source} (calibration images are left out)")
-        x = preprocess_files(paths, m.preprocessing)
-
-    ref_logits, ref_name = None, ""
-    if reference in ("auto", "eager"):
-        eager = eager_model_for(m)
-        if eager is not None:
-            model, ref_name = eager
-            info(f"reference: {ref_name} on {len(x)} images", as_json)
-            ref_logits = run_eager(model, x)
-        elif reference == "eager":
-            raise EffdeployError("--reference eager needs torch and the bundle's weights here; use --reference onnx")
-    if ref_logits is None:
-        ref_path = bundle.reference_path or (bundle.model_path if m.precision == "fp32" else None)
-        if ref_path is None:
-            raise EffdeployError("this bundle has no FP32 reference graph; install torch to verify against eager")
-        ref_name = f"FP32 reference graph ({Path(ref_path).name})"
-        ref_logits = ort_logits(Path(ref_path), x)
-    if engine_art is not None:
-        from ..runtime import open_backend
-
-        runner = open_backend(engine_art)
-    else:
-        runner = bundle_runner(bundle)
-    try:
-        cand = run_batched(runner.infer, x, batch=16, label="verify", quiet=as_json)
-    finally:
-        runner.close()
-    comp = compare(ref_logits, cand, labels)
+    images = verification_images(bundle, data, count, seed, as_json)
+    ref_logits, ref_name = reference_for(bundle, images.data, reference, as_json)
+    cand = candidate_logits(bundle, engine_art, images.data, as_json)
     budget = budget_with(Budget.for_precision(m.precision), max_abs, min_agreement, max_drop) or Budget.for_precision(m.precision)
-    misses = check_budget(comp, budget)
-    coarse = coarse_verification(len(x), budget, more="--data")
-    if coarse:
-        info(f"warning: {coarse}", as_json)
-    from ..verify import gate_status
-
-    status = gate_status(misses, coarse)
+    report = verify_bundle(ref_logits, cand, images.labels, budget, reference=ref_name, data=images.source, more="--data")
+    if report.coarse:
+        info(f"warning: {report.coarse}", as_json)
     drift = []
     if m.precision != "fp32" and (bundle.path / REFERENCE).is_file():
         import onnx
 
-        drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), x[:32])
-    result = {"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
-              "precision": m.precision, "reference": ref_name, "data": source,
-              "comparison": comp.to_dict(), "budget": budget.__dict__, "misses": misses, "passed": not misses,
-              "status": status,
-              "drift": drift, "warnings": [w for w in (skipped_warning, coarse) if w]}
+        drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), images.data[:32])
     if as_json:
-        emit_json(result)
+        emit_json({"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
+                   "precision": m.precision, "reference": ref_name, "data": images.source,
+                   "comparison": report.comparison.to_dict(), "budget": report.budget.__dict__,
+                   "misses": list(report.misses), "passed": not report.misses, "status": report.status,
+                   "drift": drift, "warnings": [w for w in (images.warning, report.coarse) if w]})
     else:
-        click.echo(kv_table([("bundle", f"{bundle.path} ({m.model.name}, {m.precision})"), ("reference", ref_name),
-                             ("data", source), *comparison_rows(comp),
-                             ("verdict", {"verified": "verified: within budget",
-                                          "checked": "checked: within budget on too few images to resolve it"}
-                              .get(status, "MISSED: " + "; ".join(misses)))]))
-        if drift:
-            worst = sorted(drift, key=lambda r: -r["added"])[:3]
-            click.echo("drift (relative error at the last block): "
-                       f"{drift[-1]['relative_error']:.3g}; most added by " +
-                       ", ".join(f"{r['block']} (+{r['added']:.3g})" for r in worst))
-    if misses:
-        raise ParityError(f"{bundle.path} missed its budget: {'; '.join(misses)}")
+        show_report(bundle, report, drift)
+    if report.misses:
+        raise ParityError(f"{bundle.path} missed its budget: {'; '.join(report.misses)}")

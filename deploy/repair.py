@@ -1,0 +1,189 @@
+"""The INT8 repair: where the error comes from (per-block drift), which blocks to keep out of
+INT8 (sensitivity order within a multiply-add cap) and how many (the kept-count search), judged
+on the selection split, never on the images the gate judges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .logits import block_outputs, run_outputs
+from .precision import block_of, needs_unoptimized_ort
+from .report import info
+from .verify import Budget, VerifyReport, VerifySet, verify_candidate
+
+
+def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: np.ndarray) -> list[dict[str, Any]]:
+    """Per-MBConv-block relative error (||a-b|| / ||a||) between the FP32 reference and the
+    reduced-precision graph, and how much each block adds: where accuracy goes."""
+    blocks = block_outputs(reference)
+    cand_tensors = {o for n in candidate.graph.node for o in n.output}
+    blocks = {b: t for b, t in blocks.items() if t in cand_tensors}
+    if not blocks:
+        return []
+    names = list(blocks.values())
+    a = run_outputs(reference, names, data, optimize=True)
+    b = run_outputs(candidate, names, data, optimize=not needs_unoptimized_ort(candidate))
+    rows, prev = [], 0.0
+    for block, t in blocks.items():
+        ra, rb = a[t].astype(np.float64), b[t].astype(np.float64)
+        err = float(np.linalg.norm(ra - rb) / max(np.linalg.norm(ra), 1e-30))
+        rows.append({"block": block, "tensor": t, "relative_error": err, "added": err - prev})
+        prev = err
+    return rows
+
+
+def sensitivity_order(drift: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Blocks by the error they add (largest first): the ones to keep in higher precision."""
+    return [r["block"] for r in sorted(drift, key=lambda r: -r["added"])]
+
+
+def block_macs_shares(model: onnx.ModelProto) -> dict[str, float]:
+    """Each MBConv block's fraction of the network's multiply-adds (what keeping it out of INT8 costs)."""
+    from .export import macs_per_node
+
+    per_node = macs_per_node(model)
+    total = sum(per_node.values())
+    shares: dict[str, float] = {}
+    for name, macs in per_node.items():
+        b = block_of(name)
+        if b is not None and total:
+            shares[b] = shares.get(b, 0.0) + macs / total
+    return shares
+
+
+def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
+    """What the repair judges a candidate by: its FP32-typed twin (the same Q/DQ and reconstructed
+    biases; run as written, a few times faster on a CPU than the FP16 rest of the tensorrt graph)."""
+    from .precision import quantize
+
+    return quantize(fp32, int8.artifact.ranges, replace(config, fp16_rest=False), initializers=int8.initializers)
+
+
+LINEAR_KEPT_BLOCKS = 8  # the repair tries 1..8 kept blocks one by one, then doubles and bisects
+
+
+def kept_count_search(n: int, holds: Callable[[int], bool],
+                      linear: int = LINEAR_KEPT_BLOCKS) -> tuple[int | None, list[int]]:
+    """How many of the ``n`` most sensitive blocks to keep out of INT8 so the budget holds.
+
+    Agreement grows with the kept count only up to the image set's noise, so a pure bisection
+    skips small counts that hold (docs/int8.md has the case). Small counts are cheap to deploy and worth finding, so 1..``linear`` are tried one by one; beyond that the
+    search doubles up to ``n`` (the blocks the caller's cap allows) and bisects: at most
+    ``linear`` + ~2 log2(n) verifications. Returns (the count that held or None, the counts tried).
+    """
+    tried: list[int] = []
+
+    def check(k: int) -> bool:
+        tried.append(k)
+        return holds(k)
+
+    for k in range(1, min(linear, n) + 1):
+        if check(k):
+            return k, tried
+    missed = min(linear, n)
+    if missed == n:
+        return None, tried
+    k = min(2 * missed, n)
+    while not check(k):
+        missed = k
+        if k == n:
+            return None, tried
+        k = min(2 * k, n)
+    held = k
+    while held - missed > 1:
+        mid = (missed + held) // 2
+        if check(mid):
+            held = mid
+        else:
+            missed = mid
+    return held, tried
+
+
+def blocks_within(order: Sequence[str], shares: dict[str, float], max_share: float) -> int:
+    """How many of the leading blocks of ``order`` fit in ``max_share`` of the multiply-adds."""
+    total, n = 0.0, 0
+    for block in order:
+        total += shares.get(block, 0.0)
+        if total > max_share + 1e-9:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What the repair tried and kept: the manifest's ``quantization.repair``."""
+
+    initial: Mapping[str, Any]  # all-INT8 on the selection split: top1_agreement, misses
+    kept_blocks: tuple[str, ...]
+    macs_share_kept: float
+    max_kept_macs_pct: float
+    blocks_within_cap: int
+    model_bytes: Mapping[str, int]
+    tried: tuple[Mapping[str, Any], ...]
+    held: bool
+    chosen_on: str = ""
+    initial_verification: Mapping[str, Any] | None = None  # all-INT8 on the verification images
+    search: str = f"1..{LINEAR_KEPT_BLOCKS} blocks one by one, then doubling and bisection, in sensitivity order"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"initial": dict(self.initial), "kept_blocks": list(self.kept_blocks),
+             "macs_share_kept": self.macs_share_kept, "max_kept_macs_pct": self.max_kept_macs_pct,
+             "blocks_within_cap": self.blocks_within_cap, "model_bytes": dict(self.model_bytes),
+             "search": self.search, "tried": [dict(t) for t in self.tried], "held": self.held}
+        if self.chosen_on:
+            d["chosen_on"] = self.chosen_on
+        if self.initial_verification is not None:
+            d["initial_verification"] = dict(self.initial_verification)
+        return d
+
+
+def _outcome(report: VerifyReport | None) -> dict[str, Any]:
+    if report is None:
+        return {"top1_agreement": None, "misses": []}
+    return {"top1_agreement": report.comparison.top1_agreement, "misses": list(report.misses)}
+
+
+def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, selection: VerifySet,
+                budget: Budget, drift: list[dict[str, Any]], quiet: bool, first_report: VerifyReport | None,
+                max_kept_macs: float) -> tuple[Any, RepairReport]:
+    """Keep the blocks that add the most error in higher precision until the budget holds on the
+    ``selection`` split, within ``max_kept_macs`` percent of the multiply-adds. Returns the INT8
+    result with the chosen graph and config, and the report."""
+    from .precision import quantize
+
+    shares = block_macs_shares(fp32)
+    ranked = sensitivity_order(drift)
+    order = ranked[:blocks_within(ranked, shares, max_kept_macs / 100.0)]
+    info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
+         f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
+    chosen: list[Any] = []  # the smallest count that held, or the last one
+    tried: list[dict[str, Any]] = []
+
+    def holds(k: int) -> bool:
+        config = replace(int8.config, keep_blocks=tuple(order[:k]))
+        report, _ = verify_candidate(choice_twin(fp32, int8, config), reference_logits, selection, budget,
+                                     optimize=False)
+        agree = report.comparison.top1_agreement
+        tried.append({"keep_blocks": list(config.keep_blocks), "top1_agreement": agree, "misses": list(report.misses)})
+        names = ", ".join(order[:k]) if k <= 4 else f"{', '.join(order[:3])}, ... {order[k - 1]}"
+        info(f"      keeping {k} block{'s' if k > 1 else ''} ({names}) in higher precision: "
+             f"top-1 agreement {100 * agree:.2f} %", quiet)
+        if not report.misses or k == len(order):  # a later count that holds is smaller: one choice in memory
+            chosen[:] = [config]
+        return not report.misses
+
+    held, _ = kept_count_search(len(order), holds)
+    config = chosen[0] if chosen else int8.config  # no block fits the cap (or none in the graph): all-INT8 stands
+    candidate = (int8.model if config == int8.config else
+                 quantize(fp32, int8.artifact.ranges, config, initializers=int8.initializers))
+    repair = RepairReport(
+        initial=_outcome(first_report), kept_blocks=tuple(config.keep_blocks),
+        macs_share_kept=sum(shares.get(k, 0.0) for k in config.keep_blocks), max_kept_macs_pct=max_kept_macs,
+        blocks_within_cap=len(order), model_bytes={"all_int8": int8.model.ByteSize(), "repaired": candidate.ByteSize()},
+        tried=tuple(tried), held=held is not None, chosen_on=selection.source)
+    return replace(int8, model=candidate, config=config), repair

@@ -1,0 +1,54 @@
+"""The build request: every choice a build takes, with the defaults the CLI shows. Kept free of
+heavy imports so the command line can read its defaults at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse")  # effdeploy.calibration implements them
+# The repair keeps at most half of the multiply-adds out of INT8 by default: beyond that the bundle
+# is mostly an FP16/FP32 model under an INT8 label (random B1 "verified" with all 23 blocks kept
+# in FP16 is what an uncapped repair produced); --max-kept-macs raises it deliberately.
+MAX_KEPT_MACS_PCT = 50.0
+RECONSTRUCT_IMAGES = 32  # calibration images the INT8 reconstruction fits on (a subset of them)
+REPAIR_SELECTION_IMAGES = 256  # calibration images the repair chooses kept blocks on (never the gate's)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What `effdeploy build` was asked for; its defaults are the CLI's (the click options read them)."""
+
+    phi: Any
+    variant: str = "b"
+    precision: str = "fp32"
+    profile: Any = None  # effdeploy.profile.Profile (required by the build)
+    weights: str | None = None
+    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.archs
+    replace_head: bool = False  # a new, untrained head instead of the checkpoint's (benchmark-only)
+    preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
+    resolution: int | None = None
+    out: Path | None = None
+    num_classes: int = 1000
+    calib_data: str | None = None
+    calib_images: int = 256
+    calib_images_given: bool = True  # False: the default count (messages say so)
+    calib_method: str = "auto"
+    verify_data: str | None = None
+    verify_images: int = 200
+    seed: int = 0
+    budget: Any = None  # effdeploy.verify.Budget; None: the precision's default with the flags applied
+    accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
+    repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
+    max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
+    int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
+    reconstruct: bool = True  # INT8: learn the rounding of the weights on calibration images
+    reconstruct_images: int = RECONSTRUCT_IMAGES
+    allow_parity_failure: bool = False
+    quiet: bool = False
+
+
+def default(name: str) -> Any:
+    """A BuildRequest field's default (the click option shows and uses it)."""
+    return next(f.default for f in fields(BuildRequest) if f.name == name)
