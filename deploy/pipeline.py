@@ -673,6 +673,6 @@ def repair_int8(fp32: Any, fp32_path: Path, int8: Any, reference_logits: np.ndar
 
 def compile_step(bundle: Bundle, profile: Profile, quiet: bool) -> Any:
     """GPU profiles: compile here when TensorRT and a matching GPU exist, else say how on the target."""
-    from .compile import compile_after_build
+    from .backends.tensorrt.build import compile_after_build
 
     return compile_after_build(bundle.path, profile, quiet=quiet)

@@ -45,7 +45,7 @@ class Int8Result:
 
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
     from .verify import run_batched
 
     runner = OnnxRuntimeRunner(model, optimize=optimize)
@@ -102,7 +102,7 @@ def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
     """Median batch-1 latency on ONNX Runtime (CPU dialect choice)."""
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
 
     r = OnnxRuntimeRunner(model)
     x = sample[:1]

@@ -55,7 +55,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     from ..export import run_eager
     from ..preprocess import preprocess_files
     from ..quantize_stage import drift_report, ort_logits
-    from ..runners import bundle_runner
+    from ..backends.onnxrt import bundle_runner
     from ..verify import Budget, budget_with, check_budget, coarse_verification, compare, comparison_rows, run_batched
 
     if count < 1:
