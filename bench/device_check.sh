@@ -80,9 +80,9 @@ echo "DLA cores seen by TensorRT: $DLA_CORES" >> "$REPORT"
 
 if [ -d tests ] && python3 -c "import pytest" 2>/dev/null; then
   step "TensorRT tests (builds, runner, CUDA graphs, timing cache, logger, DLA)" \
-    python3 -m pytest -q -m tensorrt tests/test_tensorrt.py -rs
+    python3 -m pytest -q -m tensorrt tests/backends/tensorrt/test_on_gpu.py -rs
   step "rules without TensorRT (refusals, dry runs, doctor verdicts)" \
-    python3 -m pytest -q tests/test_compile.py tests/test_profiles.py tests/test_doctor.py
+    python3 -m pytest -q tests/backends tests/commands/test_compile.py tests/test_profiles.py tests/test_doctor.py
 fi
 [ -f docs/ort_fp16_qdq_repro.py ] && step "ONNX Runtime FP16 Q/DQ reproducer (item 12)" python3 docs/ort_fp16_qdq_repro.py
 

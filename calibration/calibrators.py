@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from effdeploy.errors import EffdeployError
+from effdeploy.errors import EffdeployError, first_line
 from effdeploy.report import progress
 from effdeploy.request import CALIBRATION_METHODS
 
@@ -210,7 +210,7 @@ def collect_statistics(
             augmented.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        raise EffdeployError(f"ONNX Runtime cannot run the model for calibration: {str(e).splitlines()[0]}") from None
+        raise EffdeployError(f"ONNX Runtime cannot run the model for calibration: {first_line(e)}") from None
     out_names = [o for t in names for o in outputs[t]]
     accs = {t: _Accumulator(t) for t in names}
     n = images.shape[0]
@@ -605,7 +605,7 @@ def _load_model(model: Any):
     try:
         return onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
-        raise EffdeployError(f"cannot read ONNX model {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise EffdeployError(f"cannot read ONNX model {path}: {first_line(e)}") from None
 
 
 def _single_input(proto) -> tuple[str, tuple]:

@@ -94,7 +94,7 @@ def _owner_pid(name: str, marker: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
+def atomic_write(path: str | Path, data: bytes | bytearray | memoryview | str) -> None:
     """Write through a temp file in the same folder and rename: readers (and caches) never see a
     half-written file. The temp file carries the writer's pid, so one left by a killed process
     is removed by the next write of the same file; the file gets the mode any other file
@@ -226,9 +226,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
     manifest = manifest.with_(artifacts=artifacts, created=manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write(directory / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
     return manifest
 
 
@@ -239,8 +237,13 @@ def check_output_dir(out: Path) -> None:
         raise EffdeployError(f"--out {out} exists and is not a directory; choose another path")
     if out.exists() and any(out.iterdir()) and not is_bundle(out):
         raise EffdeployError(f"--out {out} is a non-empty directory that is not a bundle; choose another path")
-    parent = out.resolve().parent
-    probe_dir = parent
+    check_writable_out(out)
+
+
+def check_writable_out(out: Path) -> None:
+    """Refuse an ``--out`` whose nearest existing parent folder this process cannot write into
+    (checked before minutes of work; the bundle and the engine both use it)."""
+    probe_dir = Path(out).resolve().parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not os.access(probe_dir, os.W_OK | os.X_OK):

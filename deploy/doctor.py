@@ -13,17 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compile import (
-    L4tRelease,
-    read_l4t,
-    refuse_cpu_profile,
-    refuse_local_gpu,
-    refuse_release_table,
-    refuse_trt_version,
-)
-from .engine import CudaProbe, cuda_problem, cuda_version_text, probe_cuda
+from .backends.tensorrt.compat import dla_supported
+from .backends.tensorrt.manifest import CudaProbe, L4tRelease, cuda_problem, cuda_version_text, probe_cuda, read_l4t
+from .backends.tensorrt.plan import refuse_cpu_profile, refuse_local_gpu, refuse_release_table, refuse_trt_version
+from .errors import first_line
 from .profile import Profile
-from .trt_compat import TrtVersion, dla_supported
 
 
 @dataclass(frozen=True)
@@ -97,14 +91,14 @@ def gather_tensorrt() -> TensorRTInfo:
     try:
         import tensorrt as trt  # noqa: PLC0415 - doctor's whole point is to try
     except ImportError as e:
-        return TensorRTInfo(error=f"not installed ({str(e).splitlines()[0][:120]})")
+        return TensorRTInfo(error=f"not installed ({first_line(e, 120)})")
     except OSError as e:  # the module is there but libnvinfer does not load
-        return TensorRTInfo(error=f"installed but its libraries do not load ({str(e).splitlines()[0][:160]})")
+        return TensorRTInfo(error=f"installed but its libraries do not load ({first_line(e, 160)})")
     location = str(Path(getattr(trt, "__file__", "") or "").parent) or None
     dist, dist_version = _tensorrt_dist()
     dla = None
     try:
-        from .trt_compat import shared_logger  # noqa: PLC0415
+        from .backends.tensorrt.compat import shared_logger  # noqa: PLC0415
 
         dla = int(trt.Runtime(shared_logger(trt)).num_DLA_cores)
     except Exception:  # no GPU / driver: the version is still worth reporting

@@ -17,3 +17,16 @@ class ParityError(EffdeployError):
     """A built artifact missed its accuracy budget (the report is kept beside it)."""
 
     exit_code = 3
+
+
+def first_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an exception's message (or of a logged string), for one-line errors.
+
+    Third-party errors (ONNX, ONNX Runtime, TensorRT, CUDA) carry multi-line messages and stack
+    dumps; a user sees their first line. An empty message gives the exception's type name.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    line = text.splitlines()[0]
+    return line if limit is None else line[:limit]

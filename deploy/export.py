@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from .errors import EffdeployError
+from .errors import EffdeployError, first_line
 
 OPSET = 18
 EXPORT_CACHE_ENTRIES = 8  # most recently used exports kept (a B1 graph is 31 MB)
@@ -76,7 +76,7 @@ def export_onnx(model: Any, resolution: int, opset: int = OPSET) -> onnx.ModelPr
                 dynamic_shapes=({0: batch},), external_data=False, verbose=False, optimize=True,
             )
     except Exception as e:  # the exporter raises a zoo of types; the log has the details
-        raise EffdeployError(f"ONNX export failed: {str(e).strip().splitlines()[0][:200]}") from None
+        raise EffdeployError(f"ONNX export failed: {first_line(e, 200)}") from None
     proto = program.model_proto
     return rename_nodes(proto)
 
@@ -157,7 +157,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         simplified, ok = onnxsim_simplify(model, check_n=0)
     except Exception as e:
-        raise EffdeployError(f"onnxsim failed: {str(e).strip().splitlines()[0][:200]}") from None
+        raise EffdeployError(f"onnxsim failed: {first_line(e, 200)}") from None
     if not ok:
         raise EffdeployError("onnxsim could not validate the simplified graph")
     for node in simplified.graph.node:  # keep module-path names where onnxsim renamed
@@ -182,7 +182,7 @@ def check_parity(model: Any, onnx_path: Path, inputs: Sequence[np.ndarray], tole
     times the logit scale (the largest |eager logit|, at least 1): float32 rounding grows with the
     values, and a network whose logits reach the hundreds differs by more than 1e-4 in absolute terms
     without any exporter fault."""
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
     from .logits import run_batched
     from .verify import compare
 

@@ -26,7 +26,7 @@ def run_batched(infer: Callable[[np.ndarray], np.ndarray], data: np.ndarray, bat
 
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
     runner = OnnxRuntimeRunner(model, optimize=optimize)
     try:
         return run_batched(runner.infer, data, batch)

@@ -578,6 +578,6 @@ def arch_note(weights_info: dict[str, Any]) -> str:
 
 def compile_step(bundle: Bundle, profile: Profile, quiet: bool) -> Any:
     """GPU profiles: compile here when TensorRT and a matching GPU exist, else say how on the target."""
-    from .compile import compile_after_build
+    from .backends.tensorrt.build import compile_after_build
 
     return compile_after_build(bundle.path, profile, quiet=quiet)

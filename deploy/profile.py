@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backends.tensorrt.compat import TrtVersion
 from .errors import EffdeployError
 
 if sys.version_info >= (3, 11):
@@ -32,11 +33,9 @@ class TensorRTRelease:
     max_version: str | None = None  # exclusive; None = open-ended
     dla: bool = False
 
-    def contains(self, version: str) -> bool:
-        v = _vtuple(version)
-        if v < _vtuple(self.min_version):
-            return False
-        return self.max_version is None or v < _vtuple(self.max_version)
+    def contains(self, version: "str | TrtVersion") -> bool:
+        """``min_version <= version < max_version`` (TrtVersion's comparison, the only one)."""
+        return TrtVersion.parse(version).in_range(self.min_version, self.max_version)
 
 
 @dataclass(frozen=True)
@@ -78,16 +77,6 @@ class Profile:
             r if isinstance(r, TensorRTRelease) else TensorRTRelease(**r) for r in d.get("tensorrt", ())
         )
         return Profile(**d)
-
-
-def _vtuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(version).split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    while len(parts) < 4:
-        parts.append(0)
-    return tuple(parts)
 
 
 def builtin_profile_names() -> list[str]:

@@ -124,7 +124,7 @@ def choose_method(fp32: onnx.ModelProto, outcomes: Mapping[str, Any], config: Qu
 def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
     """Median batch-1 latency on ONNX Runtime (the activation-form choice)."""
     from .benchmark import TimingPlan, time_callable
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
 
     r = OnnxRuntimeRunner(model)
     try:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import EffdeployError
+from .errors import EffdeployError, first_line
 from .preprocess import check_frame, preprocess
 from .spec import CROP_PCT, Preprocessing
 
@@ -75,7 +75,7 @@ def _bundle_artifact(path: Path, model_path: Path | None = None) -> Artifact:
 
 
 def _engine_artifact(path: Path) -> Artifact:
-    from .engine import load_engine_manifest
+    from .backends.tensorrt.manifest import load_engine_manifest
 
     m = load_engine_manifest(path, verify=True)
     if not m.preprocessing:
@@ -102,7 +102,7 @@ def _onnx_input_preprocessing(path: Path) -> tuple[Preprocessing, int]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends
-        raise EffdeployError(f"cannot read ONNX {path}: {str(e).splitlines()[0][:160]}; is it truncated?") from None
+        raise EffdeployError(f"cannot read ONNX {path}: {first_line(e, 160)}; is it truncated?") from None
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3 or dims[2] <= 0 or dims[2] != dims[3]:
         raise EffdeployError(f"{path} takes input of shape {dims}; expected (N, 3, R, R) images")
@@ -167,12 +167,11 @@ def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: boo
     """``OnnxRuntimeRunner`` with ONNX Runtime's intra-op spinning chosen by the caller.
 
     ORT's worker threads busy-wait after every run by default. On a machine the application has to
-    itself that is the fast choice (B0 on 2 cores here: 6.7 ms with spinning, 10.0 ms without);
-    where other processes compete for the cores, spinning threads fight them and the median
-    latency more than doubles (24 ms vs 12 ms here under a load of 3 on 2 cores), so
-    ``spin=False`` is offered for shared or oversubscribed CPUs.
+    itself that is the fast choice; where other processes compete for the cores, spinning threads
+    fight them and the median latency can more than double, so ``spin=False`` is offered for
+    shared or oversubscribed CPUs (the figures are in docs/runtime.md).
     """
-    from .runners import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(model_path, threads=threads, optimize=optimize,
                                session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
@@ -189,16 +188,16 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise EffdeployError(f"threads must be an integer >= 1, or None for every core (got {threads!r})")
     if art.kind == KIND_ENGINE:
-        from .trt_compat import MISSING_TENSORRT, import_tensorrt
+        from .backends.tensorrt.compat import MISSING_TENSORRT, import_tensorrt
 
         if import_tensorrt() is None:
             raise EffdeployError(
                 f"{MISSING_TENSORRT} (needed to run {art.path}); or run the bundle directory with ONNX Runtime"
             )
-        from .trt_runner import TensorRTRunner
+        from .backends.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner.open(art.model_path)
-    from .runners import manifest_optimize
+    from .backends.onnxrt import manifest_optimize
 
     return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
 
@@ -223,7 +222,8 @@ def top_k(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[list[Predic
     """Per row of logits, the ``k`` best classes with softmax scores, best first (ties: lower id).
 
     Only the k winners are sorted and only the normaliser touches all classes: this runs once per
-    frame in a video loop, where a full softmax and argsort of 1000 classes cost ~0.3 ms.
+    frame in a video loop, where a full softmax and argsort of 1000 classes would cost a
+    noticeable share of the frame (docs/runtime.md).
     """
     if k < 1:
         raise EffdeployError(f"top_k must be at least 1 (got {k})")

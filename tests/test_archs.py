@@ -160,7 +160,7 @@ def test_shared_checkpoint_reproduces_through_a_bundle(tmp_path, stem, arch):
     """The bundle's ONNX on ONNX Runtime gives the library's logits, and the manifest says whose
     function and preprocessing it is (overrides recorded as such)."""
     from effdeploy.bundle import load_bundle
-    from effdeploy.runners import bundle_runner
+    from effdeploy.backends.onnxrt import bundle_runner
 
     path, x, ref = _checkpoint(stem)
     out = tmp_path / stem

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_compile import assert_one_line_error, run_cli
+from cli_errors import assert_one_line_error, run_cli
 
-from effdeploy.compile import L4tRelease
+from effdeploy.backends.tensorrt.compat import import_tensorrt
+from effdeploy.backends.tensorrt.manifest import CudaProbe, GpuInfo, L4tRelease, cuda_problem
 from effdeploy.doctor import Facts, TensorRTInfo, assess, rows, tensorrt_origin
-from effdeploy.engine import CudaProbe, GpuInfo, cuda_problem
 from effdeploy.profile import load_profile
-from effdeploy.trt_compat import import_tensorrt
 
 HAS_TRT = import_tensorrt() is not None
 

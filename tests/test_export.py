@@ -6,7 +6,7 @@ from effdeploy import build_model
 from effdeploy.datasets import builtin_image_paths
 from effdeploy.export import check_parity, count_macs, export_onnx, graph_summary, simplify
 from effdeploy.preprocess import preprocess_files
-from effdeploy.runners import OnnxRuntimeRunner
+from effdeploy.backends.onnxrt import OnnxRuntimeRunner
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_the_ort_advice_gives_the_unoptimised_result():
 
 
 def test_inspect_says_how_to_run_an_fp16_qdq_graph(tmp_path):
-    from test_compile import run_cli
+    from cli_errors import run_cli
 
     path = tmp_path / "qdq.onnx"
     onnx.save(repro_model(), str(path))

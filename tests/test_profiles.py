@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from effdeploy.compile import refuse_release_table
+from effdeploy.backends.tensorrt.plan import refuse_release_table
 from effdeploy.profile import PRECISIONS, builtin_profile_names, load_profile
-from effdeploy.trt_compat import TrtVersion, dla_supported, strongly_typed_supported
+from effdeploy.backends.tensorrt.compat import TrtVersion, dla_supported, strongly_typed_supported
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 NEW = ("jetson-orin-nx", "jetson-orin-nano", "jetson-xavier-nx", "jetson-nano", "t4", "a100")

@@ -18,7 +18,7 @@ from effdeploy.benchmark import synthetic_frame
 from effdeploy.errors import EffdeployError
 from effdeploy.labels import imagenet_labels
 from effdeploy.preprocess import load_image, preprocess_files
-from effdeploy.runners import OnnxRuntimeRunner
+from effdeploy.backends.onnxrt import OnnxRuntimeRunner
 from effdeploy.runtime import Prediction, Runner, open_video, resolve_artifact, top_k, video_frames
 from effdeploy.spec import Preprocessing
 
@@ -236,8 +236,8 @@ def test_bare_onnx_needs_its_preprocessing(tiny_bundle: Path, tmp_path: Path, ru
 
 def test_engine_plan_without_tensorrt(tiny_bundle: Path, tmp_path: Path) -> None:
     """An engine.plan whose manifest checks out, on a machine without TensorRT: one clear line."""
-    from effdeploy.engine import EngineManifest, write_engine_manifest
-    from effdeploy.trt_compat import import_tensorrt
+    from effdeploy.backends.tensorrt.manifest import EngineManifest, write_engine_manifest
+    from effdeploy.backends.tensorrt.compat import import_tensorrt
 
     if import_tensorrt() is not None:
         pytest.skip("TensorRT is installed here")

@@ -244,7 +244,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     import onnx
 
     from ..bundle import is_bundle, load_bundle
-    from ..errors import EffdeployError
+    from ..errors import EffdeployError, first_line
     from ..export import count_macs, graph_summary
 
     if not artifact.exists():
@@ -260,7 +260,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     try:
         proto = onnx.load(str(onnx_path))
     except Exception as e:
-        raise EffdeployError(f"cannot read ONNX {onnx_path}: {str(e).splitlines()[0][:160]}") from None
+        raise EffdeployError(f"cannot read ONNX {onnx_path}: {first_line(e, 160)}") from None
     from ..ort_safety import ort_hint_for_graph
 
     graph = graph_summary(proto)

@@ -14,7 +14,7 @@ from ..report import emit_json, info, kv_table
 def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:
     if value is None:
         return None
-    from ..compile import parse_batch
+    from ..backends.tensorrt.plan import parse_batch
 
     return parse_batch(value)
 
@@ -46,10 +46,10 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
 
     Example: effdeploy compile bundles/b1-int8-jetson-orin --profile jetson-orin
     """
-    from ..compile import CompileOptions, check_installed, read_l4t
-    from ..engine import cuda_problem, engine_manifest_path, probe_cuda
-    from ..trt_build import compile_bundle, plan_for
-    from ..trt_compat import TrtVersion, import_tensorrt
+    from ..backends.tensorrt.build import compile_bundle
+    from ..backends.tensorrt.compat import TrtVersion, import_tensorrt
+    from ..backends.tensorrt.manifest import cuda_problem, engine_manifest_path, probe_cuda, read_l4t
+    from ..backends.tensorrt.plan import CompileOptions, check_installed, plan_for
 
     opts = CompileOptions(
         out=out, dla_core=dla_core, batch=batch, workspace_mb=workspace_mb, opt_level=opt_level,
@@ -94,7 +94,7 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
         "build_s": round(result.seconds, 1),
     }
     if m.build.get("dla"):
-        from ..trt_build import dla_summary
+        from ..backends.tensorrt.build import dla_summary
 
         summary["dla_placement"] = dla_summary(m.build["dla"])
     if as_json:

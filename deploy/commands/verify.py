@@ -92,7 +92,7 @@ def engine_source(artifact: Path) -> tuple[Any, Path]:
 
 def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool) -> np.ndarray:
     from ..logits import run_batched
-    from ..runners import bundle_runner
+    from ..backends.onnxrt import bundle_runner
     from ..runtime import open_backend
 
     runner = open_backend(engine_art) if engine_art is not None else bundle_runner(bundle)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
-from .errors import EffdeployError
+from ...errors import EffdeployError
 
 #: First TensorRT release line with strongly typed networks on every platform (see module doc).
 MIN_STRONGLY_TYPED = "10.0"

@@ -3,7 +3,7 @@
 ``pip install 'effdeploy[tensorrt]'``); everything here skips with the reason otherwise. Nothing here
 stands in for TensorRT: if it is absent, these tests do not run.
 
-Run on the target:  python -m pytest -q -m tensorrt tests/test_tensorrt.py
+Run on the target:  python -m pytest -q -m tensorrt tests/backends/tensorrt/test_on_gpu.py
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effdeploy.compile import CompileOptions
-from effdeploy.engine import cuda_problem, engine_manifest_path, load_engine_manifest, probe_cuda
+from effdeploy.backends.tensorrt.compat import import_tensorrt
+from effdeploy.backends.tensorrt.manifest import cuda_problem, engine_manifest_path, load_engine_manifest, probe_cuda
+from effdeploy.backends.tensorrt.plan import CompileOptions
 from effdeploy.errors import EffdeployError
-from effdeploy.trt_compat import import_tensorrt
 
 pytestmark = pytest.mark.tensorrt
 
@@ -30,16 +30,17 @@ if _TRT is None:
 if _GPU is None:
     pytest.skip(f"needs an NVIDIA GPU visible to cuda-python: {cuda_problem(_PROBE)}", allow_module_level=True)
 
-from test_compile import make_bundle, run_cli  # noqa: E402  (same tests directory)
+from cli_errors import run_cli  # noqa: E402  (tests/, on sys.path through its conftest)
+from tiny_bundle import make_bundle  # noqa: E402
 
-from effdeploy.trt_build import compile_bundle  # noqa: E402
-from effdeploy.trt_runner import TensorRTRunner  # noqa: E402
+from effdeploy.backends.tensorrt.build import compile_bundle  # noqa: E402
+from effdeploy.backends.tensorrt.runner import TensorRTRunner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def local_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A profile for the GPU this test runs on (its compute capability, its TensorRT release)."""
-    from effdeploy.trt_compat import TrtVersion
+    from effdeploy.backends.tensorrt.compat import TrtVersion
 
     v = TrtVersion.parse(_TRT.__version__)
     path = tmp_path_factory.mktemp("profiles") / "local-gpu.toml"
@@ -81,7 +82,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, local_profile: Path):
 
 
 def onnx_reference(bundle: Path, x: np.ndarray) -> np.ndarray:
-    from effdeploy.runners import OnnxRuntimeRunner
+    from effdeploy.backends.onnxrt import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(bundle / "model.onnx") as r:
         return r.infer(x)
@@ -210,7 +211,7 @@ def test_one_logger_for_builds_and_runners(built, tmp_path: Path, local_profile:
     """TensorRT keeps the first logger it is given and warns "The logger passed into ... differs from
     one already provided" for any other (item 4): a build while a runner lives must not see that, and
     its own messages must reach the build's capture."""
-    from effdeploy.trt_compat import LogCapture, capture_log
+    from effdeploy.backends.tensorrt.compat import LogCapture, capture_log
 
     _, result = built
     bundle = make_bundle(tmp_path / "b0", profile="cpu")

@@ -3,7 +3,7 @@
 Precision lives in the ONNX graph (Q/DQ for INT8, FP16 tensors for FP16), so the network is
 strongly typed and no precision builder flag is ever set: the same code builds on TensorRT 10.x
 (``STRONGLY_TYPED`` creation flag) and 11.x (always strongly typed). Version differences go through
-:mod:`effdeploy.trt_compat`. ``tensorrt`` is imported only inside :func:`compile_bundle`.
+:mod:`effdeploy.backends.tensorrt.compat`. ``tensorrt`` is imported only inside :func:`compile_bundle`.
 
 API used (10.x and 11.x Python API, checked against both): ``Builder.create_network(flags)``,
 ``OnnxParser.parse_from_file`` / ``num_errors`` / ``get_error``, ``Builder.create_builder_config``,
@@ -17,7 +17,8 @@ API used (10.x and 11.x Python API, checked against both): ``Builder.create_netw
 ``progress_monitor``, ``build_serialized_network``, ``Runtime.DLA_core``,
 ``Runtime.deserialize_cuda_engine``, ``create_engine_inspector().get_engine_information(
 LayerInformationFormat.JSON)`` and the name-based tensor queries (all present in the 10.3.0 and 11.1
-bindings, ``python/src/infer/pyCore.cpp``). One logger for the process (:func:`effdeploy.trt_compat.shared_logger`).
+bindings, ``python/src/infer/pyCore.cpp``). One logger for the process
+(:func:`effdeploy.backends.tensorrt.compat.shared_logger`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -36,12 +36,10 @@ from typing import Any, Iterator
 
 import click
 
-from .bundle import load_bundle
-from .compile import BuildPlan, CompileOptions, check_installed, compile_hint, make_plan, read_l4t
-from .engine import EngineManifest, GpuInfo, cuda_problem, engine_manifest_path, probe_cuda, write_engine_manifest
-from .errors import EffdeployError
-from .profile import Profile, load_profile
-from .trt_compat import (
+from ...bundle import atomic_write
+from ...errors import EffdeployError, first_line
+from ...profile import Profile
+from .compat import (
     MISSING_TENSORRT,
     LogCapture,
     adjust_parser_for_dla,
@@ -54,35 +52,26 @@ from .trt_compat import (
     new_runtime,
     shared_logger,
 )
+from .manifest import (
+    EngineManifest,
+    GpuInfo,
+    cuda_problem,
+    detect_gpu,
+    engine_manifest_path,
+    probe_cuda,
+    read_l4t,
+    write_engine_manifest,
+)
+from .plan import CompileOptions, CompilePlan, check_installed, compile_hint, gpu_matches, plan_for
 
 
 @dataclass(frozen=True)
 class CompileResult:
-    plan: BuildPlan
+    plan: CompilePlan
     engine: EngineManifest
     seconds: float
     timing_cache_reused: bool
     warnings: tuple[str, ...] = ()
-
-
-def resolve_profile(bundle_manifest_profile: Any, profile: Profile | str | None) -> Profile:
-    """``--profile`` when given, else the profile the bundle was built for."""
-    if isinstance(profile, Profile):
-        return profile
-    if profile:
-        return load_profile(profile)
-    data = dict(bundle_manifest_profile or {})
-    if not data:
-        raise EffdeployError("the bundle records no profile; pass --profile (e.g. --profile jetson-orin)")
-    try:
-        return Profile.from_dict(data)
-    except (TypeError, ValueError):
-        return load_profile(str(data.get("name")))
-
-
-def plan_for(bundle_path: str | Path, profile: Profile | str | None, opts: CompileOptions) -> BuildPlan:
-    bundle = load_bundle(bundle_path)
-    return make_plan(bundle, resolve_profile(bundle.manifest.profile, profile), opts)
 
 
 def compile_bundle(
@@ -91,14 +80,14 @@ def compile_bundle(
     opts: CompileOptions = CompileOptions(),
     quiet: bool = False,
 ) -> CompileResult:
-    """Refuse what cannot work, then build ``engine.plan`` + ``engine.json`` with the local TensorRT."""
+    """Refuse what cannot work, then compile ``engine.plan`` + ``engine.json`` with the local TensorRT."""
     plan = plan_for(bundle_path, profile, opts)
     trt = import_tensorrt()
     if trt is None:
         raise EffdeployError(f"{MISSING_TENSORRT}: {compile_hint(bundle_path, plan.profile)}")
     probe = probe_cuda()
     plan = check_installed(plan, str(trt.__version__), opts.trt_version, probe.gpu, read_l4t(), cuda_problem(probe))
-    return build_engine(trt, plan, probe.gpu, quiet=quiet)
+    return compile_engine(trt, plan, probe.gpu, quiet=quiet)
 
 
 class _Progress:
@@ -128,19 +117,12 @@ class _Progress:
 
 
 def _write_atomic(path: Path, data: Any) -> None:
-    """Write to a sibling temp file and rename: a reader never sees half a plan."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    """:func:`effdeploy.bundle.atomic_write` of TensorRT's bytes (``IHostMemory``): a reader never
+    sees half a plan; a failure is one line."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-        os.replace(tmp, path)
+        atomic_write(path, memoryview(data))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise EffdeployError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str, for_dla: bool, log: LogCapture) -> None:
@@ -153,7 +135,7 @@ def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: str, for_
     if parser.parse_from_file(onnx_path):
         return
     errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)] or log.errors
-    first = errors[0].splitlines()[0] if errors else "unknown parser error"
+    first = first_line(errors[0]) if errors else "unknown parser error"
     raise EffdeployError(
         f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first}"
         + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
@@ -247,7 +229,7 @@ def _inspector_layers(trt: ModuleType, engine: Any) -> list[dict[str, Any]] | No
     return out
 
 
-def configure(trt: ModuleType, builder: Any, network: Any, plan: BuildPlan) -> Any:
+def configure(trt: ModuleType, builder: Any, network: Any, plan: CompilePlan) -> Any:
     """``IBuilderConfig`` from the plan: workspace, optimisation level/profile, DLA, compat flags."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_mb) << 20)
@@ -301,8 +283,8 @@ def engine_io(trt: ModuleType, engine: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _build_serialized(trt: ModuleType, logger: Any, plan: BuildPlan, log: LogCapture, warnings: list[str],
-                      quiet: bool) -> tuple[Any, bool, dict[str, Any] | None]:
+def _compile_serialized(trt: ModuleType, logger: Any, plan: CompilePlan, log: LogCapture, warnings: list[str],
+                        quiet: bool) -> tuple[Any, bool, dict[str, Any] | None]:
     """Parse, configure and build; returns (plan bytes, timing cache reused, DLA split).
 
     Builder, network, parser and config live only in this frame, so they are released when it returns,
@@ -322,7 +304,7 @@ def _build_serialized(trt: ModuleType, logger: Any, plan: BuildPlan, log: LogCap
                    f"{plan.precision} graph, batch {plan.batch_min}..{plan.batch_max})", err=True)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        detail = log.errors[-1].splitlines()[0] if log.errors else "no detail from TensorRT"
+        detail = first_line(log.errors[-1]) if log.errors else "no detail from TensorRT"
         hint = ""
         if dla is not None and not plan.gpu_fallback and dla["not_dla_capable"]:
             first = ", ".join(dla["not_dla_capable"][:3])
@@ -336,14 +318,14 @@ def _build_serialized(trt: ModuleType, logger: Any, plan: BuildPlan, log: LogCap
     return serialized, reused, dla
 
 
-def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
-    """Build, serialize and describe one engine; nothing is left half-written on failure."""
+def compile_engine(trt: ModuleType, plan: CompilePlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
+    """Compile, serialize and describe one engine; nothing is left half-written on failure."""
     t0 = time.perf_counter()
     warnings: list[str] = list(plan.notes)
     logger = shared_logger(trt)
     log = LogCapture(echo_warnings=not quiet)
     with capture_log(log):
-        serialized, reused, dla = _build_serialized(trt, logger, plan, log, warnings, quiet)
+        serialized, reused, dla = _compile_serialized(trt, logger, plan, log, warnings, quiet)
         gc.collect()  # the builder's objects are unreferenced now; free them before the engine is loaded
         runtime = new_runtime(trt, logger, plan.version_compatible, plan.dla_core)
         engine = runtime.deserialize_cuda_engine(serialized)
@@ -359,7 +341,7 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
     engine_manifest_path(plan_path).unlink(missing_ok=True)  # never a manifest describing an older plan
     _write_atomic(plan_path, serialized)
     gpu = gpu or GpuInfo(name="unknown", compute_capability=plan.profile.compute_capability or "?")
-    build = plan.build_settings()
+    build = plan.compile_settings()
     if dla is not None:
         build["dla"] = dla
         warnings.append(f"DLA placement: {dla_summary(dla)}")
@@ -377,3 +359,35 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
     )
     manifest = write_engine_manifest(plan_path, manifest)
     return CompileResult(plan, manifest, time.perf_counter() - t0, reused, tuple(warnings))
+
+
+@dataclass(frozen=True)
+class AutoCompile:
+    """What ``effdeploy build`` learns from :func:`compile_after_build`."""
+
+    engine: Path | None  # the plan written here, or None
+    hint: str | None  # the command to run on the target when nothing was compiled here
+    reason: str  # one line: why it compiled here or why not
+
+
+def compile_after_build(bundle_path: str | Path, profile: Profile, quiet: bool = False) -> AutoCompile:
+    """Called by ``effdeploy build`` after a verified bundle: compile here when TensorRT is importable
+    and the local GPU matches the profile; otherwise return the command for the target.
+
+    Refusals (e.g. INT8 on jetson-nano) are reported, never raised: the bundle itself is fine.
+    """
+    if not profile.is_gpu:
+        return AutoCompile(None, None, f"{profile.name} is a CPU target: the verified bundle is the deployable artifact")
+    hint = compile_hint(bundle_path, profile)
+    if import_tensorrt() is None:
+        return AutoCompile(None, hint, MISSING_TENSORRT)
+    gpu = detect_gpu()
+    if not gpu_matches(profile, gpu):
+        here = f"{gpu.name} (compute capability {gpu.compute_capability})" if gpu else "no CUDA GPU"
+        return AutoCompile(None, hint, f"this machine has {here}, not {profile.name}'s compute capability "
+                                       f"{profile.compute_capability}; compile on the target")
+    try:
+        result = compile_bundle(bundle_path, profile, CompileOptions(), quiet=quiet)
+    except EffdeployError as e:
+        return AutoCompile(None, hint, str(e))
+    return AutoCompile(Path(result.plan.plan_path), None, f"compiled here with TensorRT {result.engine.tensorrt_version}")

@@ -1,36 +1,32 @@
-"""Bundle + profile + flags -> a :class:`BuildPlan`, and the rules that refuse impossible builds.
+"""Bundle + profile + flags -> a :class:`CompilePlan`, and the rules that refuse impossible compiles.
 
 Everything here is a plain function over frozen data so it can be tested without TensorRT or a GPU:
-the builder (:mod:`effdeploy.trt_build`) only executes a plan that survived these rules. Rules that
-need no TensorRT (precision, DLA, release table, bundle status) run before TensorRT is looked for,
-so ``effdeploy compile --trt-version X --dry-run`` answers "would this work on the target?" from a
-workstation.
+the builder (:mod:`effdeploy.backends.tensorrt.build`) only executes a plan that survived these
+rules. Rules that need no TensorRT (precision, DLA, release table, bundle status) run before
+TensorRT is looked for, so ``effdeploy compile --trt-version X --dry-run`` answers "would this work
+on the target?" from a workstation.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .bundle import USABLE_STATUSES, Bundle, sha256_file
-from .engine import GpuInfo, detect_gpu, normalize_cc
-from .errors import EffdeployError
-from .profile import Profile
-from .trt_compat import (
+from ...bundle import USABLE_STATUSES, Bundle, check_writable_out, load_bundle, sha256_file, status_warning
+from ...errors import EffdeployError, first_line
+from ...profile import Profile, load_profile
+from .compat import (
     HARDWARE_COMPAT_LEVELS,
     MIN_SAME_CC_HW_COMPAT,
     MIN_STRONGLY_TYPED,
-    MISSING_TENSORRT,
     TrtVersion,
     dla_gap_reason,
     dla_supported,
     same_cc_hw_compat_supported,
     strongly_typed_supported,
 )
+from .manifest import GpuInfo, L4tRelease, cc_tuple, compile_command, detect_gpu, normalize_cc
 
 DEFAULT_ENGINE_NAME = "engine.plan"
 TIMING_CACHE_NAME = "timing.cache"
@@ -52,11 +48,11 @@ class CompileOptions:
     hardware_compat: str | None = None
     version_compatible: bool | None = None
     trt_version: str | None = None
-    gpu_fallback: bool = False  # DLA only: let layers DLA cannot run go to the GPU (off: the build fails instead)
+    gpu_fallback: bool = False  # DLA only: let layers DLA cannot run go to the GPU (off: the compile fails instead)
 
 
 @dataclass(frozen=True)
-class BuildPlan:
+class CompilePlan:
     """Exactly what the builder will do; written into engine.json as ``build``."""
 
     bundle_path: str
@@ -96,7 +92,7 @@ class BuildPlan:
         """(min, opt, max) input shapes for the optimisation profile."""
         return self.shape(self.batch_min), self.shape(self.batch_opt), self.shape(self.batch_max)
 
-    def build_settings(self) -> dict[str, Any]:
+    def compile_settings(self) -> dict[str, Any]:
         """The knobs recorded in engine.json (no paths that only mean something on this machine)."""
         return {
             "batch": [self.batch_min, self.batch_opt, self.batch_max],
@@ -116,7 +112,7 @@ class BuildPlan:
         d["notes"] = list(self.notes)
         return d
 
-    def with_(self, **changes: Any) -> "BuildPlan":
+    def with_(self, **changes: Any) -> "CompilePlan":
         return replace(self, **changes)
 
 
@@ -140,51 +136,6 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
-@dataclass(frozen=True)
-class L4tRelease:
-    """The Jetson Linux (L4T) release of a Jetson, from /etc/nv_tegra_release; tells the JetPack."""
-
-    major: int
-    revision: str
-
-    @property
-    def jetpack(self) -> str:
-        """JetPack line for this L4T: R32 -> 4, R35 -> 5, R36 -> 6, R38/R39 -> 7 (JetPack release notes)."""
-        return {32: "4", 35: "5", 36: "6", 38: "7", 39: "7"}.get(self.major, "?")
-
-    @property
-    def minor(self) -> int:
-        head = self.revision.split(".")[0]
-        return int(head) if head.isdigit() else 0
-
-    @property
-    def jetpack_release(self) -> str:
-        """The JetPack release where the TensorRT it ships differs within a line (JetPack archive's L4T
-        table): R32.6 -> 4.6 (TensorRT 8.0.1), R32.7 -> 4.6.1+ (8.2.1), R36.2/R36.3 -> 6.0 (8.6.2),
-        R36.4+ -> 6.1+ (10.3)."""
-        if self.major == 32:
-            return "4.6.1+" if self.minor >= 7 else ("4.6" if self.minor == 6 else "4.5 or older")
-        if self.major == 36:
-            return "6.1+" if self.minor >= 4 else "6.0"
-        return self.jetpack
-
-    def __str__(self) -> str:
-        return f"L4T R{self.major}.{self.revision} (JetPack {self.jetpack_release})"
-
-
-def parse_l4t(text: str) -> L4tRelease | None:
-    """``# R36 (release), REVISION: 4.3, GCID: ...`` -> L4tRelease(36, "4.3")."""
-    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text or "")
-    return L4tRelease(int(m.group(1)), m.group(2).rstrip(".")) if m else None
-
-
-def read_l4t(path: str | Path = "/etc/nv_tegra_release") -> L4tRelease | None:
-    try:
-        return parse_l4t(Path(path).read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return None
-
-
 # --- bundle facts ----------------------------------------------------------------------------------
 
 
@@ -195,7 +146,7 @@ def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, ...]]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError / OSError subclasses
-        raise EffdeployError(f"cannot read {onnx_path}: {str(e).splitlines()[0]}; rebuild the bundle") from None
+        raise EffdeployError(f"cannot read {onnx_path}: {first_line(e)}; rebuild the bundle") from None
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -380,7 +331,7 @@ def refuse_dla_version(profile: Profile, version: str | None, dla_core: int | No
 
 def _release_for(profile: Profile, v: TrtVersion) -> Any:
     for r in profile.tensorrt:
-        if v.in_range(r.min_version, r.max_version):
+        if r.contains(v):
             return r
     return None
 
@@ -428,7 +379,7 @@ def refuse_trt_version(profile: Profile, version: str | None, l4t: L4tRelease | 
 def refuse_hardware_compat(profile: Profile, level: str, version: str | None) -> str | None:
     if level not in HARDWARE_COMPAT_LEVELS:
         return f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT_LEVELS)} (got {level!r})"
-    if level == "ampere_plus" and profile.compute_capability and _cc(profile.compute_capability) < (8, 0):
+    if level == "ampere_plus" and profile.compute_capability and cc_tuple(profile.compute_capability) < (8, 0):
         return (
             f"Ampere-and-newer hardware compatibility is only for engines built on Ampere or later GPUs; {profile.name} "
             f"has compute capability {profile.compute_capability} - drop --hardware-compat"
@@ -444,7 +395,7 @@ def refuse_hardware_compat(profile: Profile, level: str, version: str | None) ->
 def refuse_local_gpu(profile: Profile, gpu: GpuInfo | None, force: bool, cuda_problem: str | None = None) -> str | None:
     """Engines are tuned for and tied to the build GPU: build on a GPU of the profile's CC.
 
-    ``cuda_problem`` (from :func:`effdeploy.engine.cuda_problem`) is the real CUDA error when there is
+    ``cuda_problem`` (from :func:`effdeploy.backends.tensorrt.manifest.cuda_problem`) is the real CUDA error when there is
     one, e.g. cuda-python 13 on JetPack 6's CUDA 12.6 driver, so it is said instead of "no GPU".
     """
     if force or not profile.compute_capability:
@@ -459,11 +410,6 @@ def refuse_local_gpu(profile: Profile, gpu: GpuInfo | None, force: bool, cuda_pr
             f"capability {profile.compute_capability}; compile on the target, pick its profile, or pass --force"
         )
     return None
-
-
-def _cc(cc: str) -> tuple[int, int]:
-    major, minor = normalize_cc(cc).split(".")  # type: ignore[union-attr]
-    return int(major), int(minor)
 
 
 def _first(*lines: str | None) -> None:
@@ -484,15 +430,32 @@ def check_plan_path(plan_path: Path) -> None:
     """Refuse (before minutes of building) an --out that cannot be written as a file."""
     if plan_path.is_dir():
         raise EffdeployError(f"--out {plan_path} is a directory; pass a file path such as {plan_path / DEFAULT_ENGINE_NAME}")
-    probe = plan_path.resolve().parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise EffdeployError(f"--out {plan_path}: {probe} is not writable; choose a writable location")
+    check_writable_out(plan_path)
 
 
-def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOptions()) -> BuildPlan:
-    """Translate bundle + profile + flags into a BuildPlan, refusing (one line) what cannot work.
+def plan_batch(profile: Profile, opts: CompileOptions, model_path: Path, graph_batch: int,
+               notes: list[str]) -> tuple[int, int, int]:
+    """The optimisation profile's (min, opt, max) batch: ``--batch``, else the profile's range; one
+    size on DLA; only the graph's own size when its batch is fixed (``graph_batch`` > 0). What was
+    changed, and why, is appended to ``notes``."""
+    batch = opts.batch or (profile.batch_min, profile.batch_opt, profile.batch_max)
+    if opts.dla_core is not None and not opts.batch and graph_batch <= 0 and len(set(batch)) > 1:
+        batch = dla_batch(profile)
+        notes.append(f"DLA runs one fixed batch: batch {batch[0]} (the profile's opt; --batch N for another size)")
+    if graph_batch > 0:  # static batch in the graph: the profile range cannot widen it
+        if opts.batch and batch != (graph_batch,) * 3:
+            raise EffdeployError(
+                f"{model_path} has a fixed batch of {graph_batch}; --batch {','.join(map(str, batch))} is impossible - "
+                f"use --batch {graph_batch} or rebuild the bundle with a dynamic batch"
+            )
+        if batch != (graph_batch,) * 3:
+            notes.append(f"graph has a fixed batch of {graph_batch}; profile batch range ignored")
+        batch = (graph_batch,) * 3
+    return batch
+
+
+def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOptions()) -> CompilePlan:
+    """Translate bundle + profile + flags into a CompilePlan, refusing (one line) what cannot work.
 
     Checks here need neither TensorRT nor a GPU. ``opts.trt_version`` (when given) is the target's
     TensorRT release the version rules are checked against.
@@ -521,23 +484,9 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
     if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
         raise EffdeployError(f"{bundle.model_path} input {name} has shape {dims}; expected (batch, C, H, W) with fixed C, H, W")
     notes: list[str] = []
-    from .bundle import status_warning
-
     if status_warning(bundle.manifest.status):
         notes.append(status_warning(bundle.manifest.status))
-    batch = opts.batch or (profile.batch_min, profile.batch_opt, profile.batch_max)
-    if opts.dla_core is not None and not opts.batch and dims[0] <= 0 and len(set(batch)) > 1:
-        batch = dla_batch(profile)
-        notes.append(f"DLA runs one fixed batch: batch {batch[0]} (the profile's opt; --batch N for another size)")
-    if dims[0] > 0:  # static batch in the graph: the profile range cannot widen it
-        if opts.batch and batch != (dims[0],) * 3:
-            raise EffdeployError(
-                f"{bundle.model_path} has a fixed batch of {dims[0]}; --batch {','.join(map(str, batch))} is impossible - "
-                f"use --batch {dims[0]} or rebuild the bundle with a dynamic batch"
-            )
-        if batch != (dims[0],) * 3:
-            notes.append(f"graph has a fixed batch of {dims[0]}; profile batch range ignored")
-        batch = (dims[0],) * 3
+    batch = plan_batch(profile, opts, bundle.model_path, dims[0], notes)
 
     gpu_fallback = bool(opts.gpu_fallback) and opts.dla_core is not None
     if opts.dla_core is not None:
@@ -545,7 +494,7 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
     plan_path = Path(opts.out) if opts.out else default_plan_path(bundle.path)
     check_plan_path(plan_path)
     cache = Path(opts.timing_cache) if opts.timing_cache else plan_path.parent / TIMING_CACHE_NAME
-    return BuildPlan(
+    return CompilePlan(
         bundle_path=str(Path(bundle.path).resolve()),
         onnx_path=str(bundle.model_path.resolve()),
         plan_path=str(plan_path),
@@ -573,8 +522,8 @@ def make_plan(bundle: Bundle, profile: Profile, opts: CompileOptions = CompileOp
     )
 
 
-def check_installed(plan: BuildPlan, installed: str, requested: str | None, gpu: GpuInfo | None,
-                    l4t: L4tRelease | None, cuda_problem: str | None = None) -> BuildPlan:
+def check_installed(plan: CompilePlan, installed: str, requested: str | None, gpu: GpuInfo | None,
+                    l4t: L4tRelease | None, cuda_problem: str | None = None) -> CompilePlan:
     """The rules that need the local TensorRT and GPU; returns the plan pinned to ``installed``."""
     v = str(TrtVersion.parse(installed))
     if requested and not TrtVersion.parse(requested).same_build_as(v):
@@ -594,16 +543,9 @@ def check_installed(plan: BuildPlan, installed: str, requested: str | None, gpu:
 # --- what other stages call ------------------------------------------------------------------------
 
 
-def profile_arg(profile: Profile) -> str:
-    """How to name ``profile`` on a command line: its TOML path if it came from one, else its name."""
-    return profile.path if profile.path.endswith(".toml") else profile.name
-
-
 def compile_hint(bundle_path: str | Path, profile: Profile) -> str:
     """The one command to run on the target to turn this bundle into an engine."""
-    bundle = str(bundle_path)
-    parts = ["effdeploy", "compile", bundle, "--profile", profile_arg(profile), "--out", str(default_plan_path(bundle))]
-    return " ".join(shlex.quote(p) for p in parts)
+    return compile_command(bundle_path, profile.name, profile.path, default_plan_path(bundle_path))
 
 
 def gpu_matches(profile: Profile, gpu: GpuInfo | None) -> bool:
@@ -616,37 +558,21 @@ def local_gpu_matches(profile: Profile, detect: Callable[[], GpuInfo | None] = d
     return gpu_matches(profile, detect())
 
 
-@dataclass(frozen=True)
-class AutoCompile:
-    """What ``effdeploy build`` learns from :func:`compile_after_build`."""
-
-    engine: Path | None  # the plan written here, or None
-    hint: str | None  # the command to run on the target when nothing was compiled here
-    reason: str  # one line: why it compiled here or why not
-
-
-def compile_after_build(bundle_path: str | Path, profile: Profile, quiet: bool = False) -> AutoCompile:
-    """Called by ``effdeploy build`` after a verified bundle: compile here when TensorRT is importable
-    and the local GPU matches the profile; otherwise return the command for the target.
-
-    Refusals (e.g. INT8 on jetson-nano) are reported, never raised: the bundle itself is fine.
-    """
-    from .trt_compat import import_tensorrt  # noqa: PLC0415
-
-    if not profile.is_gpu:
-        return AutoCompile(None, None, f"{profile.name} is a CPU target: the verified bundle is the deployable artifact")
-    hint = compile_hint(bundle_path, profile)
-    if import_tensorrt() is None:
-        return AutoCompile(None, hint, MISSING_TENSORRT)
-    gpu = detect_gpu()
-    if not gpu_matches(profile, gpu):
-        here = f"{gpu.name} (compute capability {gpu.compute_capability})" if gpu else "no CUDA GPU"
-        return AutoCompile(None, hint, f"this machine has {here}, not {profile.name}'s compute capability "
-                                       f"{profile.compute_capability}; compile on the target")
-    from .trt_build import compile_bundle  # noqa: PLC0415
-
+def resolve_profile(bundle_manifest_profile: Any, profile: Profile | str | None) -> Profile:
+    """``--profile`` when given, else the profile the bundle was built for."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile:
+        return load_profile(profile)
+    data = dict(bundle_manifest_profile or {})
+    if not data:
+        raise EffdeployError("the bundle records no profile; pass --profile (e.g. --profile jetson-orin)")
     try:
-        result = compile_bundle(bundle_path, profile, CompileOptions(), quiet=quiet)
-    except EffdeployError as e:
-        return AutoCompile(None, hint, str(e))
-    return AutoCompile(Path(result.plan.plan_path), None, f"compiled here with TensorRT {result.engine.tensorrt_version}")
+        return Profile.from_dict(data)
+    except (TypeError, ValueError):
+        return load_profile(str(data.get("name")))
+
+
+def plan_for(bundle_path: str | Path, profile: Profile | str | None, opts: CompileOptions) -> CompilePlan:
+    bundle = load_bundle(bundle_path)
+    return make_plan(bundle, resolve_profile(bundle.manifest.profile, profile), opts)

@@ -1,4 +1,4 @@
-"""A TensorRT engine behind the runner interface of :class:`effdeploy.runners.OnnxRuntimeRunner`.
+"""A TensorRT engine behind the runner interface :class:`effdeploy.backends.Runner`.
 
 ``infer(batch NCHW float32) -> logits`` with device buffers allocated once for the engine's
 largest batch, one non-default CUDA stream, pinned host staging buffers, async copies, and an
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .engine import EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda
-from .errors import EffdeployError
-from .trt_compat import MISSING_TENSORRT, LogCapture, capture_log, import_tensorrt, new_runtime, shared_logger
+from ...errors import EffdeployError, first_line
+from .. import Runner
+from .compat import MISSING_TENSORRT, LogCapture, capture_log, import_tensorrt, new_runtime, shared_logger
+from .manifest import EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda
 
 
 def runtime_dla_core(manifest: EngineManifest) -> int | None:
@@ -86,7 +87,7 @@ class _Buffer:
             self.device = 0
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """Runs ``engine.plan`` (built by ``effdeploy compile``) on the local GPU."""
 
     name = "tensorrt"
@@ -131,7 +132,7 @@ class TensorRTRunner:
                                         runtime_dla_core(self.manifest))
             self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
-            detail = f" ({log.errors[-1].splitlines()[0]})" if log.errors else ""
+            detail = f" ({first_line(log.errors[-1])})" if log.errors else ""
             raise EffdeployError(
                 f"TensorRT {trt.__version__} could not deserialize {plan}{detail}; rebuild it here with 'effdeploy compile'"
             )
@@ -262,9 +263,3 @@ class TensorRTRunner:
                 self._stream = None
         self._context = None
         self._engine = None
-
-    def __enter__(self) -> "TensorRTRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

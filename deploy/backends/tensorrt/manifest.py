@@ -1,16 +1,18 @@
-"""The engine manifest: ``engine.json`` beside ``engine.plan``.
+"""The engine manifest (``engine.json`` beside ``engine.plan``) and what this device is.
 
 A TensorRT plan only runs on the TensorRT release and GPU that built it, and a truncated or
 corrupted plan can crash the process that deserializes it. So every plan effdeploy writes gets a
 small JSON manifest (what built it, for which GPU and profile, from which ONNX and calibration, the
 I/O tensors, the preprocessing, the sha256 of the plan), and every load checks the plan against it
-*before* TensorRT sees a byte of it. Torch-free and TensorRT-free: the runtime imports this module.
+*before* TensorRT sees a byte of it. The device facts those checks and the compile rules need
+(CUDA through cuda-python, the GPUs, a Jetson's L4T release) are read here too. Torch-free and
+TensorRT-free: the runtime imports this module.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -18,10 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from . import __version__
-from .bundle import sha256_file
-from .errors import EffdeployError
-from .trt_compat import TrtVersion, version_compatible_runs
+from ... import __version__
+from ...bundle import atomic_write, sha256_file
+from ...errors import EffdeployError, first_line
+from .compat import TrtVersion, version_compatible_runs
 
 ENGINE_FORMAT_VERSION = 1
 ENGINE_MANIFEST_SUFFIX = ".json"
@@ -171,7 +173,7 @@ def probe_cuda(index: int = 0, memory: bool = False) -> CudaProbe:
                 return CudaProbe(version, runtime_v, driver_v, tuple(gpus), error=_cuda_error_text(rt, err))
         return CudaProbe(version, runtime_v, driver_v, tuple(gpus), free, total)
     except Exception as e:  # a missing libcuda surfaces as RuntimeError in some cuda-python releases
-        return CudaProbe(version, runtime_v, driver_v, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return CudaProbe(version, runtime_v, driver_v, error=f"{type(e).__name__}: {first_line(e, 160)}")
 
 
 def cuda_problem(probe: CudaProbe) -> str | None:
@@ -202,6 +204,51 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
 
 
 @dataclass(frozen=True)
+class L4tRelease:
+    """The Jetson Linux (L4T) release of a Jetson, from /etc/nv_tegra_release; tells the JetPack."""
+
+    major: int
+    revision: str
+
+    @property
+    def jetpack(self) -> str:
+        """JetPack line for this L4T: R32 -> 4, R35 -> 5, R36 -> 6, R38/R39 -> 7 (JetPack release notes)."""
+        return {32: "4", 35: "5", 36: "6", 38: "7", 39: "7"}.get(self.major, "?")
+
+    @property
+    def minor(self) -> int:
+        head = self.revision.split(".")[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def jetpack_release(self) -> str:
+        """The JetPack release where the TensorRT it ships differs within a line (JetPack archive's L4T
+        table): R32.6 -> 4.6 (TensorRT 8.0.1), R32.7 -> 4.6.1+ (8.2.1), R36.2/R36.3 -> 6.0 (8.6.2),
+        R36.4+ -> 6.1+ (10.3)."""
+        if self.major == 32:
+            return "4.6.1+" if self.minor >= 7 else ("4.6" if self.minor == 6 else "4.5 or older")
+        if self.major == 36:
+            return "6.1+" if self.minor >= 4 else "6.0"
+        return self.jetpack
+
+    def __str__(self) -> str:
+        return f"L4T R{self.major}.{self.revision} (JetPack {self.jetpack_release})"
+
+
+def parse_l4t(text: str) -> L4tRelease | None:
+    """``# R36 (release), REVISION: 4.3, GCID: ...`` -> L4tRelease(36, "4.3")."""
+    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text or "")
+    return L4tRelease(int(m.group(1)), m.group(2).rstrip(".")) if m else None
+
+
+def read_l4t(path: str | Path = "/etc/nv_tegra_release") -> L4tRelease | None:
+    try:
+        return parse_l4t(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
 class EngineManifest:
     """What built a plan and what it expects; the runtime trusts the plan only through this."""
 
@@ -213,7 +260,7 @@ class EngineManifest:
     calibration_sha256: str | None
     io: tuple[Mapping[str, Any], ...]  # {name, mode, dtype, shape, [min, opt, max]}
     preprocessing: Mapping[str, Any]
-    build: Mapping[str, Any] = field(default_factory=dict)  # the BuildPlan knobs used
+    build: Mapping[str, Any] = field(default_factory=dict)  # the CompilePlan knobs used
     bundle: Mapping[str, Any] = field(default_factory=dict)  # {path, model}
     plan_sha256: str = ""
     plan_bytes: int = 0
@@ -283,11 +330,8 @@ def write_engine_manifest(plan_path: str | Path, manifest: EngineManifest) -> En
         plan_bytes=plan.stat().st_size,
         created=manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    target = engine_manifest_path(plan)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     text = json.dumps(manifest.to_dict(), indent=2) + "\n"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write(engine_manifest_path(plan), text)
     return EngineManifest.from_dict(json.loads(text))  # exactly what a later load returns
 
 
@@ -325,13 +369,19 @@ def load_engine_manifest(plan_path: str | Path, verify: bool = True) -> EngineMa
     return manifest
 
 
+def compile_command(bundle_path: str | Path, profile_name: str, profile_path: str | None, plan_path: str | Path) -> str:
+    """``effdeploy compile BUNDLE --profile P --out PLAN``, quoted for a shell; the profile is named
+    by its TOML path when it came from a user's file, else by its built-in name."""
+    origin = str(profile_path or "")
+    profile = origin if origin.endswith(".toml") else profile_name
+    parts = ["effdeploy", "compile", str(bundle_path), "--profile", str(profile), "--out", str(plan_path)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def rebuild_command(manifest: EngineManifest, plan_path: str | Path) -> str:
     """The one command that rebuilds this engine on the machine that should run it."""
-    bundle = str(manifest.bundle.get("path") or "BUNDLE")
-    origin = str(manifest.profile.get("path") or "")
-    profile = origin if origin.endswith(".toml") else manifest.profile_name  # a user's TOML or a built-in
-    parts = ["effdeploy", "compile", bundle, "--profile", str(profile), "--out", str(plan_path)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return compile_command(manifest.bundle.get("path") or "BUNDLE", manifest.profile_name,
+                           manifest.profile.get("path"), plan_path)
 
 
 def compat_problems(

@@ -1,33 +1,24 @@
-"""Runners: one small interface per inference backend (Polygraphy-style).
+"""ONNX Runtime on the CPU: the reference backend every bundle is verified with.
 
-A runner takes a preprocessed NCHW float32 batch and returns logits. Verification, benchmarking
-and the runtime only see this interface, so an ``engine.plan`` and a bundle are interchangeable
-wherever TensorRT exists. Torch-free.
+A runner takes a preprocessed NCHW float32 batch and returns logits (:meth:`infer`), or every
+output of the graph by name (:meth:`run_all`), so build stages and calibration can use the same
+session settings instead of building sessions of their own. Torch-free; ``onnxruntime`` is
+imported when a runner is opened.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import EffdeployError
+from ..errors import EffdeployError, first_line
+from . import Runner
 
 
-@runtime_checkable
-class InferenceRunner(Protocol):
-    name: str
-    input_name: str
-    input_shape: tuple  # (batch or -1, C, H, W)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """ONNX Runtime on the CPU: the reference backend that every bundle is verified with."""
 
     name = "onnxruntime"
@@ -63,7 +54,7 @@ class OnnxRuntimeRunner:
                 source, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise EffdeployError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+            raise EffdeployError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
@@ -74,14 +65,14 @@ class OnnxRuntimeRunner:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(self.output_names[:1], {self.input_name: batch})[0]
 
+    def run_all(self, batch: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every output (or those in ``names``) by name, from one run of the session."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        wanted = list(names) if names is not None else list(self.output_names)
+        return dict(zip(wanted, self.session.run(wanted, {self.input_name: batch})))
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
-
-    def __enter__(self) -> "OnnxRuntimeRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def manifest_optimize(manifest: Any) -> bool:

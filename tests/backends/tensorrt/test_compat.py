@@ -1,0 +1,67 @@
+"""effdeploy.backends.tensorrt.compat: the TensorRT 10/11 version table and the one logger."""
+
+from __future__ import annotations
+
+import pytest
+
+from effdeploy.backends.tensorrt.compat import (
+    TrtVersion,
+    dla_supported,
+    same_cc_hw_compat_supported,
+    strongly_typed_supported,
+    version_compatible_runs,
+)
+from effdeploy.errors import EffdeployError
+
+# --- versions ------------------------------------------------------------------------------------
+
+
+def test_trt_version_parse_and_order():
+    assert str(TrtVersion.parse("11.4.0.106")) == "11.4.0.106"
+    assert str(TrtVersion.parse("10.3")) == "10.3.0"
+    assert TrtVersion.parse("10.3.0") < TrtVersion.parse("10.3.0.30") < TrtVersion.parse("10.13") < TrtVersion.parse("11.0")
+    assert TrtVersion.parse("10.3.0").same_build_as("10.3.0.30")  # JetPack bindings omit the build number
+    assert not TrtVersion.parse("10.3.0.30").same_build_as("10.3.0.26")
+    assert TrtVersion.parse("11.4.1").in_range("11.4.1", None) and not TrtVersion.parse("11.4.0").in_range("11.4.1", None)
+    for bad in ("", "ten", "10..3", "latest"):
+        with pytest.raises(EffdeployError, match="not a TensorRT version"):
+            TrtVersion.parse(bad)
+
+
+@pytest.mark.parametrize("version, ok", [("8.6", False), ("9.3", False), ("10.0", True), ("10.3", True), ("11.4.1", True)])
+def test_strongly_typed_floor(version, ok):
+    assert strongly_typed_supported(version) is ok
+
+
+@pytest.mark.parametrize(
+    "version, ok",
+    [("10.3", True), ("10.7.0", True), ("10.8", False), ("10.13.3", False), ("11.0", False), ("11.3.9", False),
+     ("11.4.0", False), ("11.4.1", True), ("11.5", True), ("8.5.2", False)],
+)
+def test_dla_version_table(version, ok):
+    assert dla_supported(version) is ok
+
+
+def test_version_compatible_and_same_cc_tables():
+    assert version_compatible_runs("10.3", "10.13") and version_compatible_runs("10.3", "11.4.1")
+    assert not version_compatible_runs("10.13", "10.3")  # never backwards
+    assert not version_compatible_runs("11.0", "12.0") and not version_compatible_runs("8.6", "11.0")
+    assert not same_cc_hw_compat_supported("10.3") and same_cc_hw_compat_supported("10.9")
+
+
+def test_one_logger_routes_tensorrt_messages_to_the_active_build():
+    """TensorRT keeps one logger per process (item 4): effdeploy's single logger forwards each message
+    to the captures listening now; a DLA build's [DlaLayer]/[GpuLayer] INFO lines become lists."""
+    from effdeploy.backends.tensorrt.compat import LogCapture, capture_log, dispatch_log
+
+    with capture_log(LogCapture()) as outer:
+        with capture_log(LogCapture()) as build:
+            dispatch_log("ERROR", "  [network.cpp::validate] Error Code 4: bad input  ")
+            dispatch_log("INFO", "--------------- Layers running on DLA:")
+            dispatch_log("INFO", "[DlaLayer] {ForeignNode[/stem/conv/Conv...Relu]},")
+            dispatch_log("INFO", "[GpuLayer] SHUFFLE: /head/flatten")
+            dispatch_log("VERBOSE", "[DlaLayer] not at INFO: ignored")
+        dispatch_log("ERROR", "after the build")
+    assert build.errors == ["[network.cpp::validate] Error Code 4: bad input"]
+    assert build.dla_layers == ["{ForeignNode[/stem/conv/Conv...Relu]}"] and build.gpu_layers == ["SHUFFLE: /head/flatten"]
+    assert outer.errors[-1] == "after the build" and len(outer.errors) == 2
