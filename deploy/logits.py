@@ -103,18 +103,15 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
 
 
 def run_outputs(model: onnx.ModelProto, names: Sequence[str], data: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    """Inner tensors of a graph (made graph outputs) on an image array, in batches of 16."""
+    from .backends.onnxrt import OnnxRuntimeRunner
 
-    m = _with_outputs(model, names)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    inp = s.get_inputs()[0].name
+    runner = OnnxRuntimeRunner(_with_outputs(model, names), optimize=optimize)
     outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(0, len(data), 16):
-        res = s.run(list(names), {inp: data[i:i + 16]})
-        for n, r in zip(names, res):
-            outs[n].append(r.astype(np.float32))
+    try:
+        for i in range(0, len(data), 16):
+            for n, r in runner.run_all(data[i:i + 16], names).items():
+                outs[n].append(r.astype(np.float32))
+    finally:
+        runner.close()
     return {n: np.concatenate(v) for n, v in outs.items()}

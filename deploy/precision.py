@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import EffdeployError
+from .errors import EffdeployError, first_line
 
 TENSORRT = "tensorrt"
 ORT_CPU = "ort-cpu"
@@ -172,7 +172,7 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
                 calibrate_method=td.calibration_method, calibration_cache_path=str(cache), extra_options=extra,
             )
         except Exception as e:
-            raise EffdeployError(f"INT8 quantization failed: {str(e).strip().splitlines()[0][:200]}") from None
+            raise EffdeployError(f"INT8 quantization failed: {first_line(e, 200)}") from None
         finally:
             logging.getLogger().setLevel(level)
         out = onnx.load(str(out_path))
@@ -333,7 +333,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = ()) -> onnx.M
             warnings.simplefilter("ignore")  # one warning per weight clamped below FP16's range
             out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     except Exception as e:
-        raise EffdeployError(f"FP16 conversion failed: {str(e).strip().splitlines()[0][:200]}") from None
+        raise EffdeployError(f"FP16 conversion failed: {first_line(e, 200)}") from None
     check_typed(out)
     return out
 
@@ -344,7 +344,7 @@ def check_typed(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # ValidationError / InferenceError
-        first = str(e).strip().splitlines()[0][:240] if str(e).strip() else type(e).__name__
+        first = first_line(e, 240)
         raise EffdeployError(f"the FP16 graph is not consistently typed ({first}); please report it") from None
 
 

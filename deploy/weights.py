@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import EffdeployError
+from .errors import EffdeployError, first_line
 
 FORMATS = ("native", "lukemelas", "torchvision", "timm")
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -77,7 +77,7 @@ def _read_state_dict(path: Path) -> Mapping[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad pickles/zip files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise EffdeployError(f"cannot read weights {path}: not a PyTorch checkpoint ({first[:160]})") from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
