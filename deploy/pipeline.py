@@ -76,6 +76,7 @@ class BuildRequest:
     reconstruct_images: int = RECONSTRUCT_IMAGES
     allow_parity_failure: bool = False
     quiet: bool = False
+    frames: tuple[Any, ...] = ()  # effdeploy.framegraph.FrameInput per --frame size: frame-in graphs
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,10 @@ def build_bundle(req: BuildRequest) -> BuildResult:
                         resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
                         replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
     spec = model.spec
+    if req.frames:
+        from .framegraph import check_frame_spec
+
+        check_frame_spec(spec.preprocessing)
     timings["model"] = time.perf_counter() - t0
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
 
@@ -474,6 +479,14 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         elif status == STATUS_CHECKED:
             info(f"warning: status checked, not verified: the budget held on {len(verify.data)} images, too few to "
                  f"resolve it; {verify_images_needed(budget)} verification images would verify it", req.quiet)
+        frames: tuple[dict[str, Any], ...] = ()
+        if req.frames:
+            from .framegraph import add_frame_graphs
+
+            t = time.perf_counter()
+            frames = add_frame_graphs(tmp, candidate, spec.preprocessing, req.frames, verify.ids, candidate_opt,
+                                      req.profile.is_gpu, req.quiet)
+            timings["frame_graphs"] = time.perf_counter() - t
         manifest = Manifest(
             model=spec,
             precision=req.precision,
@@ -486,6 +499,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
             quantization=quant,
             notes=tuple(notes),
             status=status,
+            frames=frames,
         )
         info(f"[{steps}/{steps}] bundle {status}", req.quiet)
         write_manifest(tmp, manifest)
