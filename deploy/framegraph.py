@@ -477,3 +477,141 @@ def frame_line(entry: Mapping[str, Any]) -> str:
     return (f"{state}: pixels max {v.get('pixel_max_abs', float('nan')):g} / mean {v.get('pixel_mean_abs', float('nan')):.4f} "
             f"levels vs preprocess(), top-1 agreement {100 * v.get('top1_agreement', 0.0):.2f} % of "
             f"{v.get('images', 0)} images")
+
+
+# --- the runtime side -------------------------------------------------------------------------
+
+PATH_FRAME = "frame-in"
+PATH_CPU = "cpu"
+
+
+@dataclass
+class _Route:
+    frame: FrameInput
+    backend: Any  # FrameSession or a TensorRTRunner of a frame engine
+    file: str
+
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        fixed = self.backend.input_shape[0] if self.backend.input_shape else -1
+        if fixed is None or fixed <= 0 or fixed == len(frames):
+            return np.asarray(self.backend.infer(frames), dtype=np.float32)
+        parts = []
+        for i in range(0, len(frames), fixed):
+            chunk = frames[i:i + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.uint8)])
+            parts.append(np.asarray(self.backend.infer(chunk), dtype=np.float32)[:n])
+        return np.concatenate(parts)
+
+
+class FrameRouter:
+    """The frame-in graphs (or engines) a Runner hands raw frames to, keyed by (height, width, order).
+
+    Frames of another size or channel order take the CPU path (``preprocess()`` + the model);
+    frames that are not HxWx3 uint8 are refused by :func:`effdeploy.preprocess.check_frame`.
+    """
+
+    def __init__(self, routes: Sequence[_Route] = ()) -> None:
+        self._routes = {(r.frame.height, r.frame.width, r.frame.channel_order): r for r in routes}
+
+    @property
+    def inputs(self) -> tuple[FrameInput, ...]:
+        return tuple(r.frame for r in self._routes.values())
+
+    def key(self, frame: np.ndarray, bgr: bool) -> tuple[int, int, str] | None:
+        """The route for one frame (checked first), or None for the CPU path."""
+        from .preprocess import check_frame
+
+        check_frame(frame)
+        k = (int(frame.shape[0]), int(frame.shape[1]), "bgr" if bgr else "rgb")
+        return k if k in self._routes else None
+
+    def route(self, key: tuple[int, int, str]) -> _Route:
+        return self._routes[key]
+
+    def describe(self, frame: np.ndarray, bgr: bool) -> str:
+        """Which path a frame takes, in words (the camera example prints it)."""
+        k = self.key(frame, bgr)
+        if k is not None:
+            r = self._routes[k]
+            return f"{PATH_FRAME}: {r.file} takes {r.frame} frames ({r.backend.name}); preprocessing inside the graph"
+        got = f"{frame.shape[1]}x{frame.shape[0]} {'bgr' if bgr else 'rgb'}"
+        takes = ", ".join(str(f) for f in self.inputs) or "no frame-in graphs (build with --frame WxH)"
+        return f"{PATH_CPU}: preprocess() on the CPU, then the model (frames are {got}; the artifact takes {takes})"
+
+    def close(self) -> None:
+        for r in self._routes.values():
+            r.backend.close()
+        self._routes = {}
+
+
+def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True) -> FrameRouter:
+    """The verified frame-in graphs of a bundle (ONNX Runtime) or the frame engines beside an
+    ``engine.plan`` (TensorRT); an empty router for anything else."""
+    kind = getattr(art, "kind", None)
+    if kind == "bundle" and art.manifest is not None:
+        from .runners import manifest_optimize
+
+        routes = []
+        for entry in getattr(art.manifest, "frames", ()) or ():
+            path = Path(art.path) / str(entry.get("file", ""))
+            if not entry.get("verified") or not path.is_file():
+                continue
+            frame = FrameInput(int(entry["width"]), int(entry["height"]), str(entry.get("channel_order", "bgr")))
+            session = FrameSession(path, threads=threads, optimize=manifest_optimize(art.manifest),
+                                   session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
+            routes.append(_Route(frame, session, path.name))
+        return FrameRouter(routes)
+    if kind == "engine":
+        return FrameRouter([_Route(f, _open_trt(p), p.name) for f, p in frame_engines_beside(Path(art.model_path))])
+    return FrameRouter()
+
+
+def _open_trt(path: Path) -> Any:
+    from .trt_runner import TensorRTRunner
+
+    return TensorRTRunner.open(path)
+
+
+# --- frame engines (effdeploy compile) ------------------------------------------------------------
+
+
+def frame_engine_path(plan_path: str | Path, frame: FrameInput) -> Path:
+    """``engine.plan`` -> ``engine-frame-1920x1080.plan`` beside it (its manifest: ``.json``)."""
+    p = Path(plan_path)
+    return p.with_name(f"{p.stem}-frame-{frame.size}{p.suffix or '.plan'}")
+
+
+def frame_engines_beside(plan_path: Path) -> list[tuple[FrameInput, Path]]:
+    """The frame engines ``effdeploy compile`` wrote beside ``plan_path`` (engine.json ``frame``)."""
+    from .engine import load_engine_manifest
+
+    out = []
+    for p in sorted(plan_path.parent.glob(f"{plan_path.stem}-frame-*{plan_path.suffix}")):
+        try:
+            frame = dict(getattr(load_engine_manifest(p, verify=False), "frame", None) or {})
+        except EffdeployError:
+            continue
+        if frame:
+            out.append((FrameInput(int(frame["width"]), int(frame["height"]), str(frame["channel_order"])), p))
+    return out
+
+
+def frame_build_plans(bundle: Any, plan: Any) -> list[tuple[FrameInput, Any]]:
+    """One :class:`effdeploy.compile.BuildPlan` per verified frame-in graph of ``bundle``: the main
+    plan's settings, the frame graph's ONNX and its NHWC uint8 input, written beside the main plan."""
+    from .bundle import sha256_file
+
+    out = []
+    for entry in getattr(bundle.manifest, "frames", ()) or ():
+        if not entry.get("verified"):
+            continue
+        frame = FrameInput(int(entry["width"]), int(entry["height"]), str(entry.get("channel_order", "bgr")))
+        onnx_path = Path(bundle.path) / str(entry["file"])
+        sha = (bundle.manifest.artifacts.get(onnx_path.name) or {}).get("sha256") or sha256_file(onnx_path)
+        out.append((frame, plan.with_(
+            onnx_path=str(onnx_path.resolve()), plan_path=str(frame_engine_path(plan.plan_path, frame)),
+            input_name=str((entry.get("input") or {}).get("name", FRAME_INPUT)),
+            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha))))
+    return out
