@@ -202,9 +202,10 @@ def preprocessing_model(frame: FrameInput, spec: Preprocessing, batch: int | str
     starts, ends = [y0 + k * rows.lo, x0 + k * cols.lo], [y0 + k * rows.hi, x0 + k * cols.hi]
     if cast_first:  # TensorRT: a uint8 network input feeds a cast before any other layer
         x = g.slice(g.op("Cast", [FRAME_INPUT], to=TensorProto.FLOAT), starts, ends, [1, 2])
-    else:  # ONNX Runtime: convert only the pixels that are read
-        x = g.op("Cast", [g.slice(FRAME_INPUT, starts, ends, [1, 2])], to=TensorProto.FLOAT)
-    x = g.op("Transpose", [x], perm=[0, 3, 1, 2])
+        x = g.op("Transpose", [x], perm=[0, 3, 1, 2])
+    else:  # ONNX Runtime: crop and transpose the uint8 pixels that are read, then convert them
+        x = g.op("Transpose", [g.slice(FRAME_INPUT, starts, ends, [1, 2])], perm=[0, 3, 1, 2])
+        x = g.op("Cast", [x], to=TensorProto.FLOAT)
     half = g.const("half", np.float32(0.5))
     for _ in range(int(round(math.log2(k)))):
         x = g.op("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
