@@ -601,7 +601,8 @@ def frame_engines_beside(plan_path: Path) -> list[tuple[FrameInput, Path]]:
 
 def frame_build_plans(bundle: Any, plan: Any) -> list[tuple[FrameInput, Any]]:
     """One :class:`effdeploy.compile.BuildPlan` per verified frame-in graph of ``bundle``: the main
-    plan's settings, the frame graph's ONNX and its NHWC uint8 input, written beside the main plan."""
+    plan's settings, the frame graph's ONNX and its NHWC uint8 input, written beside the main plan.
+    Always on the GPU: DLA takes neither uint8 frames nor the resampling MatMuls."""
     from .bundle import sha256_file
 
     out = []
@@ -614,5 +615,5 @@ def frame_build_plans(bundle: Any, plan: Any) -> list[tuple[FrameInput, Any]]:
         out.append((frame, plan.with_(
             onnx_path=str(onnx_path.resolve()), plan_path=str(frame_engine_path(plan.plan_path, frame)),
             input_name=str((entry.get("input") or {}).get("name", FRAME_INPUT)),
-            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha))))
+            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha), dla_core=None, gpu_fallback=False)))
     return out

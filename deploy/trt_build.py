@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
@@ -63,6 +63,7 @@ class CompileResult:
     seconds: float
     timing_cache_reused: bool
     warnings: tuple[str, ...] = ()
+    frame_engines: tuple["CompileResult", ...] = ()  # one per verified frame-in graph of the bundle
 
 
 def resolve_profile(bundle_manifest_profile: Any, profile: Profile | str | None) -> Profile:
@@ -98,7 +99,12 @@ def compile_bundle(
         raise EffdeployError(f"{MISSING_TENSORRT}: {compile_hint(bundle_path, plan.profile)}")
     probe = probe_cuda()
     plan = check_installed(plan, str(trt.__version__), opts.trt_version, probe.gpu, read_l4t(), cuda_problem(probe))
-    return build_engine(trt, plan, probe.gpu, quiet=quiet)
+    result = build_engine(trt, plan, probe.gpu, quiet=quiet)
+    from .framegraph import frame_build_plans
+
+    frames = tuple(build_engine(trt, fplan, probe.gpu, quiet=quiet, frame=frame.to_dict())
+                   for frame, fplan in frame_build_plans(load_bundle(bundle_path), plan))
+    return replace(result, frame_engines=frames) if frames else result
 
 
 class _Progress:
@@ -336,8 +342,10 @@ def _build_serialized(trt: ModuleType, logger: Any, plan: BuildPlan, log: LogCap
     return serialized, reused, dla
 
 
-def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
-    """Build, serialize and describe one engine; nothing is left half-written on failure."""
+def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: bool = False,
+                 frame: dict[str, Any] | None = None) -> CompileResult:
+    """Build, serialize and describe one engine; nothing is left half-written on failure.
+    ``frame`` (width, height, channel_order): the plan is a frame-in graph's, recorded in engine.json."""
     t0 = time.perf_counter()
     warnings: list[str] = list(plan.notes)
     logger = shared_logger(trt)
@@ -374,6 +382,7 @@ def build_engine(trt: ModuleType, plan: BuildPlan, gpu: GpuInfo | None, quiet: b
         preprocessing=dict(plan.preprocessing),
         build=build,
         bundle={"path": plan.bundle_path, "model": plan.model_name},
+        frame=dict(frame or {}),
     )
     manifest = write_engine_manifest(plan_path, manifest)
     return CompileResult(plan, manifest, time.perf_counter() - t0, reused, tuple(warnings))
