@@ -90,7 +90,7 @@ def ensure_frame_bundle(path: Path) -> Path:
     """A bundle with a 1920x1080 frame-in graph; the default one (B0 FP32, random weights) is built once."""
     from effdeploy.bundle import is_bundle
 
-    if is_bundle(path) or path != DEFAULT_FRAME_BUNDLE:
+    if is_bundle(path) or path.resolve() != DEFAULT_FRAME_BUNDLE:
         return path
     from effdeploy.framegraph import FrameInput
     from effdeploy.pipeline import BuildRequest, build_bundle
