@@ -13,7 +13,13 @@
 3. Preprocessing of a 1080p frame on one core (a child process pinned to one CPU) over 2 ms.
    Target <= 1.
 
-Each pair is timed interleaved (A, B, A, B, ...) and compared on medians, so a machine that gets
+4. Issue 15: frame-in end-to-end (a uint8 1080p frame into the bundle's frame-in graph, top-5 out,
+   ``runner.classify``) over the model-only compute latency (the plain graph on a ready tensor),
+   batch 1. Target <= 1.10. Timed for each ``--frame-bundle`` (default: a B0 FP32 bundle built once
+   with ``--frame 1920x1080``), interleaved with today's CPU path and the frame graph's
+   preprocessing part alone, so the figure says where the frame-in time goes.
+
+Each group is timed interleaved (A, B, A, B, ...) and compared on medians, so a machine that gets
 busier during the run moves both sides alike. With the shared ImageNet sample present it also
 prints how far the fast preprocessing is from the Pillow reference (max/mean abs, 0-255 levels).
 Exit status 1 when a target is missed.
@@ -33,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 DEFAULT_BUNDLE = REPO / "bundles" / "efficientnet-b0-fp32-cpu"
+DEFAULT_FRAME_BUNDLE = REPO / "bundles" / "efficientnet-b0-fp32-cpu-frame-1920x1080"
 
 TARGET_E2E = 1.10
 TARGET_EAGER = 3.0
@@ -77,6 +84,56 @@ def ensure_bundle(path: Path | None) -> Path:
     log(f"building {target} (B0, FP32, cpu profile) ...")
     build_bundle(BuildRequest(phi=0, profile=load_profile("cpu"), out=target))
     return target
+
+
+def ensure_frame_bundle(path: Path) -> Path:
+    """A bundle with a 1920x1080 frame-in graph; the default one (B0 FP32, random weights) is built once."""
+    from effdeploy.bundle import is_bundle
+
+    if is_bundle(path) or path.resolve() != DEFAULT_FRAME_BUNDLE:
+        return path
+    from effdeploy.framegraph import FrameInput
+    from effdeploy.pipeline import BuildRequest, build_bundle
+    from effdeploy.profile import load_profile
+
+    log(f"building {path} (B0, FP32, cpu profile, --frame 1920x1080) ...")
+    build_bundle(BuildRequest(phi=0, profile=load_profile("cpu"), out=path, frames=(FrameInput(1920, 1080),)))
+    return path
+
+
+def frame_in(bundle: Path, plan: Any, threads: int, spin: bool, stat: str) -> dict[str, Any]:
+    """Frame-in end-to-end vs model-only compute vs today's CPU path, and the preprocessing part alone."""
+    from effdeploy.benchmark import FrameSource, summarize, time_interleaved, ratio
+    from effdeploy.framegraph import FrameSession, FrameInput, preprocessing_model
+    from effdeploy.runtime import Runner
+
+    with Runner.open(bundle, threads=threads, spin=spin, force=True) as runner:  # latency only: any status
+        entry = next((f for f in runner.artifact.manifest.frames if (f["width"], f["height"]) == (1920, 1080)), None)
+        if entry is None or not entry.get("verified"):
+            sys.exit(f"runtime_perf: {bundle} has no verified 1920x1080 frame-in graph; build it with --frame 1920x1080")
+        frame = FrameInput(1920, 1080, entry["channel_order"])
+        bgr = frame.channel_order == "bgr"
+        source = FrameSource(1920, 1080)
+        batch = runner.preprocess(source.frame, bgr=bgr)
+        pre = FrameSession(preprocessing_model(frame, runner.preprocessing, batch=1, block=entry["block"],
+                                               pixels_output=False, cast_first=entry.get("cast_first", False)),
+                           threads=threads, session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
+        t = time_interleaved({"model_only": lambda: runner.infer(batch),
+                              "frame_in": lambda: runner.classify(source.frame, top_k=5, bgr=bgr),
+                              "cpu_path": lambda: runner.classify(source.frame, top_k=5, bgr=bgr, frame_graph=False),
+                              "frame_preprocessing": lambda: pre.infer(source.frame[None])}, plan,
+                             setup={"frame_in": source.next, "cpu_path": source.next, "frame_preprocessing": source.next})
+        pre.close()
+        s = {k: summarize(v) for k, v in t.items()}
+        m = runner.artifact.manifest
+        return {"bundle": str(bundle), "model": m.model.name, "precision": m.precision, "status": m.status,
+                "dialect": (m.quantization or {}).get("dialect"), "frame": str(frame),
+                **{f"{k}_ms": v.to_dict() for k, v in s.items()},
+                "ratio": ratio(s["frame_in"], s["model_only"], stat), "ratio_min": ratio(s["frame_in"], s["model_only"], "min_ms"),
+                "vs_cpu_path": ratio(s["frame_in"], s["cpu_path"], stat),
+                "cpu_path_ratio": ratio(s["cpu_path"], s["model_only"], stat),
+                "preprocessing_share": getattr(s["frame_preprocessing"], stat) / getattr(s["frame_in"], stat),
+                "target": TARGET_E2E}
 
 
 def one_core_preprocessing(bundle: Path, iterations: int, gap: float) -> dict[str, Any]:
@@ -127,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reducing-gap", type=float, default=None,
                     help="EXPERIMENT: override effdeploy.preprocess.REDUCING_GAP (this changes the preprocessing "
                          "definition; the Pillow comparison shows by how much)")
+    ap.add_argument("--frame-bundle", type=Path, action="append", default=None,
+                    help="bundle with a 1920x1080 frame-in graph for the frame-in ratio (repeatable) "
+                         f"[{DEFAULT_FRAME_BUNDLE.relative_to(REPO)}, built once]")
+    ap.add_argument("--only-frame-in", action="store_true", help="time only the frame-in ratio (4)")
     ap.add_argument("--json", action="store_true", help="results as JSON on stdout")
     args = ap.parse_args(argv)
 
@@ -145,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("runtime_perf: --reducing-gap must be >= 1")
         P.REDUCING_GAP = args.reducing_gap
         P.resample_plan.cache_clear()
-    bundle = ensure_bundle(args.bundle)
-    manifest = load_bundle(bundle).manifest
+    if not args.only_frame_in:
+        bundle = ensure_bundle(args.bundle)
+        manifest = load_bundle(bundle).manifest
     plan = TimingPlan(warmup=10, iterations=args.iterations)
+    frame_bundles = args.frame_bundle or [DEFAULT_FRAME_BUNDLE]
+    if args.only_frame_in:
+        return print_frame_in([frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat)
+                               for b in frame_bundles], args)
     source = FrameSource(1920, 1080)
     frame = source.frame
     results: dict[str, Any] = {"bundle": str(bundle), "threads": args.threads, "spin": args.spin,
@@ -202,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     if fid is not None:
         results["preprocess"]["vs_pillow"] = fid
 
+    log("4/4 frame-in end-to-end vs model-only compute (interleaved) ...")
+    results["frame_in"] = [frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat)
+                           for b in frame_bundles]
     results["load_after"] = os.getloadavg()[0]
     busy = max(results["load_before"], results["load_after"]) > 0.5 * results["machine"]["cores"]
     checks = [
         ("Runner end-to-end (1080p) / engine-only, B0 FP32 ORT batch 1", results["end_to_end"]["ratio"], "<=", TARGET_E2E),
         (f"eager PyTorch / ONNX Runtime, batch 1, {args.threads} threads", results["vs_eager"]["ratio"], ">=", TARGET_EAGER),
         ("1080p preprocessing on one core / 2 ms", results["preprocess"]["ratio"], "<=", 1.0),
+        *[(f"frame-in end-to-end (1080p) / model-only, {f['model']} {f['precision']}", f["ratio"], "<=", TARGET_E2E)
+          for f in results["frame_in"]],
     ]
     passed = [v <= t if op == "<=" else v >= t for _, v, op, t in checks]
     results["checks"] = [{"name": n, "ratio": v, "target": f"{op} {t}", "pass": ok}
@@ -223,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                   "and the ratios less reliable (rerun on an idle machine)")
         width = max(len(n) for n, *_ in checks)
         mins = [results[k]["ratio_min"] for k in ("end_to_end", "vs_eager", "preprocess")]
+        mins += [f["ratio_min"] for f in results["frame_in"]]
         print(f"{'ratio'.rjust(width + 8)} (on {args.stat.replace('_ms', '')}; on min in brackets)")
         for (name, value, op, target), ok, low in zip(checks, passed, mins):
             print(f"{name.ljust(width)}  {value:6.3f}  [{low:6.3f}]  (target {op} {target})  {'PASS' if ok else 'FAIL'}")
@@ -237,7 +309,29 @@ def main(argv: list[str] | None = None) -> int:
         for name, f in (fid or {}).items():
             print(f"  preprocessing vs Pillow, {name}: max {f['max_abs']}, mean {f['mean_abs']:.4f} levels "
                   f"over {f['images']} images")
+        for f in results["frame_in"]:
+            print(frame_in_line(f))
     return 0 if all(passed) else 1
+
+
+def frame_in_line(f: dict[str, Any]) -> str:
+    """Where the frame-in time goes, and how it compares with today's CPU path."""
+    dialect = f" ({f['dialect']} dialect)" if f.get("dialect") else ""
+    return (f"  frame-in {f['frame']} {f['model']} {f['precision']}{dialect}, {f['status']}: model-only {f['model_only_ms']['p50_ms']:.2f} ms, "
+            f"frame-in {f['frame_in_ms']['p50_ms']:.2f} ms = {f['ratio']:.3f}x model-only [min {f['ratio_min']:.3f}x] "
+            f"(target <= {f['target']}); its preprocessing part alone {f['frame_preprocessing_ms']['p50_ms']:.2f} ms "
+            f"({100 * f['preprocessing_share']:.0f} % of it); today's CPU path {f['cpu_path_ms']['p50_ms']:.2f} ms = "
+            f"{f['cpu_path_ratio']:.3f}x model-only, frame-in / CPU path {f['vs_cpu_path']:.3f}x (p50)")
+
+
+def print_frame_in(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """``--only-frame-in``: just the frame-in figures."""
+    if args.json:
+        print(json.dumps({"frame_in": rows, "threads": args.threads, "iterations": args.iterations}, indent=2))
+    else:
+        for f in rows:
+            print(frame_in_line(f))
+    return 0 if all(f["ratio"] <= f["target"] for f in rows) else 1
 
 
 if __name__ == "__main__":

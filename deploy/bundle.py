@@ -142,6 +142,7 @@ class Manifest:
     notes: tuple[str, ...] = ()
     created: str = ""
     format_version: int = FORMAT_VERSION
+    frames: tuple[Mapping[str, Any], ...] = ()  # frame-in graphs (effdeploy.framegraph), one per frame size
 
     @property
     def preprocessing(self) -> Preprocessing:

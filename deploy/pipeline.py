@@ -255,6 +255,7 @@ class Verified:
     drift: list[dict[str, Any]]
     repair: RepairReport | None
     notes: tuple[str, ...]
+    images: tuple[str, ...] = ()  # the verification images (the frame-in graphs are checked on them too)
 
 
 def build_bundle(req: BuildRequest) -> BuildResult:
@@ -278,7 +279,11 @@ def build_bundle(req: BuildRequest) -> BuildResult:
         t = time.perf_counter()
         verified = verify_stage(req, model, exported, candidate, tmp, steps, timings)
         timings["verify"] = time.perf_counter() - t
-        manifest = assemble_manifest(req, model, exported, verified, tmp)
+        t = time.perf_counter()
+        frames = frame_stage(req, model.spec, verified, tmp)
+        if frames:
+            timings["frame_graphs"] = time.perf_counter() - t
+        manifest = assemble_manifest(req, model, exported, verified, tmp, frames)
         info(f"[{steps}/{steps}] bundle {manifest.status}", req.quiet)
         write_manifest(tmp, manifest)
     timings["total"] = time.perf_counter() - t0
@@ -326,6 +331,10 @@ def model_stage(req: BuildRequest) -> Any:
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
                         resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
                         replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
+    if req.frames:
+        from .framegraph import check_frame_spec
+
+        check_frame_spec(model.spec.preprocessing)
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
     return model
 
@@ -431,7 +440,18 @@ def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: C
             report, optimize = verify_candidate(candidate.model, reference_logits, verify, budget,
                                                 reference=reference, reference_cached=reference_hit)
             drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES])
-    return Verified(candidate, parity, report, optimize, drift, repair, tuple(notes))
+    return Verified(candidate, parity, report, optimize, drift, repair, tuple(notes), verify.ids)
+
+
+def frame_stage(req: BuildRequest, spec: Any, verified: Verified, tmp: Path) -> tuple[dict[str, Any], ...]:
+    """Per ``--frame`` size, the verified preprocessing and the model as one graph taking the raw
+    frame (effdeploy.framegraph), checked on the verification images scaled to that size."""
+    if not req.frames:
+        return ()
+    from .framegraph import add_frame_graphs
+
+    return add_frame_graphs(tmp, verified.candidate.model, spec.preprocessing, req.frames, verified.images,
+                            verified.optimize, req.profile.is_gpu, req.quiet)
 
 
 def export_parity(req: BuildRequest, model: Any, exported: Exported, verify: VerifySet) -> dict[str, Any]:
@@ -511,7 +531,8 @@ def quantization_record(req: BuildRequest, verified: Verified) -> dict[str, Any]
     return quant
 
 
-def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verified: Verified, tmp: Path) -> Manifest:
+def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verified: Verified, tmp: Path,
+                      frames: tuple[dict[str, Any], ...] = ()) -> Manifest:
     """The one record of the build (written last: a bundle without it is not a bundle)."""
     import onnx
 
@@ -533,7 +554,7 @@ def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verifie
         parity={"export": verified.parity, "verify": verified.report.to_dict()},
         graph={k: summary[k] for k in ("nodes", "opset", "ops", "macs", "initializer_parameters")},
         quantization=quantization_record(req, verified), notes=tuple(notes),
-        status=status_of(req, verified, model.weights_info),
+        status=status_of(req, verified, model.weights_info), frames=frames,
     )
 
 

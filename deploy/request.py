@@ -47,6 +47,7 @@ class BuildRequest:
     reconstruct_images: int = RECONSTRUCT_IMAGES
     allow_parity_failure: bool = False
     quiet: bool = False
+    frames: tuple[Any, ...] = ()  # effdeploy.framegraph.FrameInput per --frame size: frame-in graphs
 
 
 def default(name: str) -> Any:

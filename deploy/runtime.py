@@ -252,6 +252,7 @@ class StreamResult:
     predictions: tuple[Prediction, ...]
     latency_s: float  # capture -> predictions
     dropped: int  # frames skipped so far (only with drop_frames=True)
+    path: str = "cpu"  # "frame-in" (the frame went to a frame-in graph or engine) or "cpu" (preprocess())
 
 
 class _End:
@@ -277,8 +278,12 @@ def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
 class Runner:
     """Preprocessing from the manifest + one backend; see the module docstring for thread safety."""
 
-    def __init__(self, backend: Any, artifact: Artifact, labels: Sequence[str] | None = None) -> None:
+    def __init__(self, backend: Any, artifact: Artifact, labels: Sequence[str] | None = None,
+                 frames: Any = None) -> None:
+        from .framegraph import FrameRouter
+
         self.backend = backend
+        self.frames: FrameRouter = frames if frames is not None else FrameRouter()  # frame-in graphs by size
         self.artifact = artifact
         self.preprocessing: Preprocessing = artifact.preprocessing
         self.labels: tuple[str, ...] = tuple(labels) if labels is not None else class_labels(artifact.num_classes)
@@ -299,7 +304,9 @@ class Runner:
             import warnings
 
             warnings.warn(f"{art.path}: {warning}", stacklevel=2)
-        return cls(open_backend(art, threads=threads, spin=spin), art)
+        from .framegraph import open_frame_routes
+
+        return cls(open_backend(art, threads=threads, spin=spin), art, frames=open_frame_routes(art, threads, spin))
 
     # --- properties ------------------------------------------------------------------------------
 
@@ -314,6 +321,11 @@ class Runner:
     @property
     def status(self) -> str:
         return self.artifact.status
+
+    @property
+    def frame_sizes(self) -> tuple[Any, ...]:
+        """The frames (``FrameInput``: width, height, channel order) that go to a frame-in graph."""
+        return self.frames.inputs
 
     # --- inference -------------------------------------------------------------------------------
 
@@ -345,16 +357,41 @@ class Runner:
             return np.concatenate(parts)
 
     def classify(self, frames: np.ndarray | Sequence[np.ndarray], top_k: int = 5,
-                 bgr: bool = False) -> list[Prediction] | list[list[Prediction]]:
+                 bgr: bool = False, frame_graph: bool = True) -> list[Prediction] | list[list[Prediction]]:
         """Top-k ``(class_id, label, score)`` for uint8 frames of any size.
 
         One HxWx3 frame gives a list of predictions; a sequence (or an NxHxWx3 array) gives one list
-        per frame. ``bgr=True`` for OpenCV frames.
+        per frame. ``bgr=True`` for OpenCV frames. Frames whose size and channel order match a
+        frame-in graph (:attr:`frame_sizes`) go to it whole; the rest are preprocessed on the CPU
+        (``frame_graph=False``: all of them).
         """
         single = isinstance(frames, np.ndarray) and frames.ndim == 3
-        batch = self.preprocess(frames, bgr=bgr)
-        preds = _top_k(self.infer(batch), top_k, self.labels)
+        preds = _top_k(self.frame_logits(frames, bgr, frame_graph), top_k, self.labels)
         return preds[0] if single else preds
+
+    def frame_logits(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False,
+                     frame_graph: bool = True) -> np.ndarray:
+        """Logits for uint8 frames, each through a matching frame-in graph or the CPU path."""
+        items = frames[None] if isinstance(frames, np.ndarray) and frames.ndim == 3 else frames  # a view, no copy
+        if isinstance(items, np.ndarray) and items.ndim == 4 and len(items):
+            keys = [self.frames.key(items[0], bgr)] * len(items)  # one size and dtype for all
+        else:
+            items = list(items)
+            keys = [self.frames.key(f, bgr) for f in items]  # refuses non-uint8 / non-HxWx3 frames
+        if not frame_graph or not any(keys):
+            return self.infer(self.preprocess(items, bgr=bgr))
+        out: np.ndarray | None = None
+        for key in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            if key is None:
+                logits = self.infer(self.preprocess([items[i] for i in idx], bgr=bgr))
+            else:
+                x = items if len(idx) == len(items) and isinstance(items, np.ndarray) else np.stack([items[i] for i in idx])
+                with self._lock:
+                    logits = self.frames.route(key).infer(x)
+            out = np.empty((len(keys), logits.shape[1]), np.float32) if out is None else out
+            out[idx] = logits
+        return out  # type: ignore[return-value]
 
     def stream(self, frames: Iterable[np.ndarray], *, top_k: int = 1, bgr: bool = True, queue_size: int = 2,
                drop_frames: bool = False) -> Iterator[StreamResult]:
@@ -409,8 +446,8 @@ class Runner:
                     _put(ready, item, stop)
                     return
                 index, t0, frame = item
-                try:
-                    batch = self.preprocess(frame, bgr=bgr)
+                try:  # a frame a frame-in graph takes goes to inference as it is
+                    batch = frame[None] if self.frames.key(frame, bgr) else self.preprocess(frame, bgr=bgr)
                 except BaseException as e:
                     _put(ready, _Failure(e), stop)
                     return
@@ -429,8 +466,10 @@ class Runner:
                 if isinstance(item, _Failure):
                     raise item.error
                 index, t0, frame, batch = item
-                preds = _top_k(self.infer(batch), top_k, self.labels)[0]
-                yield StreamResult(index, frame, tuple(preds), time.perf_counter() - t0, dropped[0])
+                raw = batch.dtype == np.uint8
+                preds = _top_k(self.frame_logits(batch, bgr) if raw else self.infer(batch), top_k, self.labels)[0]
+                yield StreamResult(index, frame, tuple(preds), time.perf_counter() - t0, dropped[0],
+                                   "frame-in" if raw else "cpu")
         finally:
             stop.set()
             for w in workers:
@@ -443,6 +482,7 @@ class Runner:
 
     def close(self) -> None:
         with self._lock:
+            self.frames.close()
             if self.backend is not None:
                 self.backend.close()
                 self.backend = None

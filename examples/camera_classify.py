@@ -8,7 +8,9 @@
 Shows the frame with the top-1 label and the FPS (press q or Esc to quit), or with ``--headless``
 prints one line per frame. Capture, preprocessing and inference overlap (``Runner.stream``); for
 live sources stale frames are dropped so the label follows the scene, for files every frame is
-classified. Torch is never imported.
+classified. Frames whose size matches a frame-in graph of the bundle (``effdeploy build --frame``) go
+to it raw, preprocessing included; the first line on stderr says which path the frames take.
+Torch is never imported.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
             best = result.predictions[0]
             text = f"{best.label} {best.score:.2f}"
+            if count == 0:
+                print(f"path: {runner.frames.describe(result.frame, bgr=True)}", file=sys.stderr, flush=True)
             count += 1
             if args.headless:
                 rest = "  ".join(f"{p.label} {p.score:.2f}" for p in result.predictions[1:])

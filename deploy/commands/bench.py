@@ -60,7 +60,11 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
         info(f"warning: {warning}", quiet)
     elif art.status != "verified":
         info(f"note: {art.path} has status {art.status}", quiet)
-    runner = Runner(open_backend(art, threads=threads, spin=spin), art)
+    from ..framegraph import open_frame_routes
+
+    runner = Runner(open_backend(art, threads=threads, spin=spin), art,
+                    frames=open_frame_routes(art, threads, spin) if end_to_end else None)
+    frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
     backend = runner.backend_name
     try:
         eager, eager_max_abs = _eager(eager_manifest, runner, threads, quiet) if vs_eager else (None, None)
@@ -68,6 +72,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
         rng = np.random.default_rng(0)
         compute = "compute" if backend != "tensorrt" else "compute+copies"
         e2e = f"end-to-end {width}x{height}"
+        e2e_frame = f"{e2e} frame-in"
         rows: list[dict[str, Any]] = []
         for b in sizes:
             batch = rng.standard_normal((b, 3, res, res)).astype(np.float32)
@@ -75,7 +80,10 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
             if end_to_end:
                 # b frames per call, freshly written (untimed) the way a decoder delivers them
                 source = FrameSource(width, height, batch=b)
-                measures.append((e2e, lambda: runner.classify(source.batch, top_k=5), source.next))
+                measures.append((e2e, lambda: runner.classify(source.batch, top_k=5, frame_graph=False), source.next))
+                if frame_in is not None:  # the same frames through the bundle's frame-in graph
+                    bgr = frame_in.channel_order == "bgr"
+                    measures.append((e2e_frame, lambda: runner.classify(source.batch, top_k=5, bgr=bgr), source.next))
             if eager is not None:
                 measures.append(("eager pytorch", lambda: eager(batch), None))
             for name, fn, setup in measures:
@@ -92,6 +100,10 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     }
     if end_to_end:
         result["end_to_end_over_compute_p50"] = {str(b): _p50(rows, b, e2e) / _p50(rows, b, compute) for b in sizes}
+        result["frame_in"] = str(frame_in) if frame_in is not None else None
+        if frame_in is not None:
+            result["frame_in_over_compute_p50"] = {str(b): _p50(rows, b, e2e_frame) / _p50(rows, b, compute)
+                                                   for b in sizes}
     if eager is not None:
         result["eager_speedup_p50"] = {str(b): _p50(rows, b, "eager pytorch") / _p50(rows, b, compute) for b in sizes}
         result["eager_parity_max_abs"] = eager_max_abs
@@ -105,6 +117,10 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
                      headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"]))
     for b, v in result.get("end_to_end_over_compute_p50", {}).items():
         click.echo(f"end-to-end / {compute} latency (p50), batch {b}: {v:.3f}x")
+    for b, v in result.get("frame_in_over_compute_p50", {}).items():
+        click.echo(f"frame-in end-to-end ({result['frame_in']} frame-in graph) / {compute} latency (p50), batch {b}: {v:.3f}x")
+    if end_to_end and art.kind == "bundle" and frame_in is None:
+        click.echo(f"(no frame-in graph for {width}x{height}: only the CPU path was timed; build with --frame {width}x{height})")
     for b, v in result.get("eager_speedup_p50", {}).items():
         click.echo(f"speedup vs eager PyTorch (p50), batch {b}: {v:.2f}x")
     if eager_max_abs is not None and art.precision == "fp32" and eager_max_abs > 1e-3:

@@ -54,6 +54,11 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--min-agreement", type=float, default=None, help="Budget: min top-1 agreement in percent (default fp16 99.5, int8 98).")
 @click.option("--max-drop", type=float, default=None, help="Budget: max top-1 accuracy drop in points where labels exist (default int8 1.0).")
 @click.option("--allow-parity-failure", is_flag=True, help="Keep going (exit 0) when verification misses its budget.")
+@click.option("--frame", "frame_sizes", default=None, metavar="WxH[,WxH]",
+              help="Add a verified frame-in graph per camera frame size (raw uint8 NHWC frame in, logits out; the "
+                   "preprocessing runs inside the graph), e.g. --frame 1920x1080,1280x720.")
+@click.option("--frame-format", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
+              help="Channel order of the frames the frame-in graphs take (OpenCV delivers bgr).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, weights_arch: str | None,
               replace_head: bool, resize: int | None, crop_pct: float | None, interpolation: str | None,
@@ -62,7 +67,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
               max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
-              reconstruct_images: int) -> None:
+              reconstruct_images: int, frame_sizes: str | None, frame_format: str) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
@@ -74,7 +79,13 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     from ..errors import EffdeployError
     from ..verify import Budget, budget_with
 
+    from ..framegraph import parse_frames
+
     parse_phi(phi)
+    frames = parse_frames(frame_sizes, frame_format)
+    if frames and interpolation == "nearest":
+        raise EffdeployError("--frame needs a resampling filter with weights; --interpolation nearest has none "
+                             "(drop --frame or choose another --interpolation)")
     profile = load_profile(profile_name)
     budget = budget_with(Budget.for_precision(precision), max_abs, min_agreement, max_drop)
     parts = tuple(p.strip() for p in int8_float.split(",") if p.strip() and p.strip() != "none")
@@ -92,7 +103,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
-        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images,
+        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images, frames=frames,
     )
     from ..bundle import status_warning
 
@@ -160,6 +171,7 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
         "drift_final": (m.get("quantization", {}).get("drift") or [{}])[-1].get("relative_error"),
         "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
         "onnxruntime": ort_hint_for_manifest(m),
+        "frames": list(m.get("frames") or []),
     }
 
 
@@ -215,6 +227,10 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("drift at the last block", f"{s['drift_final']:.3g} (relative error vs FP32)"))
     for miss in s.get("budget_misses", []):
         rows.append(("budget missed", miss))
+    if s.get("frames"):
+        from ..framegraph import frame_line
+
+        rows += [(f"frame-in graph {f['width']}x{f['height']} {f['channel_order']}", frame_line(f)) for f in s["frames"]]
     if s.get("onnxruntime"):
         rows.append(("ONNX Runtime", s["onnxruntime"]))
     if s.get("timings_s", {}).get("total"):

@@ -97,10 +97,13 @@ def compile_cmd(bundle: Path, profile_name: str | None, out: Path | None, dla_co
         from ..backends.tensorrt.build import dla_summary
 
         summary["dla_placement"] = dla_summary(m.build["dla"])
+    frames = [{"engine": f.plan.plan_path, **dict(f.engine.frame)} for f in result.frame_engines]
     if as_json:
-        emit_json({**summary, "warnings": list(result.warnings), "engine_manifest": m.to_dict()})
+        emit_json({**summary, "frame_engines": frames, "warnings": list(result.warnings), "engine_manifest": m.to_dict()})
         return
     click.echo(kv_table(summary.items()))
+    for f in frames:
+        info(f"frame-in engine: {f['engine']} (raw {f['width']}x{f['height']} {f['channel_order']} uint8 frames in)")
     for w in result.warnings:
         info(f"note: {w}")
 

@@ -29,14 +29,14 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
 import click
 
-from ...bundle import atomic_write
+from ...bundle import atomic_write, load_bundle
 from ...errors import EffdeployError, first_line
 from ...profile import Profile
 from .compat import (
@@ -72,6 +72,7 @@ class CompileResult:
     seconds: float
     timing_cache_reused: bool
     warnings: tuple[str, ...] = ()
+    frame_engines: tuple["CompileResult", ...] = ()  # one per verified frame-in graph of the bundle
 
 
 def compile_bundle(
@@ -87,7 +88,12 @@ def compile_bundle(
         raise EffdeployError(f"{MISSING_TENSORRT}: {compile_hint(bundle_path, plan.profile)}")
     probe = probe_cuda()
     plan = check_installed(plan, str(trt.__version__), opts.trt_version, probe.gpu, read_l4t(), cuda_problem(probe))
-    return compile_engine(trt, plan, probe.gpu, quiet=quiet)
+    result = compile_engine(trt, plan, probe.gpu, quiet=quiet)
+    from ...framegraph import frame_compile_plans
+
+    frames = tuple(compile_engine(trt, fplan, probe.gpu, quiet=quiet, frame=frame.to_dict())
+                   for frame, fplan in frame_compile_plans(load_bundle(bundle_path), plan))
+    return replace(result, frame_engines=frames) if frames else result
 
 
 class _Progress:
@@ -318,8 +324,10 @@ def _compile_serialized(trt: ModuleType, logger: Any, plan: CompilePlan, log: Lo
     return serialized, reused, dla
 
 
-def compile_engine(trt: ModuleType, plan: CompilePlan, gpu: GpuInfo | None, quiet: bool = False) -> CompileResult:
-    """Compile, serialize and describe one engine; nothing is left half-written on failure."""
+def compile_engine(trt: ModuleType, plan: CompilePlan, gpu: GpuInfo | None, quiet: bool = False,
+                   frame: dict[str, Any] | None = None) -> CompileResult:
+    """Compile, serialize and describe one engine; nothing is left half-written on failure.
+    ``frame`` (width, height, channel_order): the plan is a frame-in graph's, recorded in engine.json."""
     t0 = time.perf_counter()
     warnings: list[str] = list(plan.notes)
     logger = shared_logger(trt)
@@ -356,6 +364,7 @@ def compile_engine(trt: ModuleType, plan: CompilePlan, gpu: GpuInfo | None, quie
         preprocessing=dict(plan.preprocessing),
         build=build,
         bundle={"path": plan.bundle_path, "model": plan.model_name},
+        frame=dict(frame or {}),
     )
     manifest = write_engine_manifest(plan_path, manifest)
     return CompileResult(plan, manifest, time.perf_counter() - t0, reused, tuple(warnings))

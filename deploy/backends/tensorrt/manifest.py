@@ -262,6 +262,7 @@ class EngineManifest:
     preprocessing: Mapping[str, Any]
     build: Mapping[str, Any] = field(default_factory=dict)  # the CompilePlan knobs used
     bundle: Mapping[str, Any] = field(default_factory=dict)  # {path, model}
+    frame: Mapping[str, Any] = field(default_factory=dict)  # {width, height, channel_order} of a frame-in engine
     plan_sha256: str = ""
     plan_bytes: int = 0
     created: str = ""
