@@ -20,7 +20,6 @@ one Runner per thread. :meth:`Runner.stream` overlaps capture, preprocessing and
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -275,6 +274,21 @@ def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
     return False
 
 
+def _put_dropping_oldest(q: "queue.Queue[Any]", item: Any) -> int:
+    """Put without waiting, dropping the oldest queued items to make room; how many were dropped."""
+    dropped = 0
+    while True:
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            try:
+                q.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                pass
+
+
 class Runner:
     """Preprocessing from the manifest + one backend; see the module docstring for thread safety."""
 
@@ -419,16 +433,7 @@ class Runner:
                         return
                     item = (index, time.perf_counter(), frame)
                     if drop_frames:
-                        while True:
-                            try:
-                                captured.put_nowait(item)
-                                break
-                            except queue.Full:
-                                try:
-                                    captured.get_nowait()
-                                    dropped[0] += 1
-                                except queue.Empty:
-                                    pass
+                        dropped[0] += _put_dropping_oldest(captured, item)
                     elif not _put(captured, item, stop):
                         return
             except BaseException as e:  # the source failed: hand the error to the caller

@@ -32,13 +32,9 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
 
     Example: effdeploy bench bundles/efficientnet-b0-fp32-cpu --batch 1,8 --end-to-end --vs-eager
     """
-    import numpy as np
-
-    from ..benchmark import (
-        FrameSource, TimingPlan, machine_info, parse_batches, parse_frame_size, summarize,
-    )
+    from ..benchmark import TimingPlan, machine_info, parse_batches, parse_frame_size
     from ..errors import EffdeployError
-    from ..report import emit_json, info, table
+    from ..report import emit_json
     from ..runtime import Runner, check_status, open_backend, resolve_artifact
 
     sizes = parse_batches(batches)
@@ -53,78 +49,119 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     art = resolve_artifact(artifact, guess_preprocessing=True)
     warning = check_status(art, force)
     eager_manifest = _eager_manifest(art) if vs_eager else None  # refuse before any timing
-    quiet = as_json
+    _announce(art, warning, as_json)
+    from ..framegraph import open_frame_routes
+
+    runner = Runner(open_backend(art, threads=threads, spin=spin), art,
+                    frames=open_frame_routes(art, threads, spin) if end_to_end else None)
+    frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
+    try:
+        eager, eager_max_abs = _eager(eager_manifest, runner, threads, as_json) if vs_eager else (None, None)
+        names = _measure_names(runner.backend_name, width, height)
+        rows = _measure(runner, sizes, plan, names, (width, height) if end_to_end else None, frame_in, eager, as_json)
+    finally:
+        runner.close()
+    result = {
+        "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
+        "status": art.status, "backend": runner.backend_name, "threads": threads, "spin": spin,
+        "resolution": art.preprocessing.resolution,
+        "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
+        "machine": machine_info(), "results": rows,
+        **_ratios(rows, sizes, names, end_to_end, frame_in, eager is not None),
+    }
+    if eager is not None:
+        result["eager_parity_max_abs"] = eager_max_abs
+    if as_json:
+        emit_json(result)
+        return
+    _show(result, art, names, (width, height) if end_to_end else None, frame_in, threads)
+
+
+def _announce(art: Any, warning: str | None, quiet: bool) -> None:
+    from ..report import info
+
     if art.status == "unknown":
         info("note: a bare .onnx has no manifest; timing uses ImageNet preprocessing sized from its input", quiet)
     elif warning:
         info(f"warning: {warning}", quiet)
     elif art.status != "verified":
         info(f"note: {art.path} has status {art.status}", quiet)
-    from ..framegraph import open_frame_routes
 
-    runner = Runner(open_backend(art, threads=threads, spin=spin), art,
-                    frames=open_frame_routes(art, threads, spin) if end_to_end else None)
-    frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
-    backend = runner.backend_name
-    try:
-        eager, eager_max_abs = _eager(eager_manifest, runner, threads, quiet) if vs_eager else (None, None)
-        res = art.preprocessing.resolution
-        rng = np.random.default_rng(0)
-        compute = "compute" if backend != "tensorrt" else "compute+copies"
-        e2e = f"end-to-end {width}x{height}"
-        e2e_frame = f"{e2e} frame-in"
-        rows: list[dict[str, Any]] = []
-        for b in sizes:
-            batch = rng.standard_normal((b, 3, res, res)).astype(np.float32)
-            measures = [(compute, lambda: runner.infer(batch), None)]
-            if end_to_end:
-                # b frames per call, freshly written (untimed) the way a decoder delivers them
-                source = FrameSource(width, height, batch=b)
-                measures.append((e2e, lambda: runner.classify(source.batch, top_k=5, frame_graph=False), source.next))
-                if frame_in is not None:  # the same frames through the bundle's frame-in graph
-                    bgr = frame_in.channel_order == "bgr"
-                    measures.append((e2e_frame, lambda: runner.classify(source.batch, top_k=5, bgr=bgr), source.next))
-            if eager is not None:
-                measures.append(("eager pytorch", lambda: eager(batch), None))
-            for name, fn, setup in measures:
-                stats = summarize(_timed(fn, plan, f"batch {b} {name}", quiet, setup), batch=b)
-                rows.append({"batch": b, "measure": name, **stats.to_dict()})
-    finally:
-        runner.close()
 
-    result = {
-        "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
-        "status": art.status, "backend": backend, "threads": threads, "spin": spin,
-        "resolution": res, "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
-        "machine": machine_info(), "results": rows,
-    }
+def _measure_names(backend: str, width: int, height: int) -> dict[str, str]:
+    e2e = f"end-to-end {width}x{height}"
+    return {"compute": "compute" if backend != "tensorrt" else "compute+copies", "e2e": e2e,
+            "frame": f"{e2e} frame-in", "eager": "eager pytorch"}
+
+
+def _measure(runner: Any, sizes: list[int], plan: Any, names: dict[str, str], frame: tuple[int, int] | None,
+             frame_in: Any, eager: Any, quiet: bool) -> list[dict[str, Any]]:
+    """Every measure per batch size: compute, end-to-end through the CPU path and (where the
+    bundle has one for the size) through the frame-in graph, eager PyTorch."""
+    import numpy as np
+
+    from ..benchmark import FrameSource, summarize
+
+    rng = np.random.default_rng(0)
+    res = runner.artifact.preprocessing.resolution
+    rows: list[dict[str, Any]] = []
+    for b in sizes:
+        batch = rng.standard_normal((b, 3, res, res)).astype(np.float32)
+        measures = [(names["compute"], lambda: runner.infer(batch), None)]
+        if frame is not None:
+            # b frames per call, freshly written (untimed) the way a decoder delivers them
+            source = FrameSource(*frame, batch=b)
+            measures.append((names["e2e"], lambda: runner.classify(source.batch, top_k=5, frame_graph=False),
+                             source.next))
+            if frame_in is not None:  # the same frames through the bundle's frame-in graph
+                bgr = frame_in.channel_order == "bgr"
+                measures.append((names["frame"], lambda: runner.classify(source.batch, top_k=5, bgr=bgr), source.next))
+        if eager is not None:
+            measures.append((names["eager"], lambda: eager(batch), None))
+        for name, fn, setup in measures:
+            stats = summarize(_timed(fn, plan, f"batch {b} {name}", quiet, setup), batch=b)
+            rows.append({"batch": b, "measure": name, **stats.to_dict()})
+    return rows
+
+
+def _ratios(rows: list[dict[str, Any]], sizes: list[int], names: dict[str, str], end_to_end: bool, frame_in: Any,
+            eager: bool) -> dict[str, Any]:
+    """p50 ratios measured in this one run (the figures the targets are about)."""
+    def over_compute(measure: str) -> dict[str, float]:
+        return {str(b): _p50(rows, b, measure) / _p50(rows, b, names["compute"]) for b in sizes}
+
+    out: dict[str, Any] = {}
     if end_to_end:
-        result["end_to_end_over_compute_p50"] = {str(b): _p50(rows, b, e2e) / _p50(rows, b, compute) for b in sizes}
-        result["frame_in"] = str(frame_in) if frame_in is not None else None
+        out["end_to_end_over_compute_p50"] = over_compute(names["e2e"])
+        out["frame_in"] = str(frame_in) if frame_in is not None else None
         if frame_in is not None:
-            result["frame_in_over_compute_p50"] = {str(b): _p50(rows, b, e2e_frame) / _p50(rows, b, compute)
-                                                   for b in sizes}
-    if eager is not None:
-        result["eager_speedup_p50"] = {str(b): _p50(rows, b, "eager pytorch") / _p50(rows, b, compute) for b in sizes}
-        result["eager_parity_max_abs"] = eager_max_abs
-    if as_json:
-        emit_json(result)
-        return
-    m = result["machine"]
-    click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {backend}, "
+            out["frame_in_over_compute_p50"] = over_compute(names["frame"])
+    if eager:
+        out["eager_speedup_p50"] = over_compute(names["eager"])
+    return out
+
+
+def _show(result: dict[str, Any], art: Any, names: dict[str, str], frame: tuple[int, int] | None, frame_in: Any,
+          threads: int | None) -> None:
+    from ..report import info, table
+
+    m, compute = result["machine"], names["compute"]
+    click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {result['backend']}, "
                f"threads {threads or 'all'}, {m['cpu']} ({m['cores']} cores)")
-    click.echo(table([table_cells(r) for r in rows],
+    click.echo(table([table_cells(r) for r in result["results"]],
                      headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"]))
     for b, v in result.get("end_to_end_over_compute_p50", {}).items():
         click.echo(f"end-to-end / {compute} latency (p50), batch {b}: {v:.3f}x")
     for b, v in result.get("frame_in_over_compute_p50", {}).items():
         click.echo(f"frame-in end-to-end ({result['frame_in']} frame-in graph) / {compute} latency (p50), batch {b}: {v:.3f}x")
-    if end_to_end and art.kind == "bundle" and frame_in is None:
-        click.echo(f"(no frame-in graph for {width}x{height}: only the CPU path was timed; build with --frame {width}x{height})")
+    if frame is not None and art.kind == "bundle" and frame_in is None:
+        click.echo(f"(no frame-in graph for {frame[0]}x{frame[1]}: only the CPU path was timed; "
+                   f"build with --frame {frame[0]}x{frame[1]})")
     for b, v in result.get("eager_speedup_p50", {}).items():
         click.echo(f"speedup vs eager PyTorch (p50), batch {b}: {v:.2f}x")
-    if eager_max_abs is not None and art.precision == "fp32" and eager_max_abs > 1e-3:
-        info(f"warning: the eager model differs from the artifact (max abs {eager_max_abs:.3g} on random input); "
+    max_abs = result.get("eager_parity_max_abs")
+    if max_abs is not None and art.precision == "fp32" and max_abs > 1e-3:
+        info(f"warning: the eager model differs from the artifact (max abs {max_abs:.3g} on random input); "
              "the speedup compares different models")
 
 
