@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .backends import infer_in_batches_of
+from .backends.onnxrt import OnnxRuntimeRunner
 from .errors import EffdeployError
 from .spec import Preprocessing
 
@@ -268,41 +270,13 @@ def frame_model(model: Any, frame: FrameInput, spec: Preprocessing, block: int =
 # --- running a frame graph with ONNX Runtime -------------------------------------------------------
 
 
-class FrameSession:
-    """A frame-in ONNX graph on ONNX Runtime: ``run(frames NHWC uint8) -> logits`` (no float cast)."""
+class FrameSession(OnnxRuntimeRunner):
+    """A frame-in ONNX graph on ONNX Runtime: ``infer(frames NHWC uint8) -> logits``, the frames
+    handed over as they are (the runner's float cast would be wrong for them)."""
 
-    name = "onnxruntime"
-
-    def __init__(self, source: str | Path | Any, threads: int | None = None, optimize: bool = True,
-                 session_config: Mapping[str, str] | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        for key, value in (session_config or {}).items():
-            opts.add_session_config_entry(key, value)
-        data = source.SerializeToString() if hasattr(source, "SerializeToString") else str(source)
-        try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise EffdeployError(f"ONNX Runtime cannot load the frame-in graph {source if isinstance(data, str) else ''}: "
-                                 f"{str(e).splitlines()[0]}") from None
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def infer(self, frames: np.ndarray, outputs: Sequence[str] | None = None) -> Any:
+    def infer(self, frames: np.ndarray, outputs: Sequence[str] | None = None) -> Any:  # type: ignore[override]
         out = self.session.run(list(outputs or self.output_names[:1]), {self.input_name: frames})
         return out[0] if outputs is None else out
-
-    def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
 
 
 # --- verification -----------------------------------------------------------------------------
@@ -493,17 +467,7 @@ class _Route:
     file: str
 
     def infer(self, frames: np.ndarray) -> np.ndarray:
-        fixed = self.backend.input_shape[0] if self.backend.input_shape else -1
-        if fixed is None or fixed <= 0 or fixed == len(frames):
-            return np.asarray(self.backend.infer(frames), dtype=np.float32)
-        parts = []
-        for i in range(0, len(frames), fixed):
-            chunk = frames[i:i + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.uint8)])
-            parts.append(np.asarray(self.backend.infer(chunk), dtype=np.float32)[:n])
-        return np.concatenate(parts)
+        return infer_in_batches_of(self.backend, frames)
 
 
 class FrameRouter:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from .backends import infer_in_batches_of
 from .errors import EffdeployError, first_line
 from .preprocess import check_frame, preprocess
 from .spec import CROP_PCT, Preprocessing
@@ -357,18 +358,8 @@ class Runner:
         if len(x) == 0:
             raise EffdeployError("empty batch: pass at least one image")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        fixed = self.input_shape[0] if self.input_shape else -1
         with self._lock:
-            if fixed is None or fixed <= 0 or fixed == len(x):
-                return np.asarray(self.backend.infer(x), dtype=np.float32)
-            parts = []
-            for i in range(0, len(x), fixed):
-                chunk = x[i:i + fixed]
-                n = len(chunk)
-                if n < fixed:
-                    chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
-                parts.append(np.asarray(self.backend.infer(chunk), dtype=np.float32)[:n])
-            return np.concatenate(parts)
+            return infer_in_batches_of(self.backend, x)
 
     def classify(self, frames: np.ndarray | Sequence[np.ndarray], top_k: int = 5,
                  bgr: bool = False, frame_graph: bool = True) -> list[Prediction] | list[list[Prediction]]:

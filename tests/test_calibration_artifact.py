@@ -217,7 +217,9 @@ def test_interrupted_write_leaves_neither_entry_nor_temp_file(tmp_path: Path, mo
     def failing_replace(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifact_mod.os, "replace", failing_replace)
+    import effdeploy.bundle as bundle_mod  # the one atomic writer calibration.json goes through
+
+    monkeypatch.setattr(bundle_mod.os, "replace", failing_replace)
     with pytest.raises(KeyboardInterrupt):
         write_calibration_json(tmp_path / "c" / "calibration.json", _artifact())
     assert list((tmp_path / "c").iterdir()) == []

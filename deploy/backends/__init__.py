@@ -46,3 +46,19 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def infer_in_batches_of(backend: Runner, x: np.ndarray) -> np.ndarray:
+    """``backend.infer`` over ``x`` in the batch size its engine was built for (a fixed first input
+    dimension; the last chunk padded with zeros and its padding dropped); one call when dynamic."""
+    fixed = backend.input_shape[0] if backend.input_shape else -1
+    if fixed is None or fixed <= 0 or fixed == len(x):
+        return np.asarray(backend.infer(x), dtype=np.float32)
+    parts = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        n = len(chunk)
+        if n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        parts.append(np.asarray(backend.infer(chunk), dtype=np.float32)[:n])
+    return np.concatenate(parts)
