@@ -55,15 +55,16 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     runner = Runner(open_backend(art, threads=threads, spin=spin), art,
                     frames=open_frame_routes(art, threads, spin) if end_to_end else None)
     frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
+    backend = runner.backend_name
     try:
         eager, eager_max_abs = _eager(eager_manifest, runner, threads, as_json) if vs_eager else (None, None)
-        names = _measure_names(runner.backend_name, width, height)
+        names = _measure_names(backend, width, height)
         rows = _measure(runner, sizes, plan, names, (width, height) if end_to_end else None, frame_in, eager, as_json)
     finally:
         runner.close()
     result = {
         "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
-        "status": art.status, "backend": runner.backend_name, "threads": threads, "spin": spin,
+        "status": art.status, "backend": backend, "threads": threads, "spin": spin,
         "resolution": art.preprocessing.resolution,
         "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
         "machine": machine_info(), "results": rows,
