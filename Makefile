@@ -27,9 +27,13 @@ demo: $(STAMP)
 	$(BIN)/effdeploy build --phi $(PHI) --variant $(VARIANT) $(WEIGHTS_FLAG) --precision $(PRECISION) --profile $(PROFILE) --out $(OUT)
 	$(BIN)/effdeploy inspect $(OUT)
 
+# Tests run on TEST_WORKERS processes (pytest-xdist): one core each is what most tests use.
+# Files stay on one worker (--dist loadfile) so module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"  tests
-	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m slow tests
 
 clean:
 	rm -rf $(VENV) bundles
