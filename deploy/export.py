@@ -168,13 +168,11 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def run_eager(model: Any, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
-    import torch
+    """Eager logits of a whole image array, ``chunk`` images per call (benchmark.eager_runner)."""
+    from .benchmark import eager_runner
 
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(batch), chunk):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(batch[i:i + chunk]))).numpy())
-    return np.concatenate(outs)
+    run = eager_runner(model)
+    return np.concatenate([run(batch[i:i + chunk]) for i in range(0, len(batch), chunk)])
 
 
 def check_parity(model: Any, onnx_path: Path, inputs: Sequence[np.ndarray], tolerance: float = 1e-4) -> dict[str, Any]:
