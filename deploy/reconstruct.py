@@ -147,7 +147,7 @@ class GraphModule:
         self.output_names = [o.name for o in model.graph.output]
 
     def _scale(self, arr: np.ndarray, fp16: bool) -> Any:
-        arr = np.asarray(arr, np.float32)
+        arr = np.array(arr, np.float32)  # a copy: initializers from ONNX are read-only buffers, torch wants writable
         if fp16 and self.fp16_scales:
             arr = arr.astype(np.float16).astype(np.float32)
         return self.torch.from_numpy(arr)
