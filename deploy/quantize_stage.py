@@ -86,7 +86,7 @@ def run_int8(
     model, config, timings, timed_before = choose_activations(fp32, out.artifact, config, selection_data, quiet)
     rec = None
     if recipe is not None and reconstruction_data is not None:
-        model, rec = reconstruct_int8(fp32, out.artifact.ranges, config, recipe, reconstruction_data, quiet)
+        model, rec = reconstruct_int8(fp32, model, out.artifact.ranges, config, recipe, reconstruction_data, quiet)
     return Int8Result(
         model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
         calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
@@ -164,14 +164,15 @@ def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig
     return model, config, timings, timed is not None
 
 
-def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig, recipe: Any,
-                     data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
+def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig,
+                     recipe: Any, data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
-    into the deployed graph; reused from the cache when the same inputs were reconstructed."""
+    into the deployed graph (``plain`` is it without them, returned when they do not help);
+    reused from the cache when the same inputs were reconstructed."""
     from .precision import apply_initializers
     from .reconstruct import cached_reconstruction
 
-    twin = quantize(fp32, ranges, replace(config, fp16_rest=False))
+    twin = quantize(fp32, ranges, replace(config, fp16_rest=False)) if config.fp16_rest else plain
     images = data(recipe.images)
     rec = cached_reconstruction(twin, fp32, images, recipe,
                                 fp16_scales=config.fp16_rest, quiet=quiet)
@@ -187,7 +188,7 @@ def reconstruct_int8(fp32: onnx.ModelProto, ranges: Mapping[str, Any], config: Q
          + ("" if rec.accepted else " - not better, not used")
          + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)
     if not rec.accepted:
-        return quantize(fp32, ranges, config), rec
+        return plain, rec
     return quantize(fp32, ranges, config, initializers=rec.initializers), rec
 
 

@@ -57,9 +57,12 @@ def block_macs_shares(model: onnx.ModelProto) -> dict[str, float]:
 
 def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
     """What the repair judges a candidate by: its FP32-typed twin (the same Q/DQ and reconstructed
-    biases; run as written, a few times faster on a CPU than the FP16 rest of the tensorrt graph)."""
+    biases; run as written, a few times faster on a CPU than the FP16 rest of the tensorrt graph).
+    A graph that is FP32-typed already (the cpu dialect) is its own twin."""
     from .precision import quantize
 
+    if config == int8.config and not config.fp16_rest:
+        return int8.model
     return quantize(fp32, int8.artifact.ranges, replace(config, fp16_rest=False), initializers=int8.initializers)
 
 
