@@ -179,9 +179,9 @@ def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapp
     # A safety net: the corrected graph, run by ONNX Runtime itself, must beat the plain one on the
     # images the corrections were measured on; otherwise they are not used (and the manifest says so).
     ref, _ = cached_logits(fp32, images)
-    plain, _ = cached_logits(twin, images, optimize=False)
+    unfixed, _ = cached_logits(twin, images, optimize=False)
     fixed, _ = cached_logits(apply_initializers(twin, rec.initializers), images, optimize=False)
-    before, after = relative_mse(ref, plain), relative_mse(ref, fixed)
+    before, after = relative_mse(ref, unfixed), relative_mse(ref, fixed)
     rec = replace(rec, logit_rel_mse=(before, after), accepted=after < before)
     info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers): "
          f"logit relative MSE {before:.3e} -> {after:.3e}"
