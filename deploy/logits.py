@@ -12,6 +12,7 @@ import onnx
 
 from .precision import block_of
 
+
 def run_batched(infer: Callable[[np.ndarray], np.ndarray], data: np.ndarray, batch: int = 32,
                 label: str = "", quiet: bool = True) -> np.ndarray:
     """Run a runner over a preprocessed array in batches, with progress for long runs."""
@@ -27,6 +28,7 @@ def run_batched(infer: Callable[[np.ndarray], np.ndarray], data: np.ndarray, bat
 
 def ort_logits(model: onnx.ModelProto | Path, data: np.ndarray, optimize: bool = True, batch: int = 32) -> np.ndarray:
     from .backends.onnxrt import OnnxRuntimeRunner
+
     runner = OnnxRuntimeRunner(model, optimize=optimize)
     try:
         return run_batched(runner.infer, data, batch)
@@ -77,7 +79,6 @@ def reference_logits(fp32: onnx.ModelProto, data: np.ndarray, use_cache: bool = 
 def relative_mse(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.astype(np.float64)
     return float(((candidate.astype(np.float64) - ref) ** 2).mean() / max((ref ** 2).mean(), 1e-30))
-
 
 
 def block_outputs(model: onnx.ModelProto) -> dict[str, str]:

@@ -264,8 +264,8 @@ def build_bundle(req: BuildRequest) -> BuildResult:
     assert req.profile is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    out, replaced, cleaned = check_build(req)
-    steps = 5 if req.precision != "fp32" else 4
+    steps = 5 if req.precision != "fp32" else 4  # the progress lines' [k/steps]
+    out, replaced, cleaned = check_build(req, steps)
     model = model_stage(req)
     timings["model"] = time.perf_counter() - t0
     with staging_dir(out) as tmp:
@@ -295,7 +295,7 @@ def build_bundle(req: BuildRequest) -> BuildResult:
                        compile_reason=auto.reason, replaced=replaced, cleaned=cleaned)
 
 
-def check_build(req: BuildRequest) -> tuple[Path, str | None, tuple[str, ...]]:
+def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[str, ...]]:
     """Everything that can be refused before a weight is read: the spec alone prices the model and
     names the bundle, so a model that cannot fit, bad data or an unusable --out fail in the first
     second. Returns --out, what it replaces there and the stale partials it removed."""
@@ -315,7 +315,6 @@ def check_build(req: BuildRequest) -> tuple[Path, str | None, tuple[str, ...]]:
     replaced = describe_bundle(out)
     if replaced:
         info(f"note: replacing the bundle at {out} ({replaced}) once the new one is complete", req.quiet)
-    steps = 5 if req.precision != "fp32" else 4
     info(f"[1/{steps}] {preview.name}: {size.parameters:,} parameters, {preview.resolution} px, weights: "
          f"{req.weights or 'random init'}", req.quiet)
     extrapolated = extrapolation_warning(preview)
@@ -497,8 +496,7 @@ def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, bu
     sel_drift = drift_report(exported.fp32, int8.model, selection.data[:DRIFT_IMAGES])
     int8, repair = repair_int8(exported.fp32, int8, sel_reference, selection, budget, sel_drift, req.quiet,
                                sel_report, req.max_kept_macs)
-    initial = {"top1_agreement": first.comparison.top1_agreement, "misses": list(first.misses)}
-    return int8, replace(repair, initial_verification=initial)
+    return int8, replace(repair, initial_verification=first.outcome())
 
 
 def status_of(req: BuildRequest, verified: Verified, weights_info: dict[str, Any]) -> str:

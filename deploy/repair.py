@@ -67,6 +67,7 @@ def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
 
 
 LINEAR_KEPT_BLOCKS = 8  # the repair tries 1..8 kept blocks one by one, then doubles and bisects
+SEARCH = f"1..{LINEAR_KEPT_BLOCKS} blocks one by one, then doubling and bisection, in sensitivity order"
 
 
 def kept_count_search(n: int, holds: Callable[[int], bool],
@@ -74,9 +75,10 @@ def kept_count_search(n: int, holds: Callable[[int], bool],
     """How many of the ``n`` most sensitive blocks to keep out of INT8 so the budget holds.
 
     Agreement grows with the kept count only up to the image set's noise, so a pure bisection
-    skips small counts that hold (docs/int8.md has the case). Small counts are cheap to deploy and worth finding, so 1..``linear`` are tried one by one; beyond that the
-    search doubles up to ``n`` (the blocks the caller's cap allows) and bisects: at most
-    ``linear`` + ~2 log2(n) verifications. Returns (the count that held or None, the counts tried).
+    skips small counts that hold (docs/int8.md has the case). Small counts are cheap to deploy and
+    worth finding, so 1..``linear`` are tried one by one; beyond that the search doubles up to ``n``
+    (the blocks the caller's cap allows) and bisects: at most ``linear`` + ~2 log2(n) verifications.
+    Returns (the count that held or None, the counts tried).
     """
     tried: list[int] = []
 
@@ -131,24 +133,17 @@ class RepairReport:
     held: bool
     chosen_on: str = ""
     initial_verification: Mapping[str, Any] | None = None  # all-INT8 on the verification images
-    search: str = f"1..{LINEAR_KEPT_BLOCKS} blocks one by one, then doubling and bisection, in sensitivity order"
 
     def to_dict(self) -> dict[str, Any]:
         d = {"initial": dict(self.initial), "kept_blocks": list(self.kept_blocks),
              "macs_share_kept": self.macs_share_kept, "max_kept_macs_pct": self.max_kept_macs_pct,
              "blocks_within_cap": self.blocks_within_cap, "model_bytes": dict(self.model_bytes),
-             "search": self.search, "tried": [dict(t) for t in self.tried], "held": self.held}
+             "search": SEARCH, "tried": [dict(t) for t in self.tried], "held": self.held}
         if self.chosen_on:
             d["chosen_on"] = self.chosen_on
         if self.initial_verification is not None:
             d["initial_verification"] = dict(self.initial_verification)
         return d
-
-
-def _outcome(report: VerifyReport | None) -> dict[str, Any]:
-    if report is None:
-        return {"top1_agreement": None, "misses": []}
-    return {"top1_agreement": report.comparison.top1_agreement, "misses": list(report.misses)}
 
 
 def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, selection: VerifySet,
@@ -172,7 +167,7 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
         report, _ = verify_candidate(choice_twin(fp32, int8, config), reference_logits, selection, budget,
                                      optimize=False)
         agree = report.comparison.top1_agreement
-        tried.append({"keep_blocks": list(config.keep_blocks), "top1_agreement": agree, "misses": list(report.misses)})
+        tried.append({"keep_blocks": list(config.keep_blocks), **report.outcome()})
         names = ", ".join(order[:k]) if k <= 4 else f"{', '.join(order[:3])}, ... {order[k - 1]}"
         info(f"      keeping {k} block{'s' if k > 1 else ''} ({names}) in higher precision: "
              f"top-1 agreement {100 * agree:.2f} %", quiet)
@@ -185,7 +180,7 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
     candidate = (int8.model if config == int8.config else
                  quantize(fp32, int8.artifact.ranges, config, initializers=int8.initializers))
     repair = RepairReport(
-        initial=_outcome(first_report), kept_blocks=tuple(config.keep_blocks),
+        initial=first_report.outcome() if first_report else {"top1_agreement": None, "misses": []}, kept_blocks=tuple(config.keep_blocks),
         macs_share_kept=sum(shares.get(k, 0.0) for k in config.keep_blocks), max_kept_macs_pct=max_kept_macs,
         blocks_within_cap=len(order), model_bytes={"all_int8": int8.model.ByteSize(), "repaired": candidate.ByteSize()},
         tried=tuple(tried), held=held is not None, chosen_on=selection.source)

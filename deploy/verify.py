@@ -235,6 +235,10 @@ class VerifyReport:
     def status(self) -> str:
         return gate_status(self.misses, self.coarse)
 
+    def outcome(self) -> dict[str, Any]:
+        """Agreement and misses: what the repair records of each judgement."""
+        return {"top1_agreement": self.comparison.top1_agreement, "misses": list(self.misses)}
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"reference": self.reference, "data": self.data, "budget": asdict(self.budget),
                              "comparison": self.comparison.to_dict(), "misses": list(self.misses)}
