@@ -16,8 +16,12 @@ weights are applied as small dense blocks of a banded matrix with BLAS, one pass
 Pillow's order, rounded and clipped to 0..255 after each pass as Pillow stores them, written
 straight into NCHW. Two deviations, measured against Pillow by ``bench/runtime_perf.py``:
 
-* float32 weights instead of Pillow's 22-bit fixed point: +-1 level (on the 500 shared ImageNet
-  images that are not pre-reduced: mean 0.001, one pixel off by 2);
+* weights on a 2^-15 grid (``spec.RESAMPLE_BITS``) instead of Pillow's 2^-22: a level per pass at
+  most (docs/runtime.md has the figures). On that grid every float32 sum of 0..255 pixels is exact,
+  so BLAS here, ONNX Runtime in a frame-in graph and TensorRT (TF32 off) give the same pixels bit
+  for bit; with plain float32 weights their summation orders moved 1 value in ~40,000 by a level,
+  enough to flip near-tied images through an INT8 input quantizer. A manifest from before the grid
+  (no ``resample_bits``) keeps float32 weights;
 * downscale factor >= 4 (the crop box is >= 4x the model resolution: 1080p and up for 224 px
   models): first an exact k x k box average (``cv2.INTER_AREA`` with an integer factor, k the
   largest power of two that leaves a factor >= 2), then the exact weights for the rest. This is
@@ -179,8 +183,9 @@ class AxisWeights:
 
 
 def axis_weights(in_size: int, box0: float, box1: float, out_size: int, interpolation: str,
-                 block: int = BLOCK, transpose: bool = False) -> AxisWeights:
-    """Pillow's ``precompute_coeffs`` (window per output, clipped at the edge, renormalised)."""
+                 block: int = BLOCK, transpose: bool = False, bits: int | None = None) -> AxisWeights:
+    """Pillow's ``precompute_coeffs`` (window per output, clipped at the edge, renormalised), then
+    rounded to a 2^-``bits`` grid (see ``spec.RESAMPLE_BITS``) where ``bits`` is given."""
     support, fn = _FILTERS[interpolation]
     scale = (box1 - box0) / out_size
     filterscale = max(scale, 1.0)
@@ -195,6 +200,11 @@ def axis_weights(in_size: int, box0: float, box1: float, out_size: int, interpol
     w = np.where(pos < xmax[:, None], w, 0.0)
     total = w.sum(axis=1, keepdims=True)
     w = np.divide(w, total, out=np.zeros_like(w), where=total != 0.0)
+    if bits is not None:
+        w = np.rint(w * 2.0**bits) / 2.0**bits
+        if 255.0 * float(np.abs(w).sum(axis=1).max()) * 2.0**bits >= 2.0**24:
+            raise EffdeployError(f"{interpolation} weights on a 2^-{bits} grid would not sum exactly in float32; "
+                                 "use fewer resample bits")
     lo, hi = int(xmin.min()), int(max(xmax.max(), xmin.min() + 1))
     blocks = []
     for o0 in range(0, out_size, block):
@@ -243,8 +253,8 @@ def resample_plan(height: int, width: int, spec: Preprocessing) -> ResamplePlan:
         in_h, in_w = (ry1 - ry0) // k, (rx1 - rx0) // k
         region = (ry0, ry0 + in_h * k, rx0, rx0 + in_w * k)
         bx = ((x0 - rx0) / k, (y0 - ry0) / k, (x1 - rx0) / k, (y1 - ry0) / k)
-    rows = axis_weights(in_h, bx[1], bx[3], out, spec.interpolation)
-    cols = axis_weights(in_w, bx[0], bx[2], out, spec.interpolation, transpose=True)
+    rows = axis_weights(in_h, bx[1], bx[3], out, spec.interpolation, bits=spec.resample_bits)
+    cols = axis_weights(in_w, bx[0], bx[2], out, spec.interpolation, transpose=True, bits=spec.resample_bits)
     # Pillow >= 11 (ImagingResampleInner) runs the vertical pass first when the height shrinks by
     # more than twice as many pixels as the width; the order matters where the rounded, clipped
     # intermediate over/undershoots, so follow it.

@@ -18,6 +18,11 @@ IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_MEAN_255 = (127.0, 127.0, 127.0)
 LITE_STD_255 = (128.0, 128.0, 128.0)
 CROP_PCT = 0.875
+# The resampling weights lie on a 2^-15 grid (Pillow uses 2^-22 integers). With 0..255 pixels every
+# product and every partial sum is then an exact float32, so any FP32 backend (BLAS, ONNX Runtime's
+# MatMul in a frame-in graph, TensorRT with TF32 off) computes the same pixels bit for bit, whatever
+# its summation order; 15 is the most bits for which 255 * sum(|w|) * 2^bits stays below 2^24.
+RESAMPLE_BITS = 15
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD_255
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    # Resampling weights on a 2^-bits grid; None: plain float32 weights (bundles built before the grid).
+    resample_bits: int | None = RESAMPLE_BITS
 
     @staticmethod
     def for_weights(resolution: int, variant: str, weights_format: str) -> "Preprocessing":
@@ -103,6 +110,7 @@ class Preprocessing:
         d = dict(d)
         d["mean"] = tuple(float(x) for x in d["mean"])
         d["std"] = tuple(float(x) for x in d["std"])
+        d.setdefault("resample_bits", None)  # a manifest from before the grid keeps its float32 weights
         return Preprocessing(**d)
 
 
