@@ -159,7 +159,10 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
     order = ranked[:blocks_within(ranked, shares, max_kept_macs / 100.0)]
     info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
          f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
-    chosen: list[Any] = []  # the smallest count that held, or the last one
+    held_config: list[Any] = []  # the smallest count that held (a later count that holds is smaller)
+    # Where none holds: the best agreement with the fewest blocks, all-INT8 unless a count beat it
+    # (blocks kept for no gain on the selection split cost latency and buy nothing).
+    best: list[Any] = [(first_report.comparison.top1_agreement if first_report else -1.0, 0, int8.config)]
     tried: list[dict[str, Any]] = []
 
     def holds(k: int) -> bool:
@@ -171,12 +174,18 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
         names = ", ".join(order[:k]) if k <= 4 else f"{', '.join(order[:3])}, ... {order[k - 1]}"
         info(f"      keeping {k} block{'s' if k > 1 else ''} ({names}) in higher precision: "
              f"top-1 agreement {100 * agree:.2f} %", quiet)
-        if not report.misses or k == len(order):  # a later count that holds is smaller: one choice in memory
-            chosen[:] = [config]
+        if not report.misses:
+            held_config[:] = [config]
+        elif (agree, -k) > (best[0][0], -best[0][1]):
+            best[0] = (agree, k, config)
         return not report.misses
 
     held, _ = kept_count_search(len(order), holds)
-    config = chosen[0] if chosen else int8.config  # no block fits the cap (or none in the graph): all-INT8 stands
+    config = held_config[0] if held_config else best[0][2]  # no block fits the cap (or none in the graph): all-INT8
+    if not held_config and order:
+        info(f"      no count held on the selection split; keeping {best[0][1]} block(s), the fewest at the best "
+             f"agreement ({100 * best[0][0]:.2f} %)" if best[0][1] else
+             "      no count held on the selection split, and none beat all-INT8 there: all-INT8 stands", quiet)
     candidate = (int8.model if config == int8.config else
                  quantize(fp32, int8.artifact.ranges, config, initializers=int8.initializers))
     repair = RepairReport(
