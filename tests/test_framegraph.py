@@ -258,6 +258,7 @@ def test_compile_plans_one_engine_per_frame_graph(frame_bundle: Path) -> None:
     f, p = plans[0]
     assert p.input_name == "frame" and p.shapes[0] == (plan.batch_min, 1080, 1920, 3)
     assert Path(p.plan_path).name == "engine-frame-1920x1080.plan" and p.dla_core is None
+    assert plan.tf32 and not p.tf32 and p.compile_settings()["tf32"] is False  # exact resampling MatMuls
     assert p.onnx_sha256 == bundle.manifest.artifacts["model-frame-1920x1080.onnx"]["sha256"]
 
 

@@ -267,6 +267,8 @@ def configure(trt: ModuleType, builder: Any, network: Any, plan: CompilePlan) ->
         config.hardware_compatibility_level = hardware_compat_level(trt, plan.hardware_compat)
     if plan.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if not plan.tf32 and hasattr(trt.BuilderFlag, "TF32"):  # a release without the flag has no TF32 to clear
+        config.clear_flag(trt.BuilderFlag.TF32)
     return config
 
 

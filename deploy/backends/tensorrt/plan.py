@@ -78,6 +78,9 @@ class CompilePlan:
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     trt_version: str | None = None  # the release the refusal rules were checked against
     force: bool = False
+    # TF32 (on by default in TensorRT) rounds FP32 MatMul/Conv inputs to 10 mantissa bits; frame engines
+    # clear it so the resampling MatMuls keep preprocess()'s exact pixels (spec.RESAMPLE_BITS).
+    tf32: bool = True
     notes: tuple[str, ...] = ()
 
     @property
@@ -103,6 +106,7 @@ class CompilePlan:
             "hardware_compat": self.hardware_compat,
             "version_compatible": self.version_compatible,
             "strongly_typed": True,
+            "tf32": self.tf32,
             "forced": self.force,
         }
 
