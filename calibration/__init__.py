@@ -59,6 +59,7 @@ from .calibrators import (
 )
 from .sources import (
     BUILTIN_IMAGES,
+    BUILTIN_VIEWS,
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     CalibrationPlan,
@@ -76,6 +77,7 @@ from .sources import (
 __all__ = [
     "ARTIFACT_FORMAT",
     "BUILTIN_IMAGES",
+    "BUILTIN_VIEWS",
     "CACHE_ENV",
     "CALIBRATION_JSON",
     "DEFAULT_BATCH_SIZE",

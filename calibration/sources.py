@@ -60,7 +60,13 @@ BUILTIN_IMAGES: tuple[str, ...] = (
     "brick.png",
 )
 
+# Views per built-in photo: whole, mirrored, then seeded crops (mirrored every other one). Nine or
+# ten photos are too few for ranges and for the reconstruction's bias fit; their views give a few
+# dozen distinct inputs (docs/int8.md has what it changed).
+BUILTIN_VIEWS = 4
+
 _FRAME_SEP = "#frame"
+_VIEW_SEP = "#view"
 _ROW_SEP = "#"
 
 
@@ -302,16 +308,19 @@ def plan_calibration(
             f"every one of the {len(all_names)} images under {root} is excluded (kept for verification); "
             "pass more images or a different source"
         )
+    files = names_list
     if kind == KIND_BUILTIN:
+        names_list = [f"{n}{_VIEW_SEP}{k}" for n in names_list for k in range(BUILTIN_VIEWS)
+                      if f"view{k}" not in _excluded_fragments(root / n, excluded)]
         warnings.append(
-            f"no calibration data given: calibrating on {min(count, len(names_list))} natural images shipped with "
-            f"scikit-image ({f'{count} asked for' if count_given else f'the default {count}'}); pass a folder of "
-            "images from your camera/domain for production ranges"
+            f"no calibration data given: calibrating on {min(count, len(names_list))} views of {len(files)} natural "
+            f"images shipped with scikit-image ({f'{count} asked for' if count_given else f'the default {count}'}); "
+            "pass a folder of images from your camera/domain for production ranges"
         )
     order = np.random.default_rng(seed).permutation(len(names_list))
     names = tuple(names_list[i] for i in order)
     items = tuple(str(root / n) for n in names)
-    content = tuple(_sha256_file(root / n) for n in names)
+    content = tuple(_sha256_file(root / n.partition(_VIEW_SEP)[0]) for n in names)
     return _make_plan(source_label, kind, items, names, content, count, seed, warnings, count_given)
 
 
@@ -398,7 +407,7 @@ def _id_key(item: str) -> tuple[str, str]:
     """Normalise an id so './a.jpg', 'a.jpg' and '/abs/a.jpg' compare equal; keeps '#frame12'."""
     item = str(item)
     base, sep, frag = item.rpartition("#")
-    if sep and (frag.isdigit() or frag.startswith("frame")):
+    if sep and (frag.isdigit() or frag.startswith(("frame", "view"))):
         return (os.path.realpath(base), frag)
     return (os.path.realpath(item), "")
 
@@ -441,6 +450,28 @@ def _builtin_root() -> Path:
     return root
 
 
+def builtin_view(image: np.ndarray, k: int, name: str) -> np.ndarray:
+    """View ``k`` of a built-in photo: 0 whole, 1 mirrored, then a crop of 50-90 % of each side
+    (seeded by the photo's name and ``k``, so the same on every machine), mirrored when ``k`` is odd."""
+    import zlib
+
+    if k >= 2:
+        rng = np.random.default_rng([k, zlib.crc32(name.encode())])
+        h, w = image.shape[:2]
+        ch, cw = max(1, int(h * rng.uniform(0.5, 0.9))), max(1, int(w * rng.uniform(0.5, 0.9)))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image = image[y:y + ch, x:x + cw]
+    return np.ascontiguousarray(image[:, ::-1] if k % 2 else image)
+
+
+def _load_item(item: str) -> np.ndarray:
+    """An image file, or a view of a built-in photo (``photo.png#view3``)."""
+    base, sep, k = item.rpartition(_VIEW_SEP)
+    if sep and k.isdigit():
+        return builtin_view(load_image(base), int(k), Path(base).name)
+    return load_image(item)
+
+
 def _builtin_names(root: Path) -> list[str]:
     return sorted(n for n in BUILTIN_IMAGES if (root / n).is_file())
 
@@ -457,7 +488,7 @@ def _read_image_files(
         ticks = iter(bar)
         for i, path in enumerate(plan.items):
             try:
-                image = load_image(path)
+                image = _load_item(path)
             except EffdeployError:
                 skipped += 1
                 continue

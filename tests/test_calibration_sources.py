@@ -11,6 +11,7 @@ from PIL import Image
 
 from effdeploy.calibration import (
     BUILTIN_IMAGES,
+    BUILTIN_VIEWS,
     builtin_image_dir,
     complement_ids,
     list_items,
@@ -229,21 +230,28 @@ def test_npy_preprocessed_nchw_and_uint8_nhwc(tmp_path: Path) -> None:
 
 
 def test_builtin_images_without_a_source() -> None:
+    """The built-in photos, each as BUILTIN_VIEWS views (whole, mirrored, seeded crops); excluding a
+    photo excludes all its views."""
     root = builtin_image_dir()
     if root is None:
         pytest.skip("scikit-image is not installed (the built-in images ship inside it)")
     cs = load_calibration_set(None, 8, SPEC, quiet=True)
     assert cs.builtin and len(cs) == 8
-    assert {Path(i).name for i in cs.ids} <= set(BUILTIN_IMAGES)
+    assert {Path(i.partition("#view")[0]).name for i in cs.ids} <= set(BUILTIN_IMAGES)
     assert any("no calibration data given" in w and "scikit-image" in w for w in cs.warnings)
-    everything = load_calibration_set(None, 100, SPEC, quiet=True)
+    everything = load_calibration_set(None, 1000, SPEC, quiet=True)
     present = [n for n in BUILTIN_IMAGES if (root / n).is_file()]
-    assert len(everything) == len(present) >= 10
+    assert len(everything) == BUILTIN_VIEWS * len(present) and len(present) >= 10
+    assert len(set(everything.ids)) == len(everything)
+    assert not any(np.array_equal(everything.data[0], x) for x in everything.data[1:])  # distinct views
     assert len(everything.warnings) == 1  # one warning, with the count, not two
-    reserved = everything.ids[::3]  # e.g. kept for verification
-    rest = load_calibration_set(None, 100, SPEC, exclude=reserved, quiet=True)
-    assert set(rest.ids).isdisjoint(reserved) and len(rest) == len(present) - len(reserved)
-    assert f"calibrating on {len(rest)} natural images" in rest.warnings[0]
+    reserved = [str(root / n) for n in present[::3]]  # e.g. kept for verification
+    rest = load_calibration_set(None, 1000, SPEC, exclude=reserved, quiet=True)
+    assert {i.partition("#view")[0] for i in rest.ids}.isdisjoint(reserved)
+    assert len(rest) == BUILTIN_VIEWS * (len(present) - len(reserved))
+    assert f"calibrating on {len(rest)} views of {len(present) - len(reserved)} natural images" in rest.warnings[0]
+    again = load_calibration_set(None, 1000, SPEC, quiet=True)
+    np.testing.assert_array_equal(again.data, everything.data)  # seeded: the same views every time
 
 
 def test_plan_hash_follows_content_not_location(folder: Path, tmp_path: Path) -> None:
