@@ -614,5 +614,6 @@ def frame_compile_plans(bundle: Any, plan: Any) -> list[tuple[FrameInput, Any]]:
         out.append((frame, plan.with_(
             onnx_path=str(onnx_path.resolve()), plan_path=str(frame_engine_path(plan.plan_path, frame)),
             input_name=str((entry.get("input") or {}).get("name", FRAME_INPUT)),
-            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha), dla_core=None, gpu_fallback=False)))
+            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha), dla_core=None, gpu_fallback=False,
+            tf32=False)))
     return out
