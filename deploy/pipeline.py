@@ -107,6 +107,10 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
     from .weights import check_weights_arg
 
     check_weights_arg(req.weights, req.phi, req.variant)
+    if req.precision == "int8" and req.reconstruct:
+        from .reconstruct import resolve_device
+
+        resolve_device(req.device)  # --device cuda without a GPU torch can see fails now
     if req.precision == "int8":
         from .calibration import check_usable, list_items
 
@@ -395,9 +399,9 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None
     if req.reconstruct:
-        from .reconstruct import Recipe
+        from .reconstruct import Recipe, resolve_device
 
-        recipe = Recipe(images=req.reconstruct_images)
+        recipe = Recipe(images=req.reconstruct_images, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,
                     lambda: calibration_subset(plan, SELECTION_IMAGES, pre).data, req.quiet, recipe=recipe,

@@ -183,7 +183,8 @@ def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapp
     fixed, _ = cached_logits(apply_initializers(twin, rec.initializers), images, optimize=False)
     before, after = relative_mse(ref, unfixed), relative_mse(ref, fixed)
     rec = replace(rec, logit_rel_mse=(before, after), accepted=after < before)
-    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers): "
+    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers, "
+         f"{rec.recipe.get('device', 'cpu')}): "
          f"logit relative MSE {before:.3e} -> {after:.3e}"
          + ("" if rec.accepted else " - not better, not used")
          + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)

@@ -21,8 +21,9 @@ rounded again by a quantizer.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -97,9 +98,10 @@ class GraphModule:
     point and integer range.
     """
 
-    def __init__(self, model: onnx.ModelProto, fp16_scales: bool = False):
+    def __init__(self, model: onnx.ModelProto, fp16_scales: bool = False, device: str = "cpu"):
         torch = _torch()
         self.torch = torch
+        self.device = device
         self.fp16_scales = fp16_scales  # the tensorrt dialect deploys its scales as FP16
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.int_dtypes = {i.name: i.data_type for i in model.graph.initializer}
@@ -145,6 +147,10 @@ class GraphModule:
                 self.biases[op.inputs[2]] = self.const[op.inputs[2]].clone()
         self.input_name = model.graph.input[0].name
         self.output_names = [o.name for o in model.graph.output]
+        if device != "cpu":
+            self.const = {k: v.to(device) for k, v in self.const.items()}
+            self.biases = {k: v.to(device) for k, v in self.biases.items()}
+            self.bias_int = {k: (i, sc.to(device)) for k, (i, sc) in self.bias_int.items()}
 
     def _scale(self, arr: np.ndarray, fp16: bool) -> Any:
         arr = np.array(arr, np.float32)  # a copy: initializers from ONNX are read-only buffers, torch wants writable
@@ -309,9 +315,42 @@ class Recipe:
 
     images: int = 32  # calibration images (a subset of them) the corrections are measured on
     name: str = "sequential bias correction"
+    device: str = "cpu"  # where torch runs it (resolve_device)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "images": self.images}
+        return {"name": self.name, "images": self.images, "device": self.device}
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: auto is cuda where torch sees a GPU, else cpu; cuda without one is refused."""
+    torch = _torch()
+    if name not in DEVICES:
+        raise EffdeployError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EffdeployError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu "
+                             "(or auto, which picks the GPU where there is one)")
+    return name
+
+
+@contextlib.contextmanager
+def fp32_convolutions(torch: Any, device: str) -> Iterator[None]:
+    """cuDNN defaults to TF32 (10-bit mantissas) for float32 convolutions on Ampere and newer; the
+    corrections would then measure TF32's error along with INT8's. Off while the reconstruction runs,
+    restored after (torch keeps the switch process-wide)."""
+    if device != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @dataclass(frozen=True)
@@ -328,17 +367,25 @@ def _rel(a: Any, b: Any) -> float:
 
 
 def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, fp16_scales: bool = False,
-                   progress: Callable[[LayerReport, int, int], None] | None = None) -> tuple[GraphModule, list[LayerReport]]:
+                   progress: Callable[[LayerReport, int, int], None] | None = None,
+                   device: str = "cpu") -> tuple[GraphModule, list[LayerReport]]:
     """Every quantized Conv/Gemm in graph order: its mean output error against the FP32 layer
     (quantized inputs vs FP32 inputs, per output channel) moves into its bias."""
     torch = _torch()
-    q, ref = GraphModule(qdq, fp16_scales=fp16_scales), GraphModule(fp32)
+    with fp32_convolutions(torch, device):
+        return _correct_biases(torch, qdq, fp32, images, fp16_scales, progress, device)
+
+
+def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, fp16_scales: bool,
+                    progress: Callable[[LayerReport, int, int], None] | None,
+                    device: str) -> tuple[GraphModule, list[LayerReport]]:
+    q, ref = GraphModule(qdq, fp16_scales=fp16_scales, device=device), GraphModule(fp32, device=device)
     ref_index = {op.name: i for i, op in enumerate(ref.ops)}
     layers = [i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
               and op.inputs[2] in q.biases and op.name in ref_index]
     last_q = {t: i for i, op in enumerate(q.ops) for t in op.inputs}
     last_f = {t: i for i, op in enumerate(ref.ops) for t in op.inputs}
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
     x = x.contiguous(memory_format=torch.channels_last)  # torch's fast depthwise kernels want NHWC
     env_q: dict[str, Any] = {q.input_name: x}
     env_f: dict[str, Any] = {ref.input_name: x}
@@ -378,9 +425,9 @@ def learned_initializers(q: GraphModule) -> dict[str, np.ndarray]:
     for name, b in q.biases.items():
         if name in q.bias_int:
             init, scale = q.bias_int[name]
-            out[init] = torch.round(b / scale).clamp(-(2 ** 31), 2 ** 31 - 1).numpy().astype(np.int32)
+            out[init] = torch.round(b / scale).clamp(-(2 ** 31), 2 ** 31 - 1).cpu().numpy().astype(np.int32)
         else:
-            out[name] = b.numpy().astype(np.float32)
+            out[name] = b.cpu().numpy().astype(np.float32)
     return out
 
 
@@ -462,7 +509,7 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
         info(f"      reconstruct [{k}/{n}] {r.layer}: output error {r.relative_error_before:.4f} -> "
              f"{r.relative_error_after:.4f}", quiet)
 
-    q, reports = correct_biases(twin, fp32, images, fp16_scales=fp16_scales, progress=progress)
+    q, reports = correct_biases(twin, fp32, images, fp16_scales=fp16_scales, progress=progress, device=recipe.device)
     values = learned_initializers(q)
     rec = Reconstruction(recipe.to_dict(), values, tuple(reports), len(images), time.perf_counter() - t0)
     meta = {"recipe": rec.recipe, "layers": [r.__dict__ for r in reports], "images": rec.images,

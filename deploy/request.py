@@ -43,8 +43,9 @@ class BuildRequest:
     repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
     max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
     int8_float_parts: tuple[str, ...] = ("se",)  # EfficientNet parts kept out of INT8: se, stem, classifier
-    reconstruct: bool = True  # INT8: learn the rounding of the weights on calibration images
+    reconstruct: bool = True  # INT8: correct every layer's bias for the error in front of it
     reconstruct_images: int = RECONSTRUCT_IMAGES
+    device: str = "auto"  # where torch runs the reconstruction: auto (cuda where torch sees one), cpu, cuda
     allow_parity_failure: bool = False
     quiet: bool = False
     frames: tuple[Any, ...] = ()  # effdeploy.framegraph.FrameInput per --frame size: frame-in graphs

@@ -123,4 +123,45 @@ def test_deployed_graph_carries_the_corrected_biases(lite0):
 
 
 def test_recipe_is_recorded():
-    assert Recipe(images=16).to_dict() == {"name": "sequential bias correction", "images": 16}
+    assert Recipe(images=16).to_dict() == {"name": "sequential bias correction", "images": 16, "device": "cpu"}
+
+
+def test_device_auto_picks_what_torch_sees():
+    from effdeploy.errors import EffdeployError
+    from effdeploy.reconstruct import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(EffdeployError, match="--device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a CUDA GPU here, so --device cuda is valid")
+def test_device_cuda_without_a_gpu_is_refused_in_one_line(tmp_path):
+    from cli_errors import assert_one_line_error
+    from conftest import run_cli
+
+    out = tmp_path / "b"
+    line = assert_one_line_error(run_cli("build", "--phi", "0", "--variant", "lite", "--weights", "pretrained",
+                                         "--precision", "int8", "--device", "cuda", "--out", str(out)),
+                                 "--device cuda", "no CUDA GPU")
+    assert "--device cpu" in line and not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that torch can see (none on this machine)")
+@pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
+def test_correction_on_cuda_matches_the_cpu(lite0, gpu):
+    """The same corrections on the GPU (TF32 off while they run) as on the CPU, up to float sums."""
+    fp32, _, images = lite0
+    twin, _ = _twin(lite0, gpu)
+    tf32 = torch.backends.cudnn.allow_tf32
+    q_cpu, r_cpu = correct_biases(twin, fp32, images[:8], fp16_scales=gpu)
+    q_gpu, r_gpu = correct_biases(twin, fp32, images[:8], fp16_scales=gpu, device="cuda")
+    assert torch.backends.cudnn.allow_tf32 == tf32  # restored
+    a, b = learned_initializers(q_cpu), learned_initializers(q_gpu)
+    assert a.keys() == b.keys() and len(a) == 50
+    for k in a:
+        x, y = a[k].astype(np.float64), b[k].astype(np.float64)
+        assert np.linalg.norm(x - y) <= 1e-3 * max(np.linalg.norm(x), 1.0), k
+    for u, v in zip(r_cpu, r_gpu):
+        assert abs(u.relative_error_after - v.relative_error_after) <= 1e-3 * max(u.relative_error_after, 1e-3)

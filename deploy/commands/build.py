@@ -43,6 +43,8 @@ from ..request import CALIBRATION_METHODS, default
                    "of the quantized activations before it (sequential bias correction); every layer stays INT8.")
 @click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=default("device"), show_default=True,
+              help="Where torch runs the INT8 reconstruction: auto picks the GPU when torch sees one.")
 @click.option("--verify-data", default=None, help="Verification images (folder; labels from synset names or sub-folders).")
 @click.option("--verify-images", type=int, default=default("verify_images"), show_default=True)
 @click.option("--seed", type=int, default=default("seed"), show_default=True)
@@ -67,7 +69,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
               max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
-              reconstruct_images: int, frame_sizes: str | None, frame_format: str) -> None:
+              reconstruct_images: int, device: str, frame_sizes: str | None, frame_format: str) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
@@ -103,7 +105,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
-        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images, frames=frames,
+        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images, device=device, frames=frames,
     )
     from ..bundle import status_warning
 
@@ -182,7 +184,8 @@ def _reconstruction_line(r: dict[str, Any] | None) -> str | None:
     err = (f", logit error {layers[-1]['relative_error_before']:.4f} -> {layers[-1]['relative_error_after']:.4f}"
            if layers else "")
     used = "" if r.get("accepted", True) else " (not better on its images: not used)"
-    return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}{used}, {_seconds(r)}"
+    on = r["recipe"].get("device", "cpu")
+    return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}{used}, {_seconds(r)} on {on}"
 
 
 def _seconds(r: dict[str, Any]) -> str:
