@@ -50,8 +50,10 @@ def main() -> int:
         rec = recon.manifest.quantization.get("reconstruction") or {}
         if not rec.get("accepted"):
             print("int8_latency: the reconstruction was not accepted; both bundles are the same graph", file=sys.stderr)
-        runners = {"plain": bundle_runner(plain, threads=a.threads), "reconstructed": bundle_runner(recon, threads=a.threads),
-                   "plain (control)": bundle_runner(plain, threads=a.threads)}
+        # Three sessions share the cores: with spinning thread pools each would burn the next one's time.
+        cfg = {"session.intra_op.allow_spinning": "0"}
+        runners = {name: bundle_runner(b, threads=a.threads, session_config=cfg)
+                   for name, b in (("plain", plain), ("reconstructed", recon), ("plain (control)", plain))}
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         samples = time_interleaved({k: (lambda r=r: r.infer(x)) for k, r in runners.items()},
                                    TimingPlan(warmup=20, iterations=a.iterations), block=5)
