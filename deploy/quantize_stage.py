@@ -169,28 +169,43 @@ def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapp
     """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
     into the deployed graph (``plain`` is it without them, returned when they do not help);
     reused from the cache when the same inputs were reconstructed."""
-    from .precision import apply_initializers
     from .reconstruct import cached_reconstruction
 
     twin = quantize(fp32, ranges, replace(config, fp16_rest=False)) if config.fp16_rest else plain
     images = data(recipe.images)
     rec = cached_reconstruction(twin, fp32, images, recipe,
                                 fp16_scales=config.fp16_rest, quiet=quiet)
-    # A safety net: the corrected graph, run by ONNX Runtime itself, must beat the plain one on the
-    # images the corrections were measured on; otherwise they are not used (and the manifest says so).
-    ref, _ = cached_logits(fp32, images)
-    unfixed, _ = cached_logits(twin, images, optimize=False)
-    fixed, _ = cached_logits(apply_initializers(twin, rec.initializers), images, optimize=False)
-    before, after = relative_mse(ref, unfixed), relative_mse(ref, fixed)
-    rec = replace(rec, logit_rel_mse=(before, after), accepted=after < before)
+    rec = choose_strength(fp32, twin, rec, images)
+    scores = rec.strength_scores or {}
+    before, after = rec.logit_rel_mse
     info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers, "
-         f"{rec.recipe.get('device', 'cpu')}): "
-         f"logit relative MSE {before:.3e} -> {after:.3e}"
-         + ("" if rec.accepted else " - not better, not used")
+         f"{rec.recipe.get('device', 'cpu')}): logit relative MSE {before:.3e} -> {after:.3e}"
+         + (f" at strength {rec.strength:g}" if rec.accepted else " - no strength better, not used")
+         + " (" + ", ".join(f"{a:g}: {v:.2e}" for a, v in scores.items()) + ")"
          + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)
     if not rec.accepted:
         return plain, rec
     return quantize(fp32, ranges, config, initializers=rec.initializers), rec
+
+
+def choose_strength(fp32: onnx.ModelProto, twin: onnx.ModelProto, rec: Any, images: np.ndarray) -> Any:
+    """The corrections at the strength (reconstruct.STRENGTHS) whose graph, run by ONNX Runtime itself,
+    has the lowest logit error on the images they were measured on; 0 (the plain graph, not accepted)
+    when none beats it. A safety net and a damper: the interpreter's per-layer gains need not add up."""
+    from onnx import numpy_helper
+
+    from .precision import apply_initializers
+    from .reconstruct import STRENGTHS, at_strength
+
+    ref, _ = cached_logits(fp32, images)
+    plain_values = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer if i.name in rec.initializers}
+    scores = {}
+    for a in STRENGTHS:
+        graph = twin if a == 0 else apply_initializers(twin, at_strength(plain_values, rec.initializers, a))
+        scores[a] = relative_mse(ref, cached_logits(graph, images, optimize=False)[0])
+    best = min(STRENGTHS, key=lambda a: (scores[a], a))
+    return replace(rec, initializers=at_strength(plain_values, rec.initializers, best), strength=best,
+                   strength_scores=scores, logit_rel_mse=(scores[0.0], scores[best]), accepted=best > 0)
 
 
 def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:

@@ -443,6 +443,8 @@ class Reconstruction:
     cache_hit: bool = False
     logit_rel_mse: tuple[float, float] | None = None  # on its images, ONNX Runtime: plain -> corrected
     accepted: bool = True  # False: not better on its own images, so not written into the graph
+    strength: float = 1.0  # the share of each correction applied (see STRENGTHS)
+    strength_scores: Mapping[float, float] | None = None  # strength -> ONNX Runtime's logit relative MSE
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -454,8 +456,28 @@ class Reconstruction:
         return {"recipe": dict(self.recipe), "images": self.images, "seconds": round(self.seconds, 2),
                 "cache_hit": self.cache_hit, "accepted": self.accepted,
                 "logit_relative_mse": list(self.logit_rel_mse) if self.logit_rel_mse else None,
+                "strength": self.strength if self.accepted else 0.0,
+                "strength_logit_relative_mse": ({f"{a:g}": v for a, v in self.strength_scores.items()}
+                                                if self.strength_scores else None),
                 "biases_corrected": len(self.layers) if self.accepted else 0,
                 "units": units, "layers": [asdict(r) for r in self.layers]}
+
+
+# The corrections go in at one strength for the whole network, the one with the lowest logit error
+# ONNX Runtime measures on the images they were fitted on (0: the plain graph). Each layer's mean error
+# also holds what the corrected layers before it already moved, so the full correction can overshoot
+# (docs/int8.md has the measurements).
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def at_strength(plain: Mapping[str, np.ndarray], corrected: Mapping[str, np.ndarray], a: float) -> dict[str, np.ndarray]:
+    """Biases moved ``a`` of the way from the plain graph's values to the corrected ones (INT32 ones rounded)."""
+    out = {}
+    for k, v in corrected.items():
+        b = np.asarray(plain[k], np.float64)
+        x = b + a * (np.asarray(v, np.float64) - b)
+        out[k] = np.rint(x).astype(v.dtype) if v.dtype.kind == "i" else x.astype(v.dtype)
+    return out
 
 
 def _code_sha() -> str:

@@ -62,6 +62,9 @@ def test_tensorrt_dialect_graph(gpu_int8):
     assert rec["recipe"]["name"] == "sequential bias correction" and len(rec["layers"]) == 50
     before, after = rec["logit_relative_mse"]  # checked by ONNX Runtime; used only when it helped
     assert rec["accepted"] == (after < before) and rec["biases_corrected"] == (50 if rec["accepted"] else 0)
+    scores = rec["strength_logit_relative_mse"]  # the strength with ONNX Runtime's lowest error wins
+    assert set(scores) == {"0", "0.25", "0.5", "0.75", "1"} and scores["0"] == before and after == min(scores.values())
+    assert rec["strength"] == (float(min(scores, key=scores.get)) if rec["accepted"] else 0.0)
     assert 0 < rec["images"] <= 12 and set(rec["units"]) >= {"stem", "blocks.0.0", "head"}
     assert all(r["relative_error_after"] <= r["relative_error_before"] + 1e-6 for r in rec["layers"])
 

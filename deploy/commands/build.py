@@ -181,9 +181,10 @@ def _reconstruction_line(r: dict[str, Any] | None) -> str | None:
     if not r:
         return None
     layers = r.get("layers") or []
-    err = (f", logit error {layers[-1]['relative_error_before']:.4f} -> {layers[-1]['relative_error_after']:.4f}"
-           if layers else "")
-    used = "" if r.get("accepted", True) else " (not better on its images: not used)"
+    mse = r.get("logit_relative_mse")
+    err = f", logit relative MSE {mse[0]:.2e} -> {mse[1]:.2e}" if mse else ""
+    used = (f" at strength {r['strength']:g}" if r.get("accepted", True) and "strength" in r
+            else "" if r.get("accepted", True) else " (not better on its images: not used)")
     on = r["recipe"].get("device", "cpu")
     return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}{used}, {_seconds(r)} on {on}"
 
