@@ -23,7 +23,9 @@ KINDS: dict[str, str] = {
     "export": "simplified FP32 ONNX graphs (torch export + onnxsim)",
     "calibration": "activation ranges per calibration method",
     "reconstruction": "INT8 bias corrections",
+    "quantized": "Q/DQ graphs from ONNX Runtime's quantizer (same graph, ranges, config -> same graph)",
     "reference": "ONNX Runtime logits of a graph on an image array",
+    "drift": "per-block error of a reduced-precision graph against FP32 on an image array",
     "selection": "INT8 calibration-method scores",
     "dialect": "CPU INT8 dialect latencies (valid on the machine that timed them)",
 }

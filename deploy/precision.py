@@ -139,7 +139,7 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
              initializers: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Insert Q/DQ with ORT's quantizer using our ranges; write reconstructed integers and biases
     (``initializers``, see effdeploy.reconstruct) into it; then FP16 for the rest (tensorrt)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from .calibration.calibrators import ranges_to_tensors_data
@@ -157,25 +157,13 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         extra["QuantizeBias"] = False
     with tempfile.TemporaryDirectory(prefix="effdeploy-q-") as tmp:
         src_path, out_path, cache = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx", Path(tmp) / "ranges.json"
-        onnx.save(src, str(src_path))
         save_tensors_data(td, cache)
-        import logging
-
-        level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing we did
-        try:
-            quantize_static(
-                str(src_path), str(out_path), None, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=op_types(config), per_channel=True, reduce_range=config.reduce_range,
-                activation_type=act,
-                weight_type=QuantType.QInt8, nodes_to_exclude=excluded_nodes(src, config),
-                calibrate_method=td.calibration_method, calibration_cache_path=str(cache), extra_options=extra,
-            )
-        except Exception as e:
-            raise EffdeployError(f"INT8 quantization failed: {first_line(e, 200)}") from None
-        finally:
-            logging.getLogger().setLevel(level)
-        out = onnx.load(str(out_path))
+        stored = _quantized_path(src, cache.read_bytes(), config)
+        out = _load_quantized(stored)
+        if out is None:
+            onnx.save(src, str(src_path))
+            out = _quantize_static(src, src_path, out_path, cache, config, td, act, extra)
+            _store_quantized(stored, out)
     if initializers:  # before the refit below, which requantizes the integers it finds
         out = apply_initializers(out, initializers)
     if not dialect.output_qdq:
@@ -184,6 +172,62 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         refit_tiny_weight_scales(out)
         out = to_fp16(out)
     return out
+
+
+def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfig) -> Path:
+    """Where ORT's quantizer output for (graph, ranges, config) is cached: the build repeats the same
+    call (the repair's twins, a rebuild), and each costs seconds of ORT's Python."""
+    import hashlib
+
+    import onnxruntime
+
+    from .bundle import sha256_json
+    from .cache import cache_folder
+
+    key = sha256_json({"graph": hashlib.sha256(src.SerializeToString(deterministic=True)).hexdigest(),
+                       "ranges": hashlib.sha256(ranges_json).hexdigest(), "config": config.to_dict(),
+                       "onnxruntime": onnxruntime.__version__,
+                       "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()})
+    return cache_folder("quantized") / f"{key[:40]}.onnx"
+
+
+def _load_quantized(path: Path) -> onnx.ModelProto | None:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load_from_string(path.read_bytes())
+    except (OSError, DecodeError):
+        return None  # missing or unreadable: quantize again
+
+
+def _store_quantized(path: Path, model: onnx.ModelProto) -> None:
+    from .cache import store
+
+    store(path, model.SerializeToString())
+
+
+def _quantize_static(src: onnx.ModelProto, src_path: Path, out_path: Path, cache: Path, config: QuantConfig,
+                     td: Any, act: Any, extra: dict[str, Any]) -> onnx.ModelProto:
+    """ORT's quantize_static on the saved graph with our ranges (its calibration cache)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    import logging
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing we did
+    try:
+        quantize_static(
+            str(src_path), str(out_path), None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types(config), per_channel=True, reduce_range=config.reduce_range,
+            activation_type=act,
+            weight_type=QuantType.QInt8, nodes_to_exclude=excluded_nodes(src, config),
+            calibrate_method=td.calibration_method, calibration_cache_path=str(cache), extra_options=extra,
+        )
+    except Exception as e:
+        raise EffdeployError(f"INT8 quantization failed: {first_line(e, 200)}") from None
+    finally:
+        logging.getLogger().setLevel(level)
+    return onnx.load(str(out_path))
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

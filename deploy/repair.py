@@ -18,7 +18,34 @@ from .verify import Budget, VerifyReport, VerifySet, verify_candidate
 
 def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: np.ndarray) -> list[dict[str, Any]]:
     """Per-MBConv-block relative error (||a-b|| / ||a||) between the FP32 reference and the
-    reduced-precision graph, and how much each block adds: where accuracy goes."""
+    reduced-precision graph, and how much each block adds: where accuracy goes. Cached (the same
+    two graphs on the same pixels: a rebuild's repair)."""
+    import hashlib
+    import json
+
+    import onnxruntime
+
+    from .bundle import sha256_json
+    from .cache import cache_folder, store
+
+    def sha(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()
+
+    key = sha256_json({"reference": sha(reference.SerializeToString(deterministic=True)),
+                       "candidate": sha(candidate.SerializeToString(deterministic=True)),
+                       "data": sha(np.ascontiguousarray(data).tobytes()), "shape": list(data.shape),
+                       "ort": onnxruntime.__version__})
+    path = cache_folder("drift") / f"{key[:40]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    rows = _drift_rows(reference, candidate, data)
+    store(path, json.dumps(rows))
+    return rows
+
+
+def _drift_rows(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: np.ndarray) -> list[dict[str, Any]]:
     blocks = block_outputs(reference)
     cand_tensors = {o for n in candidate.graph.node for o in n.output}
     blocks = {b: t for b, t in blocks.items() if t in cand_tensors}

@@ -209,3 +209,25 @@ def test_correction_on_cuda_matches_the_cpu(lite0, gpu):
         assert np.linalg.norm(x - y) <= 1e-3 * max(np.linalg.norm(x), 1.0), k
     for u, v in zip(r_cpu, r_gpu):
         assert abs(u.relative_error_after - v.relative_error_after) <= 1e-3 * max(u.relative_error_after, 1e-3)
+
+
+def test_quantizer_output_and_drift_are_cached(lite0, tmp_path, monkeypatch):
+    """The same graph, ranges and config give ORT's quantizer output from the cache (byte for byte),
+    another config runs the quantizer; the same two graphs on the same pixels give the cached drift."""
+    import effdeploy.precision as precision
+    import effdeploy.repair as repair
+
+    monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path))
+    fp32, ranges, images = lite0
+    cfg = replace(config_for(True, method="max"), fp16_rest=False)
+    first = quantize(fp32, ranges["tensorrt"], cfg)
+    calls = []
+    real = precision._quantize_static
+    monkeypatch.setattr(precision, "_quantize_static", lambda *a: calls.append(1) or real(*a))
+    again = quantize(fp32, ranges["tensorrt"], cfg)
+    assert calls == [] and again.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
+    kept = quantize(fp32, ranges["tensorrt"], replace(cfg, keep_blocks=("blocks.0.0",)))
+    assert calls == [1] and len(kept.graph.node) != len(first.graph.node)
+    rows = repair.drift_report(fp32, first, images[:4])
+    monkeypatch.setattr(repair, "_drift_rows", lambda *a: pytest.fail("drift measured again"))
+    assert repair.drift_report(fp32, first, images[:4]) == rows and len(rows) == 16
