@@ -308,15 +308,12 @@ def plan_calibration(
             f"every one of the {len(all_names)} images under {root} is excluded (kept for verification); "
             "pass more images or a different source"
         )
-    files = names_list
     if kind == KIND_BUILTIN:
-        names_list = [f"{n}{_VIEW_SEP}{k}" for n in names_list for k in range(BUILTIN_VIEWS)
-                      if f"view{k}" not in _excluded_fragments(root / n, excluded)]
-        warnings.append(
-            f"no calibration data given: calibrating on {min(count, len(names_list))} views of {len(files)} natural "
-            f"images shipped with scikit-image ({f'{count} asked for' if count_given else f'the default {count}'}); "
-            "pass a folder of images from your camera/domain for production ranges"
-        )
+        names_list, photos = _builtin_views(root, names_list, excluded), len(names_list)
+        asked = f"{count} asked for" if count_given else f"the default {count}"
+        warnings.append(f"no calibration data given: calibrating on {min(count, len(names_list))} views of {photos} "
+                        f"natural images shipped with scikit-image ({asked}); pass a folder of images from your "
+                        "camera/domain for production ranges")
     order = np.random.default_rng(seed).permutation(len(names_list))
     names = tuple(names_list[i] for i in order)
     items = tuple(str(root / n) for n in names)
@@ -448,6 +445,12 @@ def _builtin_root() -> Path:
             "installed; pass a folder of images, or pip install scikit-image"
         )
     return root
+
+
+def _builtin_views(root: Path, names: Sequence[str], excluded: set[tuple[str, str]]) -> list[str]:
+    """``photo.png#view0`` .. ``#view{BUILTIN_VIEWS - 1}`` per photo, less the excluded views."""
+    return [f"{n}{_VIEW_SEP}{k}" for n in names for k in range(BUILTIN_VIEWS)
+            if f"view{k}" not in _excluded_fragments(root / n, excluded)]
 
 
 def builtin_view(image: np.ndarray, k: int, name: str) -> np.ndarray:
