@@ -467,9 +467,9 @@ def _ids_on_this_machine(plan: CalibrationPlan, names: Sequence[str]) -> tuple[s
 
 
 def _proto_sha256(model: Any) -> str:
-    import hashlib
+    from effdeploy.bundle import sha256_proto
 
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    return sha256_proto(model)
 
 
 def _external_data_files(path: Path) -> list[str]:

@@ -56,6 +56,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_proto(message: Any) -> str:
+    """sha256 of a protobuf (an ONNX graph) in its deterministic encoding: the cache keys' graph part."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

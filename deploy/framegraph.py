@@ -316,9 +316,9 @@ class FrameVerification:
     def status(self) -> str:
         """verified / checked / failed-parity, by the bundle gate's rule: with fewer frames than
         1 / (1 - budget) (200 for 99.5 %) one flipped frame would decide it, so a pass is only checked."""
-        from .verify import gate_status
+        from .verify import Budget, gate_status, verify_images_needed
 
-        enough = self.images * (1.0 - self.min_top1_agreement) >= 1.0 - 1e-9
+        enough = self.images >= verify_images_needed(Budget(top1_agreement=self.min_top1_agreement))
         return gate_status(self.misses, None if enough else "too few frames")
 
     def to_dict(self) -> dict[str, Any]:

@@ -47,13 +47,13 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
 
     import onnxruntime
 
-    from .bundle import sha256_json
+    from .bundle import sha256_json, sha256_proto
     from .cache import cache_folder, store
 
     if not use_cache:
         return ort_logits(model, data, optimize=optimize), False
     key = sha256_json({
-        "model": hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest(),
+        "model": sha256_proto(model),
         "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
         "shape": list(data.shape), "ort": onnxruntime.__version__, "optimize": optimize,
     })

@@ -181,10 +181,10 @@ def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfi
 
     import onnxruntime
 
-    from .bundle import sha256_json
+    from .bundle import sha256_json, sha256_proto
     from .cache import cache_folder
 
-    key = sha256_json({"graph": hashlib.sha256(src.SerializeToString(deterministic=True)).hexdigest(),
+    key = sha256_json({"graph": sha256_proto(src),
                        "ranges": hashlib.sha256(ranges_json).hexdigest(), "config": config.to_dict(),
                        "onnxruntime": onnxruntime.__version__,
                        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()})

@@ -199,12 +199,11 @@ def choose_strength(fp32: onnx.ModelProto, twin: onnx.ModelProto, rec: Any, imag
 
     ref, _ = cached_logits(fp32, images)
     plain_values = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer if i.name in rec.initializers}
-    scores = {}
-    for a in STRENGTHS:
-        graph = twin if a == 0 else apply_initializers(twin, at_strength(plain_values, rec.initializers, a))
-        scores[a] = relative_mse(ref, cached_logits(graph, images, optimize=False)[0])
+    values = {a: at_strength(plain_values, rec.initializers, a) for a in STRENGTHS}
+    scores = {a: relative_mse(ref, cached_logits(twin if a == 0 else apply_initializers(twin, values[a]), images,
+                                                 optimize=False)[0]) for a in STRENGTHS}
     best = min(STRENGTHS, key=lambda a: (scores[a], a))
-    return replace(rec, initializers=at_strength(plain_values, rec.initializers, best), strength=best,
+    return replace(rec, initializers=values[best], strength=best,
                    strength_scores=scores, logit_rel_mse=(scores[0.0], scores[best]), accepted=best > 0)
 
 

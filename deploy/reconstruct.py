@@ -456,7 +456,7 @@ class Reconstruction:
         return {"recipe": dict(self.recipe), "images": self.images, "seconds": round(self.seconds, 2),
                 "cache_hit": self.cache_hit, "accepted": self.accepted,
                 "logit_relative_mse": list(self.logit_rel_mse) if self.logit_rel_mse else None,
-                "strength": self.strength if self.accepted else 0.0,
+                "strength": self.strength,
                 "strength_logit_relative_mse": ({f"{a:g}": v for a, v in self.strength_scores.items()}
                                                 if self.strength_scores else None),
                 "biases_corrected": len(self.layers) if self.accepted else 0,
@@ -493,12 +493,9 @@ def reconstruction_key(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: np.
 
     import torch
 
-    from .bundle import sha256_json
+    from .bundle import sha256_json, sha256_proto
 
-    def sha(m: onnx.ModelProto) -> str:
-        return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
-
-    return sha256_json({"twin": sha(twin), "fp32": sha(fp32), "recipe": recipe.to_dict(),
+    return sha256_json({"twin": sha256_proto(twin), "fp32": sha256_proto(fp32), "recipe": recipe.to_dict(),
                         "images": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
                         "fp16_scales": fp16_scales, "torch": torch.__version__,
                         "code": _code_sha()})

@@ -25,15 +25,11 @@ def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: n
 
     import onnxruntime
 
-    from .bundle import sha256_json
+    from .bundle import sha256_json, sha256_proto
     from .cache import cache_folder, store
 
-    def sha(b: bytes) -> str:
-        return hashlib.sha256(b).hexdigest()
-
-    key = sha256_json({"reference": sha(reference.SerializeToString(deterministic=True)),
-                       "candidate": sha(candidate.SerializeToString(deterministic=True)),
-                       "data": sha(np.ascontiguousarray(data).tobytes()), "shape": list(data.shape),
+    key = sha256_json({"reference": sha256_proto(reference), "candidate": sha256_proto(candidate),
+                       "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(), "shape": list(data.shape),
                        "ort": onnxruntime.__version__})
     path = cache_folder("drift") / f"{key[:40]}.json"
     try:
