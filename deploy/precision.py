@@ -51,6 +51,9 @@ class QuantConfig:
     # ort-cpu: 7-bit weights (ORT's reduce_range). x86 CPUs without VNNI multiply U8xS8 pairs into
     # saturating 16-bit sums (VPMADDUBSW), which 8-bit weights overflow; 7 bits never do.
     reduce_range: bool = False
+    # symmetric activations: conv inputs whose range is lopsided (swish outputs) are quantized as
+    # x - c, with c times the weights' sum in the bias (effdeploy.int8.transforms)
+    shift_skewed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,12 +74,13 @@ class Dialect:
     output_qdq: bool  # Q/DQ on op outputs too, with INT32 biases (ORT's QLinear fusions want them)
     reduce_range: bool  # 7-bit weights (see QuantConfig.reduce_range)
     ort_optimize: bool  # ONNX Runtime's graph optimiser may run the deployed graph (see needs_unoptimized_ort)
+    shift_skewed: bool = False  # symmetric activations: quantize lopsided conv inputs as x - c (see QuantConfig)
 
 
 DIALECTS: dict[str, Dialect] = {
     # TensorRT fuses float biases itself; an INT32 bias at scale s_in * s_w would underflow FP16.
     TENSORRT: Dialect(TENSORRT, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=True, opset=GPU_OPSET,
-                      output_qdq=False, reduce_range=False, ort_optimize=False),
+                      output_qdq=False, reduce_range=False, ort_optimize=False, shift_skewed=True),
     ORT_CPU: Dialect(ORT_CPU, ("Conv", "Gemm", "Add", "Clip", "Relu"), ("uint8", "int8"), fp16_rest=False,
                      opset=None, output_qdq=True, reduce_range=True, ort_optimize=True),
 }
@@ -90,7 +94,8 @@ def config_for(profile_is_gpu: bool, method: str = "max", activations: str | Non
     d = DIALECTS[TENSORRT if profile_is_gpu else ORT_CPU]
     return QuantConfig(dialect=d.name, method=method,
                        activations=activations if activations in d.activations else d.activations[0],
-                       fp16_rest=d.fp16_rest, reduce_range=d.reduce_range)
+                       fp16_rest=d.fp16_rest, reduce_range=d.reduce_range,
+                       shift_skewed=d.shift_skewed and (activations or d.activations[0]) == "int8")
 
 
 def weight_qmax(config: QuantConfig) -> int:
@@ -146,6 +151,10 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
 
     dialect = dialect_of(config)
     src = onnx.version_converter.convert_version(model, dialect.opset) if dialect.opset else model
+    if config.shift_skewed and config.activations == "int8":
+        from .int8.transforms import shift_skewed_inputs
+
+        src, ranges, _ = shift_skewed_inputs(src, ranges, weight_qmax(config), skip=excluded_nodes(src, config))
     td = ranges_to_tensors_data(ranges, config.method, symmetric=config.activations == "int8")
     act = QuantType.QInt8 if config.activations == "int8" else QuantType.QUInt8
     extra: dict[str, Any] = {
@@ -187,7 +196,8 @@ def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfi
     key = sha256_json({"graph": sha256_proto(src),
                        "ranges": hashlib.sha256(ranges_json).hexdigest(), "config": config.to_dict(),
                        "onnxruntime": onnxruntime.__version__,
-                       "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()})
+                       "code": hashlib.sha256(Path(__file__).read_bytes()
+                                              + (Path(__file__).parent / "int8" / "transforms.py").read_bytes()).hexdigest()})
     return cache_folder("quantized") / f"{key[:40]}.onnx"
 
 
@@ -418,6 +428,7 @@ def precision_summary(model: onnx.ModelProto) -> dict[str, Any]:
             counts["int8" if n.input and n.input[0] in quantized_inputs else "float"] += 1
     fp16_inits = sum(1 for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT16)
     return {
+        "shifted_inputs": sum(1 for n in model.graph.node if n.op_type == "Sub" and n.name.endswith("_shift")),
         "conv_gemm_int8": counts["int8"],
         "conv_gemm_float": counts["float"],
         "quantize_nodes": sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear"),
