@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import onnx
 import pytest
 
@@ -101,10 +103,52 @@ def test_repair_loop_runs_and_reports(tmp_path, cap):
     assert all(t == longest[:len(t)] for t in tried)  # prefixes of one order
     best = max(t["top1_agreement"] for t in repair["tried"])
     fewest = min((t["keep_blocks"] for t in repair["tried"] if t["top1_agreement"] == best), key=len)
-    assert kept == ([] if best <= repair["initial"]["top1_agreement"] else fewest)
+    evidence = repair.get("evidence")
+    if best <= repair["initial"]["top1_agreement"]:
+        assert kept == [] and evidence is None
+    else:  # the best count is judged against all-INT8 on the same images, and kept only on evidence
+        assert evidence["keep_blocks"] == fewest
+        assert kept == (fewest if evidence["repair"] else [])
     assert m["quantization"]["config"]["keep_blocks"] == kept
     if cap:
         assert counts == [1, 2, 3, 4, 5, 6, 7, 8, 16] and set(longest) == blocks
     else:
         assert repair["max_kept_macs_pct"] == 50 and repair["blocks_within_cap"] == len(longest) < 16
         assert counts[: min(8, len(longest))] == list(range(1, min(8, len(longest)) + 1))
+
+
+def _logits(n: int = 224, classes: int = 1000, seed: int = 0):
+    """Reference logits with trained-like margins (one class well ahead on most images)."""
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(0, 1, (n, classes))
+    ref[np.arange(n), rng.integers(0, classes, n)] += rng.uniform(2, 8, n)
+    return ref.astype(np.float32), rng
+
+
+def test_a_two_image_difference_does_not_repair():
+    """All-INT8 and the candidate have the same error everywhere but on two images, where only the
+    candidate keeps the reference's top-1: 0.9 pt of agreement on 224 images, not resolved."""
+    from effdeploy.repair import repair_evidence
+
+    ref, rng = _logits()
+    noise = rng.normal(0, 0.5, ref.shape).astype(np.float32)
+    all_int8, candidate = ref + noise, ref + noise
+    for i in (0, 1):
+        top = ref[i].argmax()
+        all_int8[i, top] -= 20  # all-INT8 loses these two images
+    ev = repair_evidence(ref, all_int8, candidate)
+    assert ev.flips == (2, 0) and ev.agreement_candidate > ev.agreement_all_int8
+    assert ev.kl_candidate < ev.kl_all_int8  # a gain in the mean, carried by two images
+    assert not ev.repair and ev.kl_gain_ci95[0] <= 0 and "not resolved" in ev.reason
+
+
+def test_a_consistent_gain_repairs_and_noise_alone_does_not():
+    from effdeploy.repair import repair_evidence
+
+    ref, rng = _logits(seed=1)
+    all_int8 = ref + rng.normal(0, 0.6, ref.shape).astype(np.float32)
+    better = ref + rng.normal(0, 0.3, ref.shape).astype(np.float32)  # half the error on every image
+    ev = repair_evidence(ref, all_int8, better)
+    assert ev.repair and ev.kl_gain_ci95[0] > 0 and ev.kl_candidate < 0.5 * ev.kl_all_int8
+    same = ref + rng.normal(0, 0.6, ref.shape).astype(np.float32)  # another draw of the same error
+    assert not repair_evidence(ref, all_int8, same).repair
