@@ -74,6 +74,27 @@ def setup(args):
     return fp32, twin, cfg, method, judge.data
 
 
+def shift_bias_fixes(g, ops, quantized: dict, unquantized: dict) -> dict:
+    """weight key -> (bias name, bias as in the graph, what to add with float weights) for every conv
+    whose input the tensorrt dialect shifted (x - c): there the bias holds c x the quantized weights'
+    sum, so float weights need c x (float sum - quantized sum) more to be the same function."""
+    producers = {o: op for op in ops for o in op.outputs}
+    out = {}
+    for op in ops:
+        if op.kind not in ("Conv", "Gemm") or len(op.inputs) < 3 or op.inputs[1] not in quantized:
+            continue
+        fq = producers.get(op.inputs[0])
+        sub = producers.get(fq.inputs[0]) if fq is not None and fq.kind == "FakeQuant" else None
+        if sub is None or sub.kind != "Sub" or not sub.name.endswith("_shift"):
+            continue
+        c = float(g.const[sub.inputs[1]])
+        wq, wf = quantized[op.inputs[1]].double(), unquantized[op.inputs[1]].double()
+        dims = tuple(range(1, wq.dim())) if op.kind == "Conv" else (1 if op.attrs.get("transB", 0) else 0,)
+        delta = (c * (wf.sum(dims) - wq.sum(dims))).float()
+        out[op.inputs[1]] = (op.inputs[2], g.biases[op.inputs[2]].clone(), delta)
+    return out
+
+
 def table_rows(fp32, twin, fp16_scales: bool, x: np.ndarray) -> tuple[list[dict], dict]:
     import torch
     from onnx import numpy_helper
@@ -93,12 +114,15 @@ def table_rows(fp32, twin, fp16_scales: bool, x: np.ndarray) -> tuple[list[dict]
         for t in op.inputs:
             consumers[t].append(op)
     ops0, xs = list(g.ops), torch.from_numpy(x)
+    fixes = shift_bias_fixes(g, ops0, quantized, unquantized)
 
     def run(acts: set, ws: set) -> dict:
         ops = [op if op.kind != "FakeQuant" or op.name in acts else _Op("Identity", op.name, op.inputs[:1], op.outputs, {})
                for op in ops0]
         for k in weights:
             g.const[k] = quantized[k] if k in ws else unquantized[k]
+        for k, (bias, base, delta) in fixes.items():  # a shifted conv's bias holds c x its *quantized* weights' sum
+            g.biases[bias] = base if k in ws else base + delta
         with torch.no_grad():
             out = np.concatenate([g.run({g.input_name: xs[i:i + 16]}, ops)[g.output_names[0]].numpy()
                                   for i in range(0, len(xs), 16)])

@@ -154,7 +154,8 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
     if config.shift_skewed and config.activations == "int8":
         from .int8.transforms import shift_skewed_inputs
 
-        src, ranges, _ = shift_skewed_inputs(src, ranges, weight_qmax(config), skip=excluded_nodes(src, config))
+        src, ranges, _ = shift_skewed_inputs(src, ranges, weight_qmax(config), skip=excluded_nodes(src, config),
+                                             fp16_scales=dialect.fp16_rest)  # the twin too: its biases are the deployed ones
     td = ranges_to_tensors_data(ranges, config.method, symmetric=config.activations == "int8")
     act = QuantType.QInt8 if config.activations == "int8" else QuantType.QUInt8
     extra: dict[str, Any] = {

@@ -63,13 +63,14 @@ def _set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
 
 
 def shift_skewed_inputs(model: onnx.ModelProto, ranges: Mapping[str, Any], weight_qmax: int = 127,
-                        min_gain: float = SHIFT_MIN_GAIN, skip: Sequence[str] = (),
+                        min_gain: float = SHIFT_MIN_GAIN, skip: Sequence[str] = (), fp16_scales: bool = False,
                         ) -> tuple[onnx.ModelProto, dict[str, Any], tuple[Shifted, ...]]:
     """Quantize ``x - c`` instead of ``x`` at every Conv/Gemm input (but the nodes in ``skip``,
     which stay float) whose calibrated range is lopsided enough that centring it narrows the
     symmetric range by ``min_gain`` or more. The bias takes ``c`` times the sum of the weights *as
-    quantized* (per-channel, symmetric, ``weight_qmax`` levels, as ORT's quantizer rounds them): with
-    the float sum, every weight's rounding error would be multiplied by ``c`` at every pixel.
+    quantized* (per-channel, symmetric, ``weight_qmax`` levels, as ORT's quantizer rounds them, with
+    the scales in FP16 where the deployed graph holds them so): with the float sum, every weight's
+    rounding error would be multiplied by ``c`` at every pixel.
     Returns the graph, the ranges with the shifted tensors' ranges added, and what was shifted;
     the graph is meant to be quantized, not run in float."""
     from ..calibration.calibrators import TensorRange
@@ -94,7 +95,7 @@ def shift_skewed_inputs(model: onnx.ModelProto, ranges: Mapping[str, Any], weigh
             continue
         c = float(np.float16((r.max + r.min) / 2.0))  # exact in the FP16 graph too (tensorrt dialect)
         w = _as_quantized(numpy_helper.to_array(inits[node.input[1]]), weight_qmax,
-                          axis=0 if node.op_type == "Conv" or _attr(node, "transB", 0) else 1)
+                          axis=0 if node.op_type == "Conv" or _attr(node, "transB", 0) else 1, fp16_scales=fp16_scales)
         if node.op_type == "Gemm":
             if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
                 continue
@@ -121,9 +122,9 @@ def shift_skewed_inputs(model: onnx.ModelProto, ranges: Mapping[str, Any], weigh
     return model, new_ranges, tuple(records)
 
 
-def _as_quantized(w: np.ndarray, qmax: int, axis: int) -> np.ndarray:
+def _as_quantized(w: np.ndarray, qmax: int, axis: int, fp16_scales: bool = False) -> np.ndarray:
     """The weights as per-channel symmetric INT8 dequantizes them (round half to even, like
-    QuantizeLinear), in float64."""
+    QuantizeLinear; the scale in FP16 where the graph will hold it so), in float64."""
     from ..calibration.calibrators import per_channel_weight_scales
 
     w = np.asarray(w, np.float32)
@@ -131,7 +132,10 @@ def _as_quantized(w: np.ndarray, qmax: int, axis: int) -> np.ndarray:
     shape = [1] * w.ndim
     shape[axis] = -1
     s = scale.reshape(shape)
-    return (np.clip(np.round(w / s), -qmax, qmax) * s).astype(np.float64)
+    q = np.clip(np.round(w / s), -qmax, qmax)
+    if fp16_scales:
+        s = s.astype(np.float16).astype(np.float32)
+    return q.astype(np.float64) * s.astype(np.float64)
 
 
 def _add_to_bias(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict[str, Any], delta: np.ndarray) -> None:

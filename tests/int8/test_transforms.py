@@ -52,9 +52,9 @@ def test_the_shift_keeps_the_fp32_function_on_real_images(b0):
 
 
 def _without_activation_quantizers(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """The Q/DQ graph with INT8 weights but float activations (the interpreter, every activation
-    fake-quantizer an identity)."""
-    g = GraphModule(model)
+    """The Q/DQ graph with INT8 weights but float activations (the interpreter with the scales in
+    FP16 as the tensorrt dialect deploys them, every activation fake-quantizer an identity)."""
+    g = GraphModule(model, fp16_scales=True)
     ops = [op if op.kind != "FakeQuant" else _Op("Identity", op.name, op.inputs[:1], op.outputs, {}) for op in g.ops]
     with torch.no_grad():
         return g.run({g.input_name: torch.from_numpy(x)}, ops)[g.output_names[0]].numpy()
@@ -62,8 +62,9 @@ def _without_activation_quantizers(model: onnx.ModelProto, x: np.ndarray) -> np.
 
 def test_the_bias_takes_the_quantized_weights_sum(b0):
     """With the INT8 weights in place the shifted and the plain Q/DQ graphs compute the same
-    function once activations are float: c x sum(W) in the bias is the *quantized* sum, and the
-    explicit Pad gives the depthwise border the FP32 zeros (a float sum would leave c x rounding)."""
+    function once activations are float: c x sum(W) in the bias is the *quantized* sum (with the FP16
+    scales the graph deploys), and the explicit Pad gives the depthwise border the FP32 zeros (a float
+    sum would leave c x rounding)."""
     fp32, ranges, images = b0
     cfg = replace(config_for(True, method="max"), fp16_rest=False)
     assert cfg.shift_skewed
