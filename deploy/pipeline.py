@@ -578,7 +578,7 @@ def parity_failure_message(out: Path, verified: Verified, weights_info: dict[str
                 f"{repair.max_kept_macs_pct:g}) out of INT8 did not meet it on the selection split; {hint}"
                 if repair.tried else hint)
     elif repair is not None and repair.evidence is not None and not repair.evidence.repair:
-        hint = (f"keeping {', '.join(repair.evidence_blocks)} out of INT8 met it on the selection split, but not by more "
+        hint = (f"keeping {', '.join(repair.evidence.keep_blocks)} out of INT8 met it on the selection split, but not by more "
                 f"than its images resolve ({repair.evidence.reason}), so all-INT8 stands; {hint}")
     if not accuracy_claim(weights_info):
         hint = (f"with {no_claim_reason(weights_info)} there is no accuracy claim, so only numerical "

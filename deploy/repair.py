@@ -115,10 +115,11 @@ class RepairEvidence:
     flips: tuple[int, int]  # images only the candidate agrees on, images only all-INT8 agrees on
     repair: bool
     reason: str
+    keep_blocks: tuple[str, ...] = ()  # the blocks the candidate keeps out of INT8
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["kl_gain_ci95"], d["flips"] = list(self.kl_gain_ci95), list(self.flips)
+        d["kl_gain_ci95"], d["flips"], d["keep_blocks"] = list(self.kl_gain_ci95), list(self.flips), list(self.keep_blocks)
         return d
 
 
@@ -217,7 +218,6 @@ class RepairReport:
     chosen_on: str = ""
     initial_verification: Mapping[str, Any] | None = None  # all-INT8 on the verification images
     evidence: RepairEvidence | None = None  # the chosen candidate against all-INT8 (None: none was chosen)
-    evidence_blocks: tuple[str, ...] = ()  # the blocks that candidate kept out of INT8
 
     def to_dict(self) -> dict[str, Any]:
         d = {"initial": dict(self.initial), "kept_blocks": list(self.kept_blocks),
@@ -229,7 +229,7 @@ class RepairReport:
         if self.initial_verification is not None:
             d["initial_verification"] = dict(self.initial_verification)
         if self.evidence is not None:
-            d["evidence"] = {**self.evidence.to_dict(), "keep_blocks": list(self.evidence_blocks)}
+            d["evidence"] = self.evidence.to_dict()
         return d
 
 
@@ -273,7 +273,7 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
         info(f"      no count held on the selection split; keeping {best[0][1]} block(s), the fewest at the best "
              f"agreement ({100 * best[0][0]:.2f} %)" if best[0][1] else
              "      no count held on the selection split, and none beat all-INT8 there: all-INT8 stands", quiet)
-    evidence, evidence_blocks = None, tuple(config.keep_blocks)
+    evidence = None
     if config != int8.config:
         evidence = judge_evidence(fp32, int8, config, reference_logits, selection)
         info(f"      {'repairing' if evidence.repair else 'all-INT8 stands'}: {evidence.reason}", quiet)
@@ -286,7 +286,7 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
         macs_share_kept=sum(shares.get(k, 0.0) for k in config.keep_blocks), max_kept_macs_pct=max_kept_macs,
         blocks_within_cap=len(order), model_bytes={"all_int8": int8.model.ByteSize(), "repaired": candidate.ByteSize()},
         tried=tuple(tried), held=held is not None, chosen_on=selection.source,
-        evidence=evidence, evidence_blocks=evidence_blocks if evidence is not None else ())
+        evidence=evidence)
     return replace(int8, model=candidate, config=config), repair
 
 
@@ -298,4 +298,4 @@ def judge_evidence(fp32: onnx.ModelProto, int8: Any, config: Any, reference_logi
 
     plain, _ = cached_logits(choice_twin(fp32, int8, int8.config), selection.data, optimize=False)
     cand, _ = cached_logits(choice_twin(fp32, int8, config), selection.data, optimize=False)
-    return repair_evidence(reference_logits, plain, cand)
+    return replace(repair_evidence(reference_logits, plain, cand), keep_blocks=tuple(config.keep_blocks))
