@@ -127,7 +127,10 @@ def _ort_quantize(fp32_path: Path, x_calib: np.ndarray, method: str, tmp: Path):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(x_calib[i:i + 16] for i in range(0, len(x_calib), 16))  # one image a call is several times slower
+            # batches (one image a call is several times slower) of equal size: ORT's percentile
+            # calibrator stacks them and fails on a shorter last one
+            b = max(d for d in range(1, 17) if len(x_calib) % d == 0)
+            self.it = iter(x_calib[i:i + b] for i in range(0, len(x_calib), b))
 
         def get_next(self):
             x = next(self.it, None)
