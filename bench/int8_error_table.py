@@ -46,7 +46,9 @@ def role(op, consumers) -> str:
                 kinds.add("project input (SE-gated)")
             else:
                 kinds.add("expand input (block output)")
-    return " + ".join(sorted(kinds)) or "other"
+        elif u.kind in ("Sigmoid", "Mul"):
+            kinds.add("conv output into swish (cpu dialect's output Q/DQ)")
+    return " + ".join(sorted(kinds)) or "network output (cpu dialect's output Q/DQ)"
 
 
 def setup(args):
