@@ -77,7 +77,6 @@ def model_for(name: str):
 def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path) -> tuple[np.ndarray, dict]:
     """One effdeploy build on the calibration half; its deployed graph's logits on the judging half."""
     from effdeploy.backends.onnxrt import manifest_optimize
-    from effdeploy.bundle import load_bundle
     from effdeploy.logits import ort_logits
     from effdeploy.pipeline import BuildRequest, build_bundle
     from effdeploy.profile import load_profile
@@ -88,8 +87,7 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
                        profile=load_profile(profile), out=out, repair=repair, calib_data=str(fold.calib),
                        calib_images=n, verify_data=str(fold.judge), verify_images=len(fold.judge_names),
                        allow_parity_failure=True, quiet=True)
-    build_bundle(req)
-    bundle = load_bundle(out)
+    bundle = build_bundle(req).bundle
     m = bundle.manifest
     q = m.quantization or {}
     repair_rec = q.get("repair") or {}

@@ -94,8 +94,7 @@ def config_for(profile_is_gpu: bool, method: str = "max", activations: str | Non
     d = DIALECTS[TENSORRT if profile_is_gpu else ORT_CPU]
     return QuantConfig(dialect=d.name, method=method,
                        activations=activations if activations in d.activations else d.activations[0],
-                       fp16_rest=d.fp16_rest, reduce_range=d.reduce_range,
-                       shift_skewed=d.shift_skewed and (activations or d.activations[0]) == "int8")
+                       fp16_rest=d.fp16_rest, reduce_range=d.reduce_range, shift_skewed=d.shift_skewed)
 
 
 def weight_qmax(config: QuantConfig) -> int:

@@ -37,10 +37,6 @@ class Shifted:
     gain: float  # old symmetric range / new one
     padded: bool  # the conv's zero padding became an explicit Pad
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "node": self.node, "c": self.c, "gain": round(self.gain, 3),
-                "padded": self.padded}
-
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()

@@ -14,6 +14,7 @@ import torch
 from effdeploy.int8.transforms import shift_skewed_inputs
 from effdeploy.logits import ort_logits
 from effdeploy.precision import calibration_tensors, config_for, excluded_nodes, quantize
+from effdeploy.repair import per_image_kl
 from effdeploy.reconstruct import GraphModule, _Op
 
 RES = 96
@@ -112,12 +113,7 @@ def test_the_shift_lowers_the_int8_error_of_a_trained_b0_on_new_images(imagenet_
     ref = ort_logits(fp32, judge.data)
 
     def kl(model_: onnx.ModelProto) -> float:
-        cand = ort_logits(model_, judge.data, optimize=False).astype(np.float64)
-        p = np.exp(ref - ref.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        logq = cand - cand.max(1, keepdims=True)
-        logq -= np.log(np.exp(logq).sum(1, keepdims=True))
-        return float((p * (np.log(np.maximum(p, 1e-30)) - logq)).sum(1).mean())
+        return float(per_image_kl(ref, ort_logits(model_, judge.data, optimize=False)).mean())
 
     with_shift, without = kl(quantize(fp32, ranges, cfg)), kl(quantize(fp32, ranges, replace(cfg, shift_skewed=False)))
     assert with_shift < 0.67 * without, (with_shift, without)
