@@ -8,7 +8,8 @@ distilled-b B0 of ../shared/models (trained on *other* ImageNet images; its accu
 Rows per model:
   fp16                     FP16 (jetson-orin)
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
-  cpu-int8 / cpu-default   the same for the cpu dialect
+  cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem in float by default)
+  cpu-int8-stem            cpu all-INT8 with the stem in INT8 too (the B family's default before)
   ort-minmax / ort-pct     anchors: ONNX Runtime quantize_static, S8S8 per-channel, MinMax / Percentile
   nncf / nncf-mixed        anchors: NNCF (pip install -c constraints.txt -e ".[bench]"), default / MIXED preset
 
@@ -34,11 +35,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DISTILLED_B = REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
-ROWS = ("fp16", "trt-int8", "trt-default", "cpu-int8", "cpu-default", "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
-BUILD_ROWS = {  # row -> (precision, profile, repair)
-    "fp16": ("fp16", "jetson-orin", False), "trt-int8": ("int8", "jetson-orin", False),
-    "trt-default": ("int8", "jetson-orin", True), "cpu-int8": ("int8", "cpu", False),
-    "cpu-default": ("int8", "cpu", True),
+ROWS = ("fp16", "trt-int8", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-default", "ort-minmax", "ort-pct", "nncf",
+        "nncf-mixed")
+BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
+    "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
+    "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
+    "cpu-int8-stem": ("int8", "cpu", False, ("se",)), "cpu-default": ("int8", "cpu", True, None),
 }
 # targets of the INT8 issue for the default builds, judged by the two folds on the 500 images
 TARGET_AGREEMENT, TARGET_DROP_PT = 0.98, 0.5
@@ -81,9 +83,10 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
     from effdeploy.pipeline import BuildRequest, build_bundle
     from effdeploy.profile import load_profile
 
-    precision, profile, repair = BUILD_ROWS[row]
+    precision, profile, repair, parts = BUILD_ROWS[row]
     n = len(list(fold.calib.iterdir()))
-    req = BuildRequest(phi=0, variant=flags["variant"], weights=flags["weights"], precision=precision,
+    extra = {} if parts is None else {"int8_float_parts": parts}
+    req = BuildRequest(**extra, phi=0, variant=flags["variant"], weights=flags["weights"], precision=precision,
                        profile=load_profile(profile), out=out, repair=repair, calib_data=str(fold.calib),
                        calib_images=n, verify_data=str(fold.judge), verify_images=len(fold.judge_names),
                        allow_parity_failure=True, quiet=True)

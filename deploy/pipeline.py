@@ -386,15 +386,17 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
     """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
     from .calibration import plan_calibration
-    from .precision import config_for
+    from .precision import config_for, default_float_parts
     from .quantize_stage import run_int8
 
     exclude = reserved_builtin_verification() if req.calib_data is None else ()
     plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
                             count_given=req.calib_images_given)
-    config = replace(config_for(req.profile.is_gpu), quantize_se="se" not in req.int8_float_parts,
-                     quantize_stem="stem" not in req.int8_float_parts,
-                     quantize_classifier="classifier" not in req.int8_float_parts)
+    parts = req.int8_float_parts
+    if parts is None:
+        parts = default_float_parts(spec.variant, req.profile.is_gpu)
+    config = replace(config_for(req.profile.is_gpu), quantize_se="se" not in parts, quantize_stem="stem" not in parts,
+                     quantize_classifier="classifier" not in parts)
     info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None

@@ -86,6 +86,18 @@ DIALECTS: dict[str, Dialect] = {
 }
 
 
+def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
+    """The EfficientNet parts an INT8 build keeps in float unless ``--int8-float`` says otherwise.
+
+    SE always: its convs run on [N, C, 1, 1] (nothing to gain) and INT8 there measured no better.
+    The stem too for the B family in the cpu dialect: there ORT's fused QLinearConv wants the stem's
+    output quantized before swish, the largest single quantizer of either dialect; kept float it
+    costs about 3 % of B0's multiply-adds (docs/int8.md has both measurements)."""
+    if variant == "b" and not profile_is_gpu:
+        return ("se", "stem")
+    return ("se",)
+
+
 def dialect_of(config: QuantConfig) -> Dialect:
     return DIALECTS[config.dialect]
 
