@@ -59,10 +59,10 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     })
     path = cache_folder("reference") / f"{key[:40]}.npy"
     try:
-        cached = np.load(path)
+        cached = np.load(path, allow_pickle=False)
         if cached.shape[0] == len(data):
             return cached, True
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):  # missing or corrupt: run again
         pass
     logits = ort_logits(model, data, optimize=optimize)
     buf = io.BytesIO()

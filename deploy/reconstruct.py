@@ -507,6 +507,7 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
     import io
     import json
     import time
+    import zipfile
 
     from .cache import cache_folder, store
     from .report import info
@@ -520,7 +521,7 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
             values = {k: z[k] for k in z.files if k != "__meta__"}
         return Reconstruction(meta["recipe"], values, tuple(LayerReport(**r) for r in meta["layers"]),
                               meta["images"], meta["seconds"], cache_hit=True)
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile):  # missing or corrupt: recompute
         pass
     t0 = time.perf_counter()
 

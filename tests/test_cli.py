@@ -121,9 +121,12 @@ def test_unwritable_out(tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
 
 
-def test_unimplemented_precision_for_profile(tmp_path):
-    proc = run_cli("build", "--phi", "0", "--profile", "cpu", "--precision", "bf16", "--out", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+def test_precision_the_profile_lacks_is_refused(tmp_path):
+    """The profile rule, not click: jetson-nano (Maxwell, JetPack 4.6) has no fast INT8 kernels."""
+    proc = run_cli("build", "--phi", "0", "--resolution", "64", "--profile", "jetson-nano", "--precision", "int8",
+                   "--out", str(tmp_path / "b"))
+    _assert_clean_failure(proc, "profile jetson-nano has no fast int8 kernels")
+    assert "fp16" in proc.stderr and not (tmp_path / "b").exists()
 
 
 def test_head_mismatch_refused_then_replaced(tmp_path):

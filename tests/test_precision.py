@@ -124,11 +124,16 @@ def test_cpu_dialect_chosen_by_timing(tmp_path):
     assert any(n.op_type == "QuantizeLinear" and n.input[0] in conv_outputs for n in m.graph.node)
 
 
-def test_fp16_bundle(tmp_path):
-    out = tmp_path / "fp16"
+@pytest.fixture(scope="module")
+def fp16_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16") / "lite0-orin-fp16"
     proc = run_cli("build", *LITE, "--precision", "fp16", "--profile", "jetson-orin", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
-    s = json.loads(proc.stdout)
+    return out, json.loads(proc.stdout)
+
+
+def test_fp16_bundle(fp16_bundle):
+    out, s = fp16_bundle
     # the built-in images are too few to resolve 99.5 %: the budget held, but that is 'checked'
     assert s["status"] == "checked" and s["verify"]["top1_agreement"] >= 0.995
     from effdeploy.bundle import status_warning
@@ -232,3 +237,38 @@ def test_residual_adds_keep_qdq_on_the_shortcut_only(gpu_int8):
                      if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
     tiny = np.concatenate([s[(s > 0) & (s < np.finfo(np.float16).tiny)].astype(np.float32) for s in weight_scales])
     assert np.all(tiny >= 1e-7)  # refitted: exact FP16 values above the converter's 1e-7 clamp
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp16"])
+def test_runner_classify_and_bench_run_these_graphs_unoptimised(kind, gpu_int8, fp16_bundle):
+    """The Runner, `classify` and `bench` must run INT8 (tensorrt dialect) and FP16 graphs as the
+    gate did, with ONNX Runtime's optimiser off: it breaks the FP16 Q/DQ graph
+    (docs/ort_fp16_qdq_repro.py). The optimised logits are computed too, so the test shows it could
+    tell the two apart."""
+    from effdeploy.runtime import Runner
+    from effdeploy.datasets import builtin_image_paths
+    from effdeploy.logits import ort_logits
+    from effdeploy.preprocess import load_image
+
+    out = (gpu_int8 if kind == "int8" else fp16_bundle)[0]
+    paths = builtin_image_paths()[:6]
+    with Runner.open(out) as runner:
+        x = runner.preprocess([load_image(p) for p in paths])
+        got = runner.infer(x)
+        top1 = [p[0].class_id for p in runner.classify([load_image(p) for p in paths], top_k=1)]
+        runner_setting = runner.backend.graph_optimization
+    plain = ort_logits(out / "model.onnx", x, optimize=False)
+    optimised = ort_logits(out / "model.onnx", x, optimize=True)
+    tol = 1e-3 * np.abs(plain).max()
+    assert np.abs(got - plain).max() <= tol
+    if kind == "int8":  # FP16 alone is run the same either way; the Q/DQ graph is not
+        assert np.abs(optimised - plain).max() > 10 * tol, "the optimiser no longer changes this graph: the test is blind"
+    assert top1 == list(plain.argmax(1))
+    proc = run_cli("classify", str(out), *map(str, paths), "--top-k", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    cli = json.loads(proc.stdout)
+    assert [r["top_k"][0]["class_id"] for r in cli["results"]] == list(plain.argmax(1))
+    proc = run_cli("bench", str(out), "-n", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ort_graph_optimization"] == runner_setting
+    assert runner_setting == ("disabled" if kind == "int8" else "enabled")  # FP16 alone: the optimiser is safe

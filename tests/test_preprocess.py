@@ -34,16 +34,18 @@ def diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("spec", [B0, TINY, Preprocessing(resolution=32, resize=36, interpolation="bilinear")],
                          ids=["b0-224", "b0-64", "bilinear-32"])
 @pytest.mark.parametrize("size", [(1, 1), (3, 2), (7, 300), (300, 7), (64, 64), (100, 75), (500, 333), (1280, 720)])
-def test_exact_weights_match_pillow_within_a_level_per_pass(spec: Preprocessing, size: tuple[int, int]) -> None:
+def test_weights_match_pillow_exact_or_pre_reduced(spec: Preprocessing, size: tuple[int, int]) -> None:
     """Without pre-reduction the weights are Pillow's on a coarser grid (2^-15, Pillow's is 2^-22):
-    a level per pass at most, so two where the first pass's level reaches the second."""
+    a level per pass at most, so two where the first pass's level reaches the second. Pre-reduced
+    sizes (the bilinear 32 px spec from 500x333 up, b0-64 from 500x333) get the looser bound the
+    camera-frame test uses, so every filter's pre-reduction is compared with Pillow too."""
     w, h = size
-    if resample_plan(h, w, spec).reduce != 1:
-        pytest.skip("pre-reduced size; covered by the 1080p/4K test")
     frame = synthetic_frame(w, h, seed=w * h)
     d = diff(resize_crop(frame, spec), resize_crop_pil(frame, spec))
-    assert d.max() <= 2
-    assert d.mean() < 0.25
+    if resample_plan(h, w, spec).reduce == 1:
+        assert d.max() <= 2 and d.mean() < 0.25
+    else:
+        assert d.max() <= 4 and d.mean() < 0.6
 
 
 @pytest.mark.parametrize("size", [(1920, 1080), (3840, 2160), (1080, 1920)])

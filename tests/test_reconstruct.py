@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from effdeploy.logits import ort_logits, relative_mse, run_outputs
 from effdeploy.precision import apply_initializers, config_for, quantize
@@ -231,3 +232,84 @@ def test_quantizer_output_and_drift_are_cached(lite0, tmp_path, monkeypatch):
     rows = repair.drift_report(fp32, first, images[:4])
     monkeypatch.setattr(repair, "_drift_rows", lambda *a: pytest.fail("drift measured again"))
     assert repair.drift_report(fp32, first, images[:4]) == rows and len(rows) == 16
+
+
+class _Recomputed(Exception):
+    """Raised instead of recomputing: the cache missed."""
+
+
+def test_reconstruction_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypatch):
+    """Same inputs give the stored corrections back; a change to any part of the key (either graph,
+    one pixel, the recipe, the FP16 scales) recomputes; a corrupt entry is recomputed and rewritten."""
+    import effdeploy.reconstruct as R
+
+    monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path))
+    fp32, ranges, images = lite0
+    twin, _ = _twin(lite0, True)
+    recipe = Recipe(images=4, device="cpu")
+    first = R.cached_reconstruction(twin, fp32, images, recipe, quiet=True)
+    again = R.cached_reconstruction(twin, fp32, images, recipe, quiet=True)
+    assert not first.cache_hit and again.cache_hit
+    assert first.initializers.keys() == again.initializers.keys() and first.layers == again.layers
+    assert all(np.array_equal(first.initializers[k], again.initializers[k]) for k in first.initializers)
+
+    real = R.correct_biases
+    monkeypatch.setattr(R, "correct_biases", lambda *a, **k: (_ for _ in ()).throw(_Recomputed()))
+    other_pixels = images.copy()
+    other_pixels[0, 0, 0, 0] += 1e-3
+    other_twin = quantize(fp32, ranges["tensorrt"], replace(config_for(True, method="max"), fp16_rest=False,
+                                                            quantize_classifier=False))
+    other_fp32 = onnx.ModelProto()
+    other_fp32.CopyFrom(fp32)
+    w = other_fp32.graph.initializer[0]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(1e-3), w.name))  # one weight
+    for args, kw in [((other_twin, fp32, images, recipe), {}), ((twin, other_fp32, images, recipe), {}),
+                     ((twin, fp32, other_pixels, recipe), {}), ((twin, fp32, images, replace(recipe, images=3)), {}),
+                     ((twin, fp32, images, replace(recipe, name="other")), {}),
+                     ((twin, fp32, images, recipe), {"fp16_scales": True})]:
+        with pytest.raises(_Recomputed):
+            R.cached_reconstruction(*args, quiet=True, **kw)
+    assert R.cached_reconstruction(twin, fp32, images, recipe, quiet=True).cache_hit  # nothing above stored
+
+    entries = list((tmp_path / "reconstruction").glob("*.npz"))
+    assert len(entries) == 1
+    entries[0].write_bytes(entries[0].read_bytes()[:200])
+    with pytest.raises(_Recomputed):
+        R.cached_reconstruction(twin, fp32, images, recipe, quiet=True)
+    monkeypatch.setattr(R, "correct_biases", real)
+    redone = R.cached_reconstruction(twin, fp32, images, recipe, quiet=True)
+    assert not redone.cache_hit and all(np.array_equal(redone.initializers[k], first.initializers[k])
+                                        for k in first.initializers)
+    assert R.cached_reconstruction(twin, fp32, images, recipe, quiet=True).cache_hit
+
+
+def test_method_selection_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypatch):
+    """The method choice is measured once per calibration and config; another config, another
+    calibration or a corrupt record measures again (the images are only loaded when it does)."""
+    from effdeploy.calibration import plan_calibration, run_calibrations
+    from effdeploy.model import build_model
+    from effdeploy.precision import calibration_tensors
+    from effdeploy.quantize_stage import _selection_path, choose_method
+
+    monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path))
+    fp32, _, images = lite0
+    cfg = config_for(True)
+    pre = build_model(0, "lite", resolution=RES).spec.preprocessing
+    outcomes = run_calibrations(fp32, calibration_tensors(fp32, cfg), plan_calibration(None, 12, 0), pre,
+                                methods=("max", "percentile"), quiet=True)
+    loads = []
+
+    def data():
+        loads.append(1)
+        return images[:4]
+
+    chosen, scores = choose_method(fp32, outcomes, cfg, data, quiet=True)
+    assert loads == [1] and set(scores) == {"max", "percentile"} and scores[chosen] == min(scores.values())
+    assert choose_method(fp32, outcomes, cfg, data, quiet=True) == (chosen, scores) and loads == [1]
+    choose_method(fp32, outcomes, replace(cfg, quantize_stem=False), data, quiet=True)
+    assert loads == [1, 1]
+    fewer = {"max": outcomes["max"], "entropy": outcomes["percentile"]}  # another set of methods
+    choose_method(fp32, fewer, cfg, data, quiet=True)
+    assert loads == [1, 1, 1]
+    _selection_path(outcomes, cfg).write_text("{not json")
+    assert choose_method(fp32, outcomes, cfg, data, quiet=True) == (chosen, scores) and loads == [1, 1, 1, 1]

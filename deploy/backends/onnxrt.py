@@ -61,6 +61,14 @@ class OnnxRuntimeRunner(Runner):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.threads = threads or os.cpu_count()
 
+    @property
+    def graph_optimization(self) -> str:
+        """What the session was opened with, read back from it: "enabled" or "disabled"."""
+        import onnxruntime as ort
+
+        level = self.session.get_session_options().graph_optimization_level
+        return "disabled" if level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL else "enabled"
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(self.output_names[:1], {self.input_name: batch})[0]

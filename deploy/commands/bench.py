@@ -56,6 +56,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
                     frames=open_frame_routes(art, threads, spin) if end_to_end else None)
     frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
     backend = runner.backend_name
+    graph_optimization = getattr(runner.backend, "graph_optimization", None)  # ONNX Runtime only
     try:
         eager, eager_max_abs = _eager(eager_manifest, runner, threads, as_json) if vs_eager else (None, None)
         names = _measure_names(backend, width, height)
@@ -65,6 +66,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     result = {
         "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
         "status": art.status, "backend": backend, "threads": threads, "spin": spin,
+        "ort_graph_optimization": graph_optimization,
         "resolution": art.preprocessing.resolution,
         "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
         "machine": machine_info(), "results": rows,
