@@ -81,6 +81,9 @@ echo "DLA cores seen by TensorRT: $DLA_CORES" >> "$REPORT"
 if [ -d tests ] && python3 -c "import pytest" 2>/dev/null; then
   step "TensorRT tests (builds, runner, CUDA graphs, timing cache, logger, DLA)" \
     python3 -m pytest -q -m tensorrt tests/backends/tensorrt/test_on_gpu.py -rs
+  if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    step "GPU tests outside TensorRT (torch on CUDA: the reconstruction)" python3 -m pytest -q -m gpu tests -rs
+  fi
   step "rules without TensorRT (refusals, dry runs, doctor verdicts)" \
     python3 -m pytest -q tests/backends tests/commands/test_compile.py tests/test_profiles.py tests/test_doctor.py
 fi

