@@ -4,7 +4,7 @@ and a candidate runner, budgets per precision, and the report every build ends w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -230,6 +230,7 @@ class VerifyReport:
     coarse: str | None = None  # the images are too few to resolve the budget (status checked)
     reference_logits_cached: bool | None = None
     reference_logit_margin: float | None = None
+    images: tuple[str, ...] = ()  # which images judged it, so anyone can check they were new to the build
 
     @property
     def status(self) -> str:
@@ -246,6 +247,8 @@ class VerifyReport:
             d["reference_logits_cached"] = self.reference_logits_cached
         if self.reference_logit_margin is not None:
             d["reference_logit_margin"] = self.reference_logit_margin
+        if self.images:
+            d["images"] = list(self.images)
         return d
 
 
@@ -283,5 +286,6 @@ def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: Verif
     if optimize is None:
         optimize = not needs_unoptimized_ort(candidate)
     logits, _ = cached_logits(candidate, verify.data, optimize=optimize)
-    return verify_bundle(reference_logits, logits, verify.labels, budget, reference=reference, data=verify.source,
-                         reference_cached=reference_cached), optimize
+    report = verify_bundle(reference_logits, logits, verify.labels, budget, reference=reference, data=verify.source,
+                           reference_cached=reference_cached)
+    return replace(report, images=tuple(verify.ids)), optimize

@@ -140,6 +140,7 @@ def test_a_two_image_difference_does_not_repair():
     assert ev.flips == (2, 0) and ev.agreement_candidate > ev.agreement_all_int8
     assert ev.kl_candidate < ev.kl_all_int8  # a gain in the mean, carried by two images
     assert not ev.repair and ev.kl_gain_ci95[0] <= 0 and "not resolved" in ev.reason
+    assert ev.flips_p == 0.5  # 2:0 happens by chance half the time
 
 
 def test_a_consistent_gain_repairs_and_noise_alone_does_not():
@@ -152,3 +153,85 @@ def test_a_consistent_gain_repairs_and_noise_alone_does_not():
     assert ev.repair and ev.kl_gain_ci95[0] > 0 and ev.kl_candidate < 0.5 * ev.kl_all_int8
     same = ref + rng.normal(0, 0.6, ref.shape).astype(np.float32)  # another draw of the same error
     assert not repair_evidence(ref, all_int8, same).repair
+
+
+def test_mcnemar_p_is_the_exact_binomial():
+    """Against values computed by hand: 2:0 -> 2 x 1/4; 21:4 -> 2 x P(X <= 4 | 25, 1/2)."""
+    from math import comb
+
+    from effdeploy.repair import mcnemar_p
+
+    assert mcnemar_p(2, 0) == 0.5 and mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(21, 4) == pytest.approx(2 * (1 + 25 + 300 + 2300 + 12650) / 2 ** 25) == mcnemar_p(4, 21)
+    assert comb(25, 4) == 12650 and mcnemar_p(21, 4) < 0.001
+
+
+def test_many_flips_repair_where_a_few_images_carry_huge_kl():
+    """The B0 case: 21 images agree only with the candidate, 4 only with all-INT8, and the candidate's
+    KL is lower on most images but enormous on a few, so the KL interval includes zero. The flips
+    resolve it; with the flips the other way round nothing is repaired."""
+    from effdeploy.repair import repair_evidence
+
+    ref, rng = _logits(seed=2)
+    noise = rng.normal(0, 0.3, ref.shape).astype(np.float32)
+    all_int8, candidate = ref + 2 * noise, ref + noise
+    top = ref.argmax(1)
+    for i in range(21):
+        all_int8[i, top[i]] -= 30  # only the candidate agrees here
+    for i in range(21, 25):
+        candidate[i, top[i]] -= 30  # only all-INT8 agrees here
+    for i in range(25, 29):
+        candidate[i] = ref[i] * -4  # a few images with huge candidate KL: the interval reaches below 0
+    ev = repair_evidence(ref, all_int8, candidate)
+    assert ev.flips[0] >= 21 and ev.flips[1] >= 4 and ev.flips_p < 0.01
+    assert ev.kl_gain_ci95[0] <= 0 < ev.kl_all_int8 - ev.kl_candidate, ev
+    assert ev.repair and "McNemar" in ev.reason
+    reverse = repair_evidence(ref, candidate, all_int8)  # the same images, roles swapped
+    assert not reverse.repair
+
+
+DISTILLED_B = __import__("conftest").REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
+
+
+@pytest.mark.slow
+def test_repair_on_evidence_with_real_images(imagenet_sample, tmp_path):
+    """The path users meet: the distilled-b B0 (which never saw these images) on the cpu profile with a
+    94 % agreement budget that all-INT8 misses on the selection split. The repair keeps blocks on
+    evidence, the graph really keeps them out of INT8, the gate judges on images the build never
+    chose on, and on those images (the test's own ONNX Runtime run) the repaired bundle's KL is below
+    an all-INT8 build's."""
+    from effdeploy.bundle import load_bundle
+    from effdeploy.logits import ort_logits
+    from effdeploy.preprocess import preprocess_files
+    from effdeploy.repair import per_image_kl
+
+    if not DISTILLED_B.is_file():
+        pytest.skip(f"needs {DISTILLED_B} (../shared/models, present in CI)")
+    common = ["build", "--phi", "0", "--weights", str(DISTILLED_B), "--precision", "int8", "--profile", "cpu",
+              "--calib-data", str(imagenet_sample), "--calib-images", "256", "--verify-images", "200",
+              "--min-agreement", "94", "--allow-parity-failure", "--json"]
+    proc = run_cli(*common, "--out", str(tmp_path / "repaired"))
+    assert proc.returncode == 0, proc.stderr
+    m = read_manifest(tmp_path / "repaired")
+    repair = m["quantization"]["repair"]
+    ev = repair["evidence"]
+    assert repair["initial"]["misses"] and ev["repair"] is True and ev["images"] == 256 - 32
+    assert repair["kept_blocks"] == ev["keep_blocks"] != [] and repair["held"] is True
+    assert m["quantization"]["config"]["keep_blocks"] == repair["kept_blocks"]
+    graph = onnx.load(str(tmp_path / "repaired" / "model.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    for n in graph.node:
+        if n.op_type == "Conv" and block_of(n.name) in repair["kept_blocks"]:
+            assert n.input[1] not in dequantized, n.name  # float weights: out of INT8
+    judged = m["parity"]["verify"]["images"]
+    calibrated = json.loads((tmp_path / "repaired" / "calibration.json").read_text())["images"]
+    assert len(judged) == 200 and not {p.split("/")[-1] for p in judged} & {p.split("/")[-1] for p in calibrated}
+
+    proc = run_cli(*common, "--no-repair", "--out", str(tmp_path / "all-int8"))
+    assert proc.returncode == 0, proc.stderr
+    bundle = load_bundle(tmp_path / "repaired")
+    x = preprocess_files(judged, bundle.manifest.preprocessing)
+    ref = ort_logits(tmp_path / "repaired" / "reference.onnx", x)
+    kl = {name: per_image_kl(ref, ort_logits(tmp_path / name / "model.onnx", x)).mean()
+          for name in ("repaired", "all-int8")}
+    assert kl["repaired"] < kl["all-int8"], kl
