@@ -231,8 +231,18 @@ def test_quantizer_output_and_drift_are_cached(lite0, tmp_path, monkeypatch):
     kept = quantize(fp32, ranges["tensorrt"], replace(cfg, keep_blocks=("blocks.0.0",)))
     assert calls == [1] and len(kept.graph.node) != len(first.graph.node)
     rows = repair.drift_report(fp32, first, images[:4])
+    real_rows = repair._drift_rows
     monkeypatch.setattr(repair, "_drift_rows", lambda *a: pytest.fail("drift measured again"))
     assert repair.drift_report(fp32, first, images[:4]) == rows and len(rows) == 16
+    # corrupt entries are misses: computed again, never loaded, never a crash
+    for entry in (tmp_path / "quantized").glob("*.onnx"):
+        entry.write_bytes(b"\x0a\xff not a model")
+    again = quantize(fp32, ranges["tensorrt"], cfg)
+    assert calls == [1, 1] and again.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
+    for entry in (tmp_path / "drift").glob("*.json"):
+        entry.write_text('[{"block": "blocks.0.0", "relative_error":')
+    monkeypatch.setattr(repair, "_drift_rows", real_rows)
+    assert repair.drift_report(fp32, first, images[:4]) == rows
 
 
 class _Recomputed(Exception):
@@ -314,3 +324,22 @@ def test_method_selection_cache_hit_miss_and_corruption(lite0, tmp_path, monkeyp
     assert loads == [1, 1, 1]
     _selection_path(outcomes, cfg).write_text("{not json")
     assert choose_method(fp32, outcomes, cfg, data, quiet=True) == (chosen, scores) and loads == [1, 1, 1, 1]
+
+
+def test_cpu_dialect_timing_cache_hit_miss_and_corruption(tmp_path, monkeypatch):
+    """The activation form timed before for the same ranges on this machine is reused; other ranges,
+    another config, or a corrupt or foreign record are misses (timed again, never a crash)."""
+    from effdeploy.quantize_stage import _dialect_path, _load_dialect, _store_dialect
+
+    monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path))
+    cfg = replace(config_for(False), activations="uint8")
+    _store_dialect("ranges-a", cfg, {"U8S8": 3.0, "S8S8": 4.0, "fp32": 5.0})
+    assert _load_dialect("ranges-a", cfg) == ({"U8S8": 3.0, "S8S8": 4.0, "fp32": 5.0}, "uint8")
+    assert _load_dialect("ranges-b", cfg) is None
+    assert _load_dialect("ranges-a", replace(cfg, quantize_stem=False)) is None
+    assert _load_dialect("ranges-a", replace(cfg, activations="int8")) is not None  # the form is the answer, not the key
+    path = _dialect_path("ranges-a", cfg)
+    for bad in ("{not json", '{"timings_ms": {"U8S8": "fast"}, "activations": "uint8"}',
+                '{"timings_ms": {"U8S8": 1.0}, "activations": "fp8"}', "[]"):
+        path.write_text(bad)
+        assert _load_dialect("ranges-a", cfg) is None, bad
