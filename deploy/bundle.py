@@ -254,6 +254,12 @@ def check_writable_out(out: Path) -> None:
         probe_dir = probe_dir.parent
     if not os.access(probe_dir, os.W_OK | os.X_OK):
         raise EffdeployError(f"--out {out}: {probe_dir} is not writable; choose a writable location")
+    try:  # root passes os.access everywhere, yet /proc, sysfs and some mounts refuse new files even to root
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".effdeploy-probe-"):
+            pass
+    except OSError as e:
+        raise EffdeployError(f"--out {out}: {probe_dir} is not writable ({e.strerror or e}); "
+                             "choose a writable location") from None
 
 
 PARTIAL_MARKER = ".partial-"  # .<out>.partial-<pid>-<random>: a build in progress (or killed)

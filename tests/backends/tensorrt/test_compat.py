@@ -33,13 +33,25 @@ def test_strongly_typed_floor(version, ok):
     assert strongly_typed_supported(version) is ok
 
 
-@pytest.mark.parametrize(
-    "version, ok",
-    [("10.3", True), ("10.7.0", True), ("10.8", False), ("10.13.3", False), ("11.0", False), ("11.3.9", False),
-     ("11.4.0", False), ("11.4.1", True), ("11.5", True), ("8.5.2", False)],
-)
-def test_dla_version_table(version, ok):
-    assert dla_supported(version) is ok
+# Each case is a sentence of TensorRT's release notes or its "Working with DLA" page, at the
+# version it names (and the ones on either side), not a copy of compat.DLA_RANGES.
+DLA_FACTS = [
+    ("JetPack 6.x ships 10.3 with DLA", "10.3", True),
+    ("TensorRT 10.7 was the last 10.x release that supported DLA", "10.7.0", True),
+    ("... so 10.8 has none", "10.8", False),
+    ("... nor any later 10.x", "10.13.3", False),
+    ("DLA was unavailable in TensorRT 11.0 through 11.3", "11.0", False),
+    ("DLA was unavailable in TensorRT 11.0 through 11.3", "11.3.9", False),
+    ("11.4.0 supported DLA only on Windows on ARM", "11.4.0", False),
+    ("11.4.1 restores DLA on Jetson AGX Orin with JetPack 7.2.2+", "11.4.1", True),
+    ("... and later 11.x keep it", "11.5", True),
+    ("strongly typed networks (our only kind) need TensorRT 10", "8.5.2", False),
+]
+
+
+@pytest.mark.parametrize("fact, version, ok", DLA_FACTS, ids=[f"{v}" for _, v, _ in DLA_FACTS])
+def test_dla_version_table(fact, version, ok):
+    assert dla_supported(version) is ok, fact
 
 
 def test_version_compatible_and_same_cc_tables():

@@ -283,10 +283,11 @@ def test_refuse_cpu_profile_and_bad_knobs(bundle: Path):
 
 def test_refuse_an_out_path_that_cannot_be_a_plan(bundle: Path, tmp_path: Path):
     assert "is a directory" in refusal(bundle, "jetson-orin", out=tmp_path)
-    if os.geteuid() != 0:  # root writes anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o500)
-        assert "not writable" in refusal(bundle, "jetson-orin", out=ro / "e.plan")
+    # /proc refuses new files to root too (CI runs as root), so this branch runs everywhere
+    assert "not writable" in refusal(bundle, "jetson-orin", out=Path("/proc/effdeploy-test/e.plan"))
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert "--out" in refusal(bundle, "jetson-orin", out=afile / "e.plan")  # a file where a folder must be
 
 
 def test_local_gpu_rules(bundle: Path):
