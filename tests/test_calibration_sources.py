@@ -11,7 +11,6 @@ from PIL import Image
 
 from effdeploy.calibration import (
     BUILTIN_IMAGES,
-    BUILTIN_VIEWS,
     builtin_image_dir,
     complement_ids,
     list_items,
@@ -230,7 +229,7 @@ def test_npy_preprocessed_nchw_and_uint8_nhwc(tmp_path: Path) -> None:
 
 
 def test_builtin_images_without_a_source() -> None:
-    """The built-in photos, each as BUILTIN_VIEWS views (whole, mirrored, seeded crops); excluding a
+    """The built-in photos, each as 4 views (whole, mirrored, seeded crops); excluding a
     photo excludes all its views."""
     root = builtin_image_dir()
     if root is None:
@@ -241,14 +240,16 @@ def test_builtin_images_without_a_source() -> None:
     assert any("no calibration data given" in w and "scikit-image" in w for w in cs.warnings)
     everything = load_calibration_set(None, 1000, SPEC, quiet=True)
     present = [n for n in BUILTIN_IMAGES if (root / n).is_file()]
-    assert len(everything) == BUILTIN_VIEWS * len(present) and len(present) >= 10
+    assert len(everything) == 4 * len(present) and len(present) >= 10  # whole, mirrored, two crops
+    assert sorted(i.partition("#")[2] for i in everything.ids if i.startswith(str(root / present[0]) + "#")) == \
+        ["view0", "view1", "view2", "view3"]
     assert len(set(everything.ids)) == len(everything)
     assert not any(np.array_equal(everything.data[0], x) for x in everything.data[1:])  # distinct views
     assert len(everything.warnings) == 1  # one warning, with the count, not two
     reserved = [str(root / n) for n in present[::3]]  # e.g. kept for verification
     rest = load_calibration_set(None, 1000, SPEC, exclude=reserved, quiet=True)
     assert {i.partition("#view")[0] for i in rest.ids}.isdisjoint(reserved)
-    assert len(rest) == BUILTIN_VIEWS * (len(present) - len(reserved))
+    assert len(rest) == 4 * (len(present) - len(reserved))
     assert f"calibrating on {len(rest)} views of {len(present) - len(reserved)} natural images" in rest.warnings[0]
     again = load_calibration_set(None, 1000, SPEC, quiet=True)
     np.testing.assert_array_equal(again.data, everything.data)  # seeded: the same views every time

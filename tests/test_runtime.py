@@ -77,6 +77,7 @@ def test_classify_shapes_labels_and_scores(runner: Runner) -> None:
     assert len(preds) == 5 and all(isinstance(p, Prediction) for p in preds)
     class_id, label, score = preds[0]  # a plain tuple
     assert label == imagenet_labels()[class_id]
+    assert [imagenet_labels()[i] for i in (0, 281, 999)] == ["tench", "tabby", "toilet_tissue"]  # standard order
     scores = [p.score for p in preds]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-9
     many = runner.classify([frame, synthetic_frame(300, 200, seed=2)], top_k=2)

@@ -6,6 +6,7 @@ Nothing here imports or imitates TensorRT; the GPU/TensorRT half is in test_on_g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -27,7 +28,7 @@ from effdeploy.backends.tensorrt.plan import (
     parse_batch,
     refuse_release_table,
 )
-from effdeploy.bundle import STATUS_UNVERIFIED, load_bundle, sha256_file, write_manifest
+from effdeploy.bundle import STATUS_UNVERIFIED, load_bundle, write_manifest
 from effdeploy.errors import EffdeployError
 from effdeploy.profile import load_profile
 
@@ -53,7 +54,7 @@ def test_plan_from_profile_defaults(bundle: Path):
     assert plan.shapes == ((1, 3, 16, 16), (1, 3, 16, 16), (8, 3, 16, 16))
     assert Path(plan.plan_path) == bundle / "engine.plan"
     assert Path(plan.timing_cache_path) == bundle / "timing.cache"  # persisted beside the engine
-    assert plan.onnx_sha256 == sha256_file(bundle / "model.onnx")
+    assert plan.onnx_sha256 == hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
     assert plan.calibration_sha256 is None and plan.dla_core is None and not plan.gpu_fallback
     assert plan.hardware_compat == "none" and plan.version_compatible is False
     assert plan.trt_version is None
@@ -79,7 +80,7 @@ def test_plan_flags_override_profile(tmp_path: Path):
 def test_plan_records_calibration_hash(tmp_path: Path):
     b = make_bundle(tmp_path / "int8", precision="int8", calibration=True)
     plan = plan_of(b, "jetson-orin")
-    assert plan.calibration_sha256 == sha256_file(b / "calibration.json")
+    assert plan.calibration_sha256 == hashlib.sha256((b / "calibration.json").read_bytes()).hexdigest()
     assert plan.precision == "int8"
 
 
