@@ -63,14 +63,3 @@ def tiny_trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def read_manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest tests first: ``@pytest.mark.slow(seconds=N)`` gives a test's usual time, and xdist hands
-    tests out in this order, so the two workers finish together instead of one waiting on a long
-    test that started last (the slow tier's wall time is about half its total only this way)."""
-    def seconds(item) -> float:
-        mark = item.get_closest_marker("slow")
-        return float(mark.kwargs.get("seconds", 0)) if mark is not None else 0.0
-
-    items.sort(key=seconds, reverse=True)  # stable: everything else keeps its order

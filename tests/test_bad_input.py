@@ -104,7 +104,7 @@ def test_verify_data_with_a_corrupt_image(tiny_trained_bundle: Path, images: Pat
     assert "within budget" in proc.stdout
 
 
-@pytest.mark.slow(seconds=35)
+@pytest.mark.slow
 def test_issue_int8_build_with_a_truncated_image(images: Path, tmp_path: Path) -> None:
     """The issue's command: calibration skipped the truncated JPEG, then verification aborted (exit 2)."""
     out = tmp_path / "lite0"

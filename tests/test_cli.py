@@ -152,7 +152,7 @@ def test_head_mismatch_refused_then_replaced(tmp_path):
     assert any("an untrained head (--replace-head): no accuracy claim" in n for n in m["notes"])
 
 
-@pytest.mark.slow(seconds=95)
+@pytest.mark.slow
 def test_the_mission_command_ends_benchmark_only(tmp_path):
     """`effdeploy build --phi 1 --precision int8 --profile jetson-orin`, as a new user types it (random
     weights, built-in calibration images): a bundle for latency work, exit 0, one warning line."""

@@ -62,7 +62,7 @@ def test_distilled_b0_fp16_verifies(distilled, imagenet_sample, tmp_path):
     assert read_manifest(out)["parity"]["verify"]["reference_logit_margin"] > 1.0
 
 
-@pytest.mark.slow(seconds=50)
+@pytest.mark.slow
 def test_distilled_b0_cpu_int8_needs_the_stem_in_float(distilled, imagenet_sample, tmp_path):
     """Measured on the distilled B0: in the ort-cpu dialect (QDQ on conv outputs) the stem's INT8
     output carries most of the error; keeping it in float lifts the mean logit cosine by several

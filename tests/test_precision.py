@@ -229,7 +229,7 @@ def split_sample(imagenet_sample, tmp_path_factory):
     return folders
 
 
-@pytest.mark.slow(seconds=80)
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["jetson-orin", "cpu"])
 def test_int8_default_budget_on_real_images(profile, split_sample, tmp_path):
     """Pretrained Lite0 at full resolution, each dialect (tensorrt via a GPU profile; cpu), the

@@ -193,7 +193,7 @@ def test_many_flips_repair_where_a_few_images_carry_huge_kl():
 DISTILLED_B = __import__("conftest").REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow
 def test_repair_on_evidence_with_real_images(imagenet_sample, tmp_path):
     """The path users meet: the distilled-b B0 (which never saw these images) on the cpu profile with a
     94 % agreement budget that all-INT8 misses on the selection split. The repair keeps blocks on

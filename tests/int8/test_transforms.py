@@ -88,7 +88,7 @@ def test_the_cpu_dialect_is_not_shifted(b0):
     assert not any(n.op_type == "Sub" for n in quantize(fp32, ranges, cfg).graph.node)
 
 
-@pytest.mark.slow(seconds=35)
+@pytest.mark.slow
 def test_the_shift_lowers_the_int8_error_of_a_trained_b0_on_new_images(imagenet_sample):
     """distilled-b B0 (trained on other ImageNet images: all shared images are new to it),
     calibrated on 128 shared images, judged on 120 others: the mean KL divergence of the INT8
