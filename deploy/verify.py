@@ -4,7 +4,7 @@ and a candidate runner, budgets per precision, and the report every build ends w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -261,7 +261,7 @@ def logit_margin(logits: np.ndarray) -> float:
 
 def verify_bundle(reference_logits: np.ndarray, candidate_logits: np.ndarray, labels: Sequence[int | None] | None,
                   budget: Budget, *, reference: str, data: str, more: str = "--verify-data (or --calib-data)",
-                  reference_cached: bool | None = None) -> VerifyReport:
+                  reference_cached: bool | None = None, images: Sequence[str] = ()) -> VerifyReport:
     """The one judgement the build and ``effdeploy verify`` share: comparison, budget misses, and
     whether the images are enough to call a pass verified (``more`` names the flag that adds some)."""
     comp = compare(reference_logits, candidate_logits, labels)
@@ -269,7 +269,7 @@ def verify_bundle(reference_logits: np.ndarray, candidate_logits: np.ndarray, la
                         misses=tuple(check_budget(comp, budget)),
                         coarse=coarse_verification(len(candidate_logits), budget, more),
                         reference_logits_cached=reference_cached,
-                        reference_logit_margin=logit_margin(reference_logits))
+                        reference_logit_margin=logit_margin(reference_logits), images=tuple(images))
 
 
 REFERENCE_GRAPH = "fp32 reference graph (eager parity above)"
@@ -286,6 +286,5 @@ def verify_candidate(candidate: Any, reference_logits: np.ndarray, verify: Verif
     if optimize is None:
         optimize = not needs_unoptimized_ort(candidate)
     logits, _ = cached_logits(candidate, verify.data, optimize=optimize)
-    report = verify_bundle(reference_logits, logits, verify.labels, budget, reference=reference, data=verify.source,
-                           reference_cached=reference_cached)
-    return replace(report, images=tuple(verify.ids)), optimize
+    return verify_bundle(reference_logits, logits, verify.labels, budget, reference=reference, data=verify.source,
+                         reference_cached=reference_cached, images=verify.ids), optimize

@@ -265,7 +265,10 @@ def test_reconstruction_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypat
     assert all(np.array_equal(first.initializers[k], again.initializers[k]) for k in first.initializers)
 
     real = R.correct_biases
-    monkeypatch.setattr(R, "correct_biases", lambda *a, **k: (_ for _ in ()).throw(_Recomputed()))
+    def recompute(*args, **kwargs):
+        raise _Recomputed()
+
+    monkeypatch.setattr(R, "correct_biases", recompute)
     other_pixels = images.copy()
     other_pixels[0, 0, 0, 0] += 1e-3
     other_twin = quantize(fp32, ranges["tensorrt"], replace(config_for(True, method="max"), fp16_rest=False,

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import read_manifest, run_cli
+from conftest import REPO, read_manifest, run_cli
 from effdeploy.precision import config_for, quantize, calibration_tensors
 from effdeploy.repair import sensitivity_order
 
@@ -190,7 +190,7 @@ def test_many_flips_repair_where_a_few_images_carry_huge_kl():
     assert not reverse.repair
 
 
-DISTILLED_B = __import__("conftest").REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
+DISTILLED_B = REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
 
 
 @pytest.mark.slow

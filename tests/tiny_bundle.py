@@ -104,25 +104,15 @@ def engine_manifest(tmp_path: Path, **build) -> tuple[Path, EngineManifest]:
 def make_int8_bundle(directory: Path, res: int = 16, images: int = 32) -> Path:
     """The tiny bundle quantized by effdeploy's own tensorrt dialect (Q/DQ at Conv/Gemm inputs,
     per-channel INT8 weights, the rest FP16): the strongly typed INT8 graph TensorRT builds, made
-    without torch. Ranges: each tensor's min/max on seeded normal inputs, run by ONNX Runtime."""
-    from dataclasses import replace
-
-    import onnxruntime as ort
-
-    from effdeploy.calibration import TensorRange
-    from effdeploy.precision import config_for, quantize
+    without torch. Ranges: max calibration on seeded normal inputs."""
+    from effdeploy.calibration import collect_statistics, ranges_from_statistics
+    from effdeploy.precision import calibration_tensors, config_for, quantize
 
     b = make_bundle(directory, profile="jetson-orin", precision="int8", res=res)
     model = onnx.load(str(b / "model.onnx"))
-    names = [o for n in model.graph.node for o in n.output]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in names[:-1])
+    cfg = config_for(True, method="max")
     x = np.random.default_rng(0).standard_normal((images, 3, res, res)).astype(np.float32)
-    values = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
-    ranges = {"input": x}
-    ranges.update(zip([probe.graph.output[0].name, *names[:-1]], values))
-    ranges = {k: TensorRange(float(v.min()), float(v.max()), float(np.abs(v).max())) for k, v in ranges.items()}
-    onnx.save(quantize(model, ranges, replace(config_for(True), method="max")), str(b / "model.onnx"))
+    ranges = ranges_from_statistics(collect_statistics(model, calibration_tensors(model, cfg), x), "max").ranges
+    onnx.save(quantize(model, ranges, cfg), str(b / "model.onnx"))
     write_manifest(b, load_bundle(b, check=False).manifest)
     return b
