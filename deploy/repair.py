@@ -215,6 +215,16 @@ def kept_count_search(n: int, holds: Callable[[int], bool],
     return held, tried
 
 
+def fewest_at_best(initial: float, agreements: Mapping[int, float]) -> int:
+    """Where no count holds: the count with the best agreement, the fewest blocks among equals, and
+    0 (all-INT8) unless a count beat all-INT8 — blocks kept for no gain cost latency and buy nothing."""
+    best, count = initial, 0
+    for k, agree in agreements.items():
+        if (agree, -k) > (best, -count):
+            best, count = agree, k
+    return count
+
+
 def blocks_within(order: Sequence[str], shares: dict[str, float], max_share: float) -> int:
     """How many of the leading blocks of ``order`` fit in ``max_share`` of the multiply-adds."""
     total, n = 0.0, 0
@@ -270,9 +280,7 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
     info(f"      budget missed; blocks by sensitivity: {', '.join(ranked)} (up to {len(order)} of them fit in "
          f"{max_kept_macs:g} % of the multiply-adds, --max-kept-macs)", quiet)
     held_config: list[Any] = []  # the smallest count that held (a later count that holds is smaller)
-    # Where none holds: the best agreement with the fewest blocks, all-INT8 unless a count beat it
-    # (blocks kept for no gain on the selection split cost latency and buy nothing).
-    best: list[Any] = [(first_report.comparison.top1_agreement if first_report else -1.0, 0, int8.config)]
+    missed: dict[int, float] = {}  # count -> agreement, for the counts that did not hold
     tried: list[dict[str, Any]] = []
 
     def holds(k: int) -> bool:
@@ -286,15 +294,17 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
              f"top-1 agreement {100 * agree:.2f} %", quiet)
         if not report.misses:
             held_config[:] = [config]
-        elif (agree, -k) > (best[0][0], -best[0][1]):
-            best[0] = (agree, k, config)
+        else:
+            missed[k] = agree
         return not report.misses
 
     held, _ = kept_count_search(len(order), holds)
-    config = held_config[0] if held_config else best[0][2]  # no block fits the cap (or none in the graph): all-INT8
+    best = fewest_at_best(first_report.comparison.top1_agreement if first_report else -1.0, missed)
+    config = (held_config[0] if held_config else  # no block fits the cap (or none in the graph): all-INT8
+              replace(int8.config, keep_blocks=tuple(order[:best])) if best else int8.config)
     if not held_config and order:
-        info(f"      no count held on the selection split; keeping {best[0][1]} block(s), the fewest at the best "
-             f"agreement ({100 * best[0][0]:.2f} %)" if best[0][1] else
+        info(f"      no count held on the selection split; keeping {best} block(s), the fewest at the best "
+             f"agreement ({100 * missed[best]:.2f} %)" if best else
              "      no count held on the selection split, and none beat all-INT8 there: all-INT8 stands", quiet)
     evidence = None
     if config != int8.config:

@@ -185,11 +185,15 @@ def test_shared_checkpoint_reproduces_through_a_bundle(tmp_path, stem, arch):
     m = read_manifest(out)
     pre, weights = m["model"]["preprocessing"], m["weights"]
     if arch:
-        entry = parse_weights_arch(arch)
-        assert weights["arch"]["key"] == entry.key and weights["arch"]["inferred"] is False
-        assert (pre["resize"], pre["interpolation"]) == (entry.resize, entry.interpolation)
-        assert weights["preprocessing"] == {"from": entry.key, "overrides": {}}
-        assert m["model"]["padding"] == entry.padding and m["model"]["bn_eps"] == entry.bn_eps
+        # What timm 1.0's default tags say (pretrained_cfg: efficientnet_b0.ra_in1k and
+        # tf_efficientnet_b0.ns_jft_in1k, both input 224, crop_pct 0.875 -> resize 256, bicubic; the tf_
+        # model is built with pad_type='same' and BN_EPS_TF_DEFAULT 1e-3), not this project's table.
+        key, padding, eps = {"timm:efficientnet_b0": ("timm:efficientnet_b0.ra_in1k", "symmetric", 1e-5),
+                             "timm:tf_efficientnet_b0": ("timm:tf_efficientnet_b0.ns_jft_in1k", "same", 1e-3)}[arch]
+        assert weights["arch"]["key"] == key and weights["arch"]["inferred"] is False
+        assert (pre["resize"], pre["interpolation"]) == (256, "bicubic")
+        assert weights["preprocessing"] == {"from": key, "overrides": {}}
+        assert m["model"]["padding"] == padding and m["model"]["bn_eps"] == eps
     else:  # torchvision, inferred from the keys; the overrides are recorded as overrides
         assert weights["arch"]["key"] == "torchvision:efficientnet_b0.IMAGENET1K_V1" and weights["arch"]["inferred"]
         assert pre["resize"] == 250 and pre["mean"] == [127.5] * 3

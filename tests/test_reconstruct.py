@@ -297,6 +297,16 @@ def test_reconstruction_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypat
     assert R.cached_reconstruction(twin, fp32, images, recipe, quiet=True).cache_hit
 
 
+def _plain_ort(model: onnx.ModelProto, x: np.ndarray, optimize: bool = True) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
 def test_method_selection_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypatch):
     """The method choice is measured once per calibration and config; another config, another
     calibration or a corrupt record measures again (the images are only loaded when it does)."""
@@ -318,7 +328,17 @@ def test_method_selection_cache_hit_miss_and_corruption(lite0, tmp_path, monkeyp
         return images[:4]
 
     chosen, scores = choose_method(fp32, outcomes, cfg, data, quiet=True)
-    assert loads == [1] and set(scores) == {"max", "percentile"} and scores[chosen] == min(scores.values())
+    # The scores recomputed here from the logits themselves (plain ONNX Runtime sessions, the error
+    # written out), so a choice by the wrong measure or the wrong end of it fails.
+    ref = _plain_ort(fp32, images[:4]).astype(np.float64)
+    ours = {}
+    for m, outcome in outcomes.items():
+        twin = quantize(fp32, outcome.artifact.ranges, replace(cfg, method=m, fp16_rest=False))
+        diff = _plain_ort(twin, images[:4], optimize=False).astype(np.float64) - ref
+        ours[m] = float(np.sum(diff * diff) / np.sum(ref * ref))
+    assert loads == [1] and set(scores) == {"max", "percentile"}
+    assert all(scores[m] == pytest.approx(ours[m], rel=1e-6) for m in ours)
+    assert chosen == sorted(ours, key=lambda m: ours[m])[0]
     assert choose_method(fp32, outcomes, cfg, data, quiet=True) == (chosen, scores) and loads == [1]
     choose_method(fp32, outcomes, replace(cfg, quantize_stem=False), data, quiet=True)
     assert loads == [1, 1]

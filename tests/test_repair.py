@@ -44,6 +44,15 @@ def test_sensitivity_order_by_added_error():
     assert sensitivity_order(drift) == ["blocks.1.0", "blocks.2.0", "blocks.0.0", "blocks.1.1"]
 
 
+def test_without_a_held_count_the_fewest_blocks_at_the_best_agreement():
+    from effdeploy.repair import fewest_at_best
+
+    assert fewest_at_best(0.90, {1: 0.91, 2: 0.93, 3: 0.92, 8: 0.93, 16: 0.93}) == 2
+    assert fewest_at_best(0.90, {8: 0.95, 1: 0.91, 16: 0.95, 4: 0.95}) == 4  # order of trying does not matter
+    assert fewest_at_best(0.95, {1: 0.94, 2: 0.95, 3: 0.93}) == 0  # a tie with all-INT8 keeps all-INT8
+    assert fewest_at_best(-1.0, {}) == 0
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 16, 23])
 def test_kept_count_search_finds_the_fewest_blocks(n):
     """Monotone budgets: the smallest count that holds, one by one up to 8, then by bisection."""
@@ -101,15 +110,20 @@ def test_repair_loop_runs_and_reports(tmp_path, cap):
     tried = [t["keep_blocks"] for t in repair["tried"]]
     longest = max(tried, key=len)
     assert all(t == longest[:len(t)] for t in tried)  # prefixes of one order
-    best = max(t["top1_agreement"] for t in repair["tried"])
-    fewest = min((t["keep_blocks"] for t in repair["tried"] if t["top1_agreement"] == best), key=len)
     evidence = repair.get("evidence")
-    if best <= repair["initial"]["top1_agreement"]:
-        assert kept == [] and evidence is None
-    else:  # the best count is judged against all-INT8 on the same images, and kept only on evidence
-        assert evidence["keep_blocks"] == fewest
-        assert kept == (fewest if evidence["repair"] else [])
+    if evidence is None:  # nothing was judged: all-INT8 stands
+        assert kept == []
+    else:  # a candidate judged against all-INT8 on the same images, kept only on evidence
+        assert evidence["keep_blocks"] in tried and kept == (evidence["keep_blocks"] if evidence["repair"] else [])
     assert m["quantization"]["config"]["keep_blocks"] == kept
+    # What the bundle's graph holds in float, read from the graph itself: the kept blocks' convs
+    # (not their SE convs, float anyway) take no dequantized input, every other block's do.
+    graph = onnx.load(str(out / "model.onnx"))
+    dq_out = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    float_blocks = {".".join(n.name[1:].split(".")[:3]) for n in graph.graph.node
+                    if n.op_type == "Conv" and n.name.startswith("/blocks.") and ".se." not in n.name
+                    and n.input[0] not in dq_out}
+    assert float_blocks == set(kept)
     if cap:
         assert counts == [1, 2, 3, 4, 5, 6, 7, 8, 16] and set(longest) == blocks
     else:
