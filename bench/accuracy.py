@@ -69,7 +69,7 @@ def folds(data: Path, root: Path, seed: int = 0) -> list[Fold]:
 
 
 def model_for(name: str):
-    from effdeploy.model import build_model
+    from effdeploy.model.network import build_model
 
     if name == "lite0":
         return build_model(0, "lite", weights="pretrained"), {"variant": "lite", "weights": "pretrained"}
@@ -79,9 +79,9 @@ def model_for(name: str):
 def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path) -> tuple[np.ndarray, dict]:
     """One effdeploy build on the calibration half; its deployed graph's logits on the judging half."""
     from effdeploy.backends.onnxrt import manifest_optimize
-    from effdeploy.logits import ort_logits
+    from effdeploy.export.logits import ort_logits
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     precision, profile, repair, parts = BUILD_ROWS[row]
     n = len(list(fold.calib.iterdir()))
@@ -106,7 +106,7 @@ def anchor_row(row: str, fp32_path: Path, x_calib: np.ndarray, x_judge: np.ndarr
     calibration half, run by ONNX Runtime unoptimised (as the issue's anchor rows were measured)."""
     import onnx
 
-    from effdeploy.logits import ort_logits
+    from effdeploy.export.logits import ort_logits
 
     if row.startswith("ort-"):
         model = _ort_quantize(fp32_path, x_calib, "minmax" if row == "ort-minmax" else "percentile", tmp)
@@ -145,8 +145,8 @@ def _ort_quantize(fp32_path: Path, x_calib: np.ndarray, method: str, tmp: Path):
 
 
 def measures(ref: np.ndarray, cand: np.ndarray, labels: np.ndarray) -> dict:
-    from effdeploy.repair import per_image_kl
-    from effdeploy.verify import wilson_interval
+    from effdeploy.verify.repair import per_image_kl
+    from effdeploy.verify.gate import wilson_interval
 
     agree = ref.argmax(1) == cand.argmax(1)
     r64 = ref.astype(np.float64)
@@ -162,10 +162,10 @@ def bench_model(name: str, rows: list[str], data: Path, tmp: Path, save: Path | 
     """Every row of one model over both folds, pooled over the 500 images."""
     import onnx
 
-    from effdeploy.datasets import labelled_images
-    from effdeploy.export import cached_export
-    from effdeploy.logits import ort_logits
-    from effdeploy.preprocess import preprocess_files
+    from effdeploy.data.datasets import labelled_images
+    from effdeploy.export.exporter import cached_export
+    from effdeploy.export.logits import ort_logits
+    from effdeploy.data.preprocess import preprocess_files
 
     model, flags = model_for(name)
     fp32, _ = cached_export(model, model.spec.resolution)

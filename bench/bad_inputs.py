@@ -160,12 +160,12 @@ def cases() -> list[Case]:
 KILL_MID_WRITE = r"""
 import os, signal, subprocess, sys, time
 from pathlib import Path
-from effdeploy.bundle import atomic_write
+from effdeploy.files import atomic_write
 entry = Path(os.environ["EFFDEPLOY_CACHE_DIR"]) / "kill-test" / "entry.json"
 atomic_write(entry, "old")
 child = subprocess.Popen([sys.executable, "-c", '''
 import os, sys, time
-import effdeploy.bundle as b
+import effdeploy.files as b
 def stall(*a):
     print("written", flush=True); time.sleep(60)
 b.os.replace = stall
@@ -186,7 +186,7 @@ def make_inputs(root: Path) -> None:
     an empty folder, a fake video, a wrong array, a folder named like a TOML file, ..."""
     import numpy as np
 
-    from effdeploy.datasets import write_builtin_variants
+    from effdeploy.data.datasets import write_builtin_variants
 
     good = root / "good+1"
     write_builtin_variants(good, 256)

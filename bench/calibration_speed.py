@@ -31,7 +31,7 @@ SHARED_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
 
 def export_model(which: str, resolution: int | None, workdir: Path) -> tuple[Path, object, float]:
     """(onnx path, Preprocessing, export seconds) for b<phi>, lite<phi> or an .onnx path."""
-    from effdeploy.spec import Preprocessing
+    from effdeploy.data.preprocess import Preprocessing
 
     if which.endswith(".onnx"):
         if resolution is None:
@@ -40,8 +40,8 @@ def export_model(which: str, resolution: int | None, workdir: Path) -> tuple[Pat
         return Path(which), Preprocessing.for_weights(resolution, variant, "native"), 0.0
     import onnx
 
-    from effdeploy.export import export_onnx, simplify
-    from effdeploy.model import build_model
+    from effdeploy.export.exporter import export_onnx, simplify
+    from effdeploy.model.network import build_model
 
     variant = "lite" if which.startswith("lite") else "b"
     phi = int(which[4:] if variant == "lite" else which[1:])
@@ -126,11 +126,7 @@ def main() -> None:
     import onnxruntime
 
     from effdeploy.calibration import (
-        DEFAULT_SAMPLES_PER_IMAGE,
-        METHODS,
-        collect_statistics,
-        load_calibration_set,
-        ranges_from_statistics,
+        DEFAULT_SAMPLES_PER_IMAGE, METHODS, collect_statistics, load_calibration_set, ranges_from_statistics,
     )
 
     samples = args.samples or DEFAULT_SAMPLES_PER_IMAGE

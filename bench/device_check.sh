@@ -85,7 +85,7 @@ if [ -d tests ] && python3 -c "import pytest" 2>/dev/null; then
     step "GPU tests outside TensorRT (torch on CUDA: the reconstruction)" python3 -m pytest -q -m gpu tests -rs
   fi
   step "rules without TensorRT (refusals, dry runs, doctor verdicts)" \
-    python3 -m pytest -q tests/backends tests/commands/test_compile.py tests/test_profiles.py tests/test_doctor.py
+    python3 -m pytest -q tests/backends tests/commands/test_compile.py tests/profiles/test_profiles.py tests/runtime/test_doctor.py
 fi
 [ -f docs/ort_fp16_qdq_repro.py ] && step "ONNX Runtime FP16 Q/DQ reproducer (item 12)" python3 docs/ort_fp16_qdq_repro.py
 

@@ -54,10 +54,10 @@ def role(op, consumers) -> str:
 def setup(args):
     """FP32 graph, its twin in the dialect with the build's calibration, and images for judging."""
     from effdeploy.calibration import load_calibration_set, plan_calibration, run_calibrations
-    from effdeploy.export import cached_export
-    from effdeploy.model import build_model
-    from effdeploy.precision import calibration_tensors, config_for, quantize
-    from effdeploy.quantize_stage import choose_method
+    from effdeploy.export.exporter import cached_export
+    from effdeploy.model.network import build_model
+    from effdeploy.precision.qdq import calibration_tensors, config_for, quantize
+    from effdeploy.precision.int8_stage import choose_method
 
     if args.model == "lite0":
         model = build_model(0, "lite", weights="pretrained")
@@ -101,9 +101,9 @@ def table_rows(fp32, twin, fp16_scales: bool, x: np.ndarray) -> tuple[list[dict]
     import torch
     from onnx import numpy_helper
 
-    from effdeploy.logits import ort_logits, relative_mse
-    from effdeploy.reconstruct import GraphModule, _Op, _weight_qdq
-    from effdeploy.repair import per_image_kl
+    from effdeploy.export.logits import ort_logits, relative_mse
+    from effdeploy.precision.reconstruct import GraphModule, _Op, _weight_qdq
+    from effdeploy.verify.repair import per_image_kl
 
     ref = ort_logits(fp32, x)
     g = GraphModule(twin, fp16_scales=fp16_scales)

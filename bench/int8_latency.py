@@ -25,7 +25,7 @@ TOLERANCE = 0.02  # ratios within 2 % of 1 count as "not slower" (beside the con
 
 def build(out: Path, reconstruct: bool, data: str | None) -> object:
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     req = BuildRequest(phi=0, variant="lite", weights="pretrained", precision="int8", profile=load_profile("cpu"),
                        out=out, calib_data=data, calib_images=256, reconstruct=reconstruct, repair=False,
@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from effdeploy.backends.onnxrt import bundle_runner
-    from effdeploy.benchmark import TimingPlan, machine_info, ratio, summarize, time_interleaved
+    from effdeploy.backends.timing import TimingPlan, machine_info, ratio, summarize, time_interleaved
 
     data = a.shared if Path(a.shared).is_dir() else None
     with tempfile.TemporaryDirectory() as tmp:

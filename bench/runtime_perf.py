@@ -49,10 +49,11 @@ TARGET_PRE_MS = 2.0
 _ONE_CORE = r"""
 import json, os, sys
 os.sched_setaffinity(0, {int(sys.argv[1])})
-from effdeploy.benchmark import TimingPlan, summarize, synthetic_frame, time_callable
+from effdeploy.backends.timing import TimingPlan, summarize, time_callable
+from effdeploy.runtime.benchmark import synthetic_frame
 from effdeploy.bundle import load_bundle
-import effdeploy.preprocess as P
-from effdeploy.preprocess import preprocess
+import effdeploy.data.preprocess as P
+from effdeploy.data.preprocess import preprocess
 P.REDUCING_GAP = float(sys.argv[4])
 spec = load_bundle(sys.argv[2]).manifest.preprocessing
 frame = synthetic_frame(1920, 1080)
@@ -79,7 +80,7 @@ def ensure_bundle(path: Path | None) -> Path:
     if path is not None:
         sys.exit(f"runtime_perf: {path} is not a bundle")
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     log(f"building {target} (B0, FP32, cpu profile) ...")
     build_bundle(BuildRequest(phi=0, profile=load_profile("cpu"), out=target))
@@ -92,9 +93,9 @@ def ensure_frame_bundle(path: Path) -> Path:
 
     if is_bundle(path) or path.resolve() != DEFAULT_FRAME_BUNDLE:
         return path
-    from effdeploy.framegraph import FrameInput
+    from effdeploy.data.frames import FrameInput
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     log(f"building {path} (B0, FP32, cpu profile, --frame 1920x1080) ...")
     build_bundle(BuildRequest(phi=0, profile=load_profile("cpu"), out=path, frames=(FrameInput(1920, 1080),)))
@@ -103,9 +104,12 @@ def ensure_frame_bundle(path: Path) -> Path:
 
 def frame_in(bundle: Path, plan: Any, threads: int, spin: bool, stat: str) -> dict[str, Any]:
     """Frame-in end-to-end vs model-only compute vs today's CPU path, and the preprocessing part alone."""
-    from effdeploy.benchmark import FrameSource, summarize, time_interleaved, ratio
-    from effdeploy.framegraph import FrameSession, FrameInput, preprocessing_model
-    from effdeploy.runtime import Runner
+    from effdeploy.runtime.benchmark import FrameSource
+    from effdeploy.backends.timing import summarize, time_interleaved, ratio
+    from effdeploy.backends.onnxrt import FrameSession
+    from effdeploy.data.frames import FrameInput
+    from effdeploy.export.frames import preprocessing_model
+    from effdeploy.runtime.runner import Runner
 
     with Runner.open(bundle, threads=threads, spin=spin, force=True) as runner:  # latency only: any status
         entry = next((f for f in runner.artifact.manifest.frames if (f["width"], f["height"]) == (1920, 1080)), None)
@@ -152,7 +156,7 @@ def fidelity(spec: Any, limit: int) -> dict[str, Any] | None:
     import numpy as np
     from PIL import Image
 
-    from effdeploy.preprocess import load_image, resize_crop, resize_crop_pil
+    from effdeploy.data.preprocess import load_image, resize_crop, resize_crop_pil
 
     paths = sorted(SAMPLE.glob("*.JPEG"))[:limit]
     out: dict[str, Any] = {}
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-spin", dest="spin", action="store_false",
                     help="ONNX Runtime's threads sleep between calls (for a machine shared with busy processes)")
     ap.add_argument("--reducing-gap", type=float, default=None,
-                    help="EXPERIMENT: override effdeploy.preprocess.REDUCING_GAP (this changes the preprocessing "
+                    help="EXPERIMENT: override effdeploy.data.preprocess.REDUCING_GAP (this changes the preprocessing "
                          "definition; the Pillow comparison shows by how much)")
     ap.add_argument("--frame-bundle", type=Path, action="append", default=None,
                     help="bundle with a 1920x1080 frame-in graph for the frame-in ratio (repeatable) "
@@ -193,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from effdeploy.benchmark import (
-        FrameSource, TimingPlan, eager_model, eager_runner, machine_info, ratio, summarize, time_interleaved,
-    )
+    from effdeploy.runtime.benchmark import FrameSource
+    from effdeploy.backends.timing import TimingPlan, machine_info, ratio, summarize, time_interleaved
+    from effdeploy.model.eager import eager_model, eager_runner
     from effdeploy.bundle import load_bundle
-    from effdeploy.runtime import Runner
+    from effdeploy.runtime.runner import Runner
 
-    import effdeploy.preprocess as P
+    import effdeploy.data.preprocess as P
 
     if args.reducing_gap is not None:
         if args.reducing_gap < 1:

@@ -9,70 +9,24 @@ Typical build use::
 """
 
 from effdeploy.cache import CACHE_ENV
-
-from .artifact import (
-    ARTIFACT_FORMAT,
-    CALIBRATION_JSON,
-    DEFAULT_TRT_VERSION,
-    TRT_CALIBRATION_CACHE,
-    CalibrationArtifact,
-    CalibrationOutcome,
-    cache_entry_path,
-    cache_lookup,
-    cache_problem,
-    cache_store,
-    calibration_key,
-    default_cache_dir,
-    model_sha256,
-    preprocessing_sha256,
-    read_calibration_json,
-    read_trt_calibration_cache,
-    run_calibration,
-    run_calibrations,
-    trt_cache_header,
-    trt_scale_hex,
-    trt_version_code,
-    write_calibration_json,
-    write_trt_calibration_cache,
+from effdeploy.calibration.artifact import (
+    ARTIFACT_FORMAT, CALIBRATION_JSON, DEFAULT_TRT_VERSION, TRT_CALIBRATION_CACHE, CalibrationArtifact,
+    CalibrationOutcome, cache_entry_path, cache_lookup, cache_problem, cache_store, calibration_key,
+    default_cache_dir, model_sha256, preprocessing_sha256, read_calibration_json, read_trt_calibration_cache,
+    run_calibration, run_calibrations, trt_cache_header, trt_scale_hex, trt_version_code,
+    write_calibration_json, write_trt_calibration_cache,
 )
-from .calibrators import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_METHOD,
-    DEFAULT_PERCENTILE,
-    DEFAULT_SAMPLES_PER_IMAGE,
-    METHODS,
-    ActivationStatistics,
-    CalibrationResult,
-    TensorRange,
-    TensorStatistics,
-    calibrate,
-    calibrate_with_ort,
-    check_method,
-    collect_statistics,
-    entropy_amax,
-    method_parameters,
-    mse_amax,
-    per_channel_weight_scales,
-    ranges_from_statistics,
-    tensor_range,
-    to_tensors_data,
+from effdeploy.calibration.calibrators import (
+    DEFAULT_BATCH_SIZE, DEFAULT_METHOD, DEFAULT_PERCENTILE, DEFAULT_SAMPLES_PER_IMAGE, METHODS,
+    ActivationStatistics, CalibrationResult, TensorRange, TensorStatistics, calibrate, calibrate_with_ort,
+    check_method, collect_statistics, entropy_amax, method_parameters, mse_amax, per_channel_weight_scales,
+    ranges_from_statistics, tensor_range, to_tensors_data,
 )
-from .sources import (
-    BUILTIN_IMAGES,
-    BUILTIN_VIEWS,
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    CalibrationPlan,
-    CalibrationSet,
-    builtin_image_dir,
-    check_usable,
-    complement_ids,
-    list_items,
-    load_calibration_set,
-    load_plan,
-    plan_calibration,
-    source_kind,
+from effdeploy.calibration.sources import (
+    BUILTIN_VIEWS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, CalibrationPlan, CalibrationSet, check_usable,
+    complement_ids, list_items, load_calibration_set, load_plan, plan_calibration, source_kind,
 )
+from effdeploy.data.datasets import BUILTIN_IMAGES, builtin_image_dir
 
 __all__ = [
     "ARTIFACT_FORMAT",

@@ -24,26 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from effdeploy.bundle import atomic_write, sha256_file, sha256_json
-from effdeploy.cache import cache_folder, warn_unusable
-from effdeploy.cache import cache_problem as folder_problem
-from effdeploy.errors import EffdeployError
-from effdeploy.spec import Preprocessing
-
-from .calibrators import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_METHOD,
-    DEFAULT_PERCENTILE,
-    DEFAULT_SAMPLES_PER_IMAGE,
-    METHODS,
-    CalibrationResult,
-    TensorRange,
-    check_method,
-    collect_statistics,
-    method_parameters,
+from effdeploy.cache import cache_folder, cache_problem as folder_problem, warn_unusable
+from effdeploy.calibration.calibrators import (
+    DEFAULT_BATCH_SIZE, DEFAULT_METHOD, DEFAULT_PERCENTILE, DEFAULT_SAMPLES_PER_IMAGE, METHODS,
+    CalibrationResult, TensorRange, check_method, collect_statistics, method_parameters,
     ranges_from_statistics,
 )
-from .sources import CalibrationPlan, load_plan
+from effdeploy.calibration.sources import CalibrationPlan, load_plan
+from effdeploy.data.preprocess import Preprocessing
+from effdeploy.errors import EffdeployError
+from effdeploy.files import atomic_write, sha256_file, sha256_json
 
 ARTIFACT_FORMAT = 1
 CALIBRATION_JSON = "calibration.json"
@@ -467,7 +457,7 @@ def _ids_on_this_machine(plan: CalibrationPlan, names: Sequence[str]) -> tuple[s
 
 
 def _proto_sha256(model: Any) -> str:
-    from effdeploy.bundle import sha256_proto
+    from effdeploy.files import sha256_proto
 
     return sha256_proto(model)
 

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
 from effdeploy.errors import EffdeployError, first_line
 from effdeploy.report import progress
 from effdeploy.request import CALIBRATION_METHODS

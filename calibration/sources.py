@@ -8,28 +8,26 @@ warning, so a first build works offline without any dataset.
 Selection happens in two steps so that a cached rebuild never decodes a pixel:
 :func:`plan_calibration` lists and hashes the candidates and fixes the order they are tried in
 (cheap), :func:`load_plan` decodes and preprocesses them with the manifest's
-:class:`~effdeploy.spec.Preprocessing` through :func:`effdeploy.preprocess.preprocess`, the one
+:class:`~effdeploy.data.preprocess.Preprocessing` through :func:`effdeploy.data.preprocess.preprocess`, the one
 implementation the runtime also uses. :func:`load_calibration_set` does both.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
 
 import numpy as np
-
-from effdeploy.bundle import sha256_json
+from effdeploy.data.datasets import IMAGE_SUFFIXES, builtin_image_dir, builtin_names, builtin_root, folder_images
+from effdeploy.data.preprocess import Preprocessing, load_image, preprocess
 from effdeploy.errors import EffdeployError
-from effdeploy.preprocess import load_image, preprocess
+from effdeploy.files import sha256_json
 from effdeploy.report import progress
-from effdeploy.spec import Preprocessing
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 ARRAY_SUFFIXES = frozenset({".npy"})
 
@@ -37,28 +35,6 @@ KIND_FOLDER = "folder"
 KIND_VIDEO = "video"
 KIND_ARRAY = "array"
 KIND_BUILTIN = "builtin"
-
-# Natural photographs shipped inside the scikit-image wheel (skimage/data/), no download needed.
-# Synthetic or text images (color.png's saturated colour wheel, chessboard, logo, page, text, the
-# horse silhouette) are left out: they would stretch activation ranges with patterns a camera
-# never produces. Grayscale ones are converted to RGB like any grayscale input.
-BUILTIN_IMAGES: tuple[str, ...] = (
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "hubble_deep_field.jpg",
-    "retina.jpg",
-    "ihc.png",
-    "camera.png",
-    "coins.png",
-    "moon.png",
-    "grass.png",
-    "gravel.png",
-    "brick.png",
-)
 
 # Views per built-in photo: whole, mirrored, then seeded crops (mirrored every other one). Nine or
 # ten photos are too few for ranges and for the reconstruction's bias fit; their views give a few
@@ -124,18 +100,6 @@ class CalibrationSet:
         return int(self.data.shape[0])
 
 
-def builtin_image_dir() -> Path | None:
-    """skimage/data inside the installed wheel, found without importing scikit-image."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        d = Path(root) / "data"
-        if d.is_dir():
-            return d
-    return None
-
-
 def source_kind(source: str | Path | None) -> str:
     """folder / video / array / builtin; EffdeployError for a missing or unsupported path."""
     if source is None or str(source) == "":
@@ -164,11 +128,11 @@ def check_usable(source: str | Path | None, resolution: int | None = None) -> st
     of model building and export. ``resolution`` checks a preprocessed array's shape."""
     kind = source_kind(source)
     if kind == KIND_BUILTIN:
-        _builtin_root()
+        builtin_root()
         return kind
     p = Path(source)  # type: ignore[arg-type]
     if kind == KIND_FOLDER:
-        names = _folder_names(p)
+        names = folder_images(p)
         if not names:
             raise EffdeployError(
                 f"no images under {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)"
@@ -223,11 +187,11 @@ def list_items(source: str | Path | None) -> tuple[str, ...]:
     """Every candidate id of a source in sorted order (files, frames or array rows)."""
     kind = source_kind(source)
     if kind == KIND_BUILTIN:
-        root = _builtin_root()
-        return tuple(str(root / n) for n in _builtin_names(root))
+        root = builtin_root()
+        return tuple(str(root / n) for n in builtin_names(root))
     p = Path(source)  # type: ignore[arg-type]
     if kind == KIND_FOLDER:
-        return tuple(str(p / n) for n in _folder_names(p))
+        return tuple(str(p / n) for n in folder_images(p))
     if kind == KIND_VIDEO:
         return tuple(f"{p}{_FRAME_SEP}{i}" for i in range(_video_frame_count(p)))
     return tuple(f"{p}{_ROW_SEP}{i}" for i in range(_array_rows(p)))
@@ -291,12 +255,12 @@ def plan_calibration(
         return _make_plan(str(p), kind, items, names, content, count, seed, warnings, count_given)
 
     if kind == KIND_BUILTIN:
-        root = _builtin_root()
-        all_names = _builtin_names(root)
+        root = builtin_root()
+        all_names = builtin_names(root)
         source_label = f"scikit-image:{root}"
     else:
         root = Path(source)  # type: ignore[arg-type]
-        all_names = _folder_names(root)
+        all_names = folder_images(root)
         source_label = str(root)
         if not all_names:
             raise EffdeployError(
@@ -426,25 +390,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _folder_names(root: Path) -> list[str]:
-    """Image files under ``root`` (recursive, hidden files and folders skipped), sorted, relative."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                out.append(Path(dirpath, f).relative_to(root).as_posix())
-    return sorted(out)
-
-
-def _builtin_root() -> Path:
-    root = builtin_image_dir()
-    if root is None or not _builtin_names(root):
-        raise EffdeployError(
-            "no calibration data given and scikit-image (whose sample photos are the built-in fallback) is not "
-            "installed; pass a folder of images, or pip install scikit-image"
-        )
-    return root
 
 
 def _builtin_views(root: Path, names: Sequence[str], excluded: set[tuple[str, str]]) -> list[str]:
@@ -473,10 +418,6 @@ def _load_item(item: str) -> np.ndarray:
     if sep and k.isdigit():
         return builtin_view(load_image(base), int(k), Path(base).name)
     return load_image(item)
-
-
-def _builtin_names(root: Path) -> list[str]:
-    return sorted(n for n in BUILTIN_IMAGES if (root / n).is_file())
 
 
 def _read_image_files(

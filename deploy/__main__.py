@@ -1,5 +1,5 @@
 """``python -m effdeploy`` == the ``effdeploy`` console script."""
 
-from .cli import main
+from .commands import main
 
 main()

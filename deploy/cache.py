@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import atomic_write
+from .files import atomic_write
 from .report import info
 
 CACHE_ENV = "EFFDEPLOY_CACHE_DIR"

@@ -10,44 +10,28 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
 from .bundle import (
-    MODEL,
-    REFERENCE,
-    STATUS_BENCHMARK_ONLY,
-    STATUS_CHECKED,
-    STATUS_FAILED_PARITY,
-    Bundle,
-    Manifest,
-    check_output_dir,
-    load_bundle,
-    remove_stale_partials,
-    staging_dir,
-    write_manifest,
+    MODEL, REFERENCE, STATUS_BENCHMARK_ONLY, STATUS_CHECKED, STATUS_FAILED_PARITY, Bundle, Manifest,
+    check_output_dir, load_bundle, remove_stale_partials, staging_dir, write_manifest,
 )
 from .errors import EffdeployError, ParityError
-from .profile import PRECISIONS, Profile
-from .request import REPAIR_SELECTION_IMAGES, BuildRequest
+from .model.spec import check_fits_memory, extrapolation_warning, model_spec
+from .model.weights import accuracy_claim, no_claim_reason
+from .profiles import PRECISIONS, Profile
 from .report import info
-from .spec import check_fits_memory, extrapolation_warning, model_spec
-from .verify import (
-    REFERENCE_GRAPH,
-    Budget,
-    VerifyReport,
-    VerifySet,
-    agreement_text,
-    coarse_verification,
-    verify_candidate,
+from .request import BuildRequest, REPAIR_SELECTION_IMAGES
+from .verify.gate import (
+    REFERENCE_GRAPH, Budget, VerifyReport, VerifySet, agreement_text, coarse_verification, verify_candidate,
     verify_images_needed,
 )
-from .weights import accuracy_claim, no_claim_reason
 
 if TYPE_CHECKING:  # the repair module loads onnx; the build imports it only once the checks passed
-    from .repair import RepairReport
+    from .verify.repair import RepairReport
 
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
 DRIFT_IMAGES = 32
@@ -104,11 +88,11 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
         raise EffdeployError(f"--max-kept-macs is a percentage of the multiply-adds in (0, 100], got {req.max_kept_macs:g}")
     if req.seed < 0:
         raise EffdeployError(f"--seed must be an integer >= 0 (got {req.seed})")
-    from .weights import check_weights_arg
+    from .model.weights import check_weights_arg
 
     check_weights_arg(req.weights, req.phi, req.variant)
     if req.precision == "int8" and req.reconstruct:
-        from .reconstruct import resolve_device
+        from .precision.reconstruct import resolve_device
 
         resolve_device(req.device)  # --device cuda without a GPU torch can see fails now
     if req.precision == "int8":
@@ -126,7 +110,7 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
                 )
     if req.verify_data is not None:
         from .calibration import check_usable
-        from .datasets import list_images
+        from .data.datasets import list_images
 
         list_images(req.verify_data)  # a folder, not a file
         check_usable(req.verify_data)  # with at least one image that decodes
@@ -176,7 +160,7 @@ BUILTIN_VERIFICATION = ("camera", "chelsea", "coffee", "motorcycle_left", "motor
 def reserved_builtin_verification() -> tuple[str, ...]:
     """Built-in images kept out of calibration so an INT8 build without data still verifies on
     images it was not calibrated on (the object photos, see BUILTIN_VERIFICATION)."""
-    from .datasets import builtin_image_paths
+    from .data.datasets import builtin_image_paths
 
     return tuple(str(p) for p in builtin_image_paths() if p.stem in BUILTIN_VERIFICATION)
 
@@ -184,8 +168,8 @@ def reserved_builtin_verification() -> tuple[str, ...]:
 def verification_set(req: BuildRequest, spec: Any, calibration_ids: Sequence[str] = ()) -> VerifySet:
     """Images not used for calibration, with labels where they are known."""
     from .calibration import load_calibration_set, source_kind
-    from .datasets import builtin_image_paths, labelled_images, select_readable
-    from .preprocess import preprocess_files
+    from .data.datasets import builtin_image_paths, labelled_images, select_readable
+    from .data.preprocess import preprocess_files
 
     pre = spec.preprocessing
     if req.verify_data:
@@ -250,7 +234,7 @@ class Candidate:
     """The precision stage's output: the graph to verify (and its INT8 record)."""
 
     model: Any  # onnx.ModelProto
-    int8: Any = None  # effdeploy.quantize_stage.Int8Result
+    int8: Any = None  # effdeploy.precision.int8_stage.Int8Result
     calibration_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -336,13 +320,13 @@ def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[
 
 def model_stage(req: BuildRequest) -> Any:
     """The eager model with its weights (torch and the exporter load only now)."""
-    from .model import build_model
+    from .model.network import build_model
 
     model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
                         resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
                         replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
     if req.frames:
-        from .framegraph import check_frame_spec
+        from .data.frames import check_frame_spec
 
         check_frame_spec(model.spec.preprocessing)
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
@@ -353,7 +337,7 @@ def export_stage(req: BuildRequest, model: Any, tmp: Path, steps: int) -> Export
     """The simplified FP32 graph (cached), saved as the bundle's model or its FP32 reference."""
     import onnx
 
-    from .export import cached_export
+    from .export.exporter import cached_export
 
     fp32, hit = cached_export(model, model.spec.resolution)
     path = tmp / (MODEL if req.precision == "fp32" else REFERENCE)
@@ -367,13 +351,15 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
     """The graph in the requested precision: FP32 as exported, FP16 converted, INT8 calibrated,
     quantized in the profile's dialect and reconstructed."""
     if req.precision == "fp16":
-        from .precision import to_fp16
+        from .precision.qdq import to_fp16
 
         info(f"[3/{steps}] FP16 conversion (onnxconverter-common, FP32 inputs/outputs)", req.quiet)
         return Candidate(to_fp16(exported.fp32))
     if req.precision != "int8":
         return Candidate(exported.fp32)
-    from .calibration import CALIBRATION_JSON, TRT_CALIBRATION_CACHE, write_calibration_json, write_trt_calibration_cache
+    from .calibration import (
+        CALIBRATION_JSON, TRT_CALIBRATION_CACHE, write_calibration_json, write_trt_calibration_cache,
+    )
 
     int8 = int8_stage(req, spec, exported, steps)
     for w in int8.warnings:
@@ -386,8 +372,8 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
     """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
     from .calibration import plan_calibration
-    from .precision import config_for, default_float_parts
-    from .quantize_stage import run_int8
+    from .precision.qdq import config_for, default_float_parts
+    from .precision.int8_stage import run_int8
 
     exclude = reserved_builtin_verification() if req.calib_data is None else ()
     plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
@@ -401,7 +387,7 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None
     if req.reconstruct:
-        from .reconstruct import Recipe, resolve_device
+        from .precision.reconstruct import Recipe, resolve_device
 
         recipe = Recipe(images=req.reconstruct_images, device=resolve_device(req.device))
     pre = spec.preprocessing
@@ -416,7 +402,7 @@ def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: C
     """Export parity against eager, then the candidate against the FP32 reference on images it was
     not calibrated on; an INT8 candidate that misses its budget on the selection split is repaired."""
     from .calibration import CALIBRATION_JSON, write_calibration_json
-    from .repair import drift_report
+    from .verify.repair import drift_report
 
     t = time.perf_counter()
     verify = verification_set(req, model.spec, candidate.calibration_ids)
@@ -457,11 +443,11 @@ def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: C
 
 def frame_stage(req: BuildRequest, spec: Any, verified: Verified, tmp: Path) -> tuple[dict[str, Any], ...]:
     """Per ``--frame`` size, the verified preprocessing and the model as one graph taking the raw
-    frame (effdeploy.framegraph), checked on the build's images scaled to that size: the frame graph
+    frame (effdeploy.export.frames), checked on the build's images scaled to that size: the frame graph
     chooses nothing on images, so the calibration images judge it as fairly as the verification ones."""
     if not req.frames:
         return ()
-    from .framegraph import add_frame_graphs
+    from .verify.frames import add_frame_graphs
 
     ids = verified.images + verified.candidate.calibration_ids
     return add_frame_graphs(tmp, verified.candidate.model, spec.preprocessing, req.frames, ids,
@@ -470,7 +456,7 @@ def frame_stage(req: BuildRequest, spec: Any, verified: Verified, tmp: Path) -> 
 
 def export_parity(req: BuildRequest, model: Any, exported: Exported, verify: VerifySet) -> dict[str, Any]:
     """The exported graph against eager on random inputs and real images; a miss is an exporter bug."""
-    from .export import check_parity
+    from .verify.parity import check_parity
 
     parity = check_parity(model, exported.path, sample_inputs(model.spec, verify, req.seed))
     parity["export_cache_hit"] = exported.cache_hit
@@ -485,8 +471,8 @@ def export_parity(req: BuildRequest, model: Any, exported: Exported, verify: Ver
 def reference_stage(req: BuildRequest, model: Any, exported: Exported, verify: VerifySet) -> tuple[np.ndarray, bool]:
     """What a candidate is judged against: eager for FP32; for FP16/INT8 the FP32 reference graph,
     eager-equivalent by export parity and several times faster than eager on a CPU (cached)."""
-    from .export import run_eager
-    from .logits import reference_logits
+    from .model.eager import run_eager
+    from .export.logits import reference_logits
 
     if req.precision == "fp32":
         return run_eager(model, verify.data), False
@@ -497,8 +483,8 @@ def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, bu
                  first: VerifyReport) -> tuple[Any, RepairReport | None]:
     """Decide and choose on the selection split (calibration images the reconstruction did not fit
     on), never on the verification images the gate judges; None when all-INT8 holds there."""
-    from .logits import reference_logits
-    from .repair import choice_twin, drift_report, repair_int8
+    from .export.logits import reference_logits
+    from .verify.repair import choice_twin, drift_report, repair_int8
 
     selection = selection_set(req, int8.plan, spec.preprocessing)
     sel_reference, _ = reference_logits(exported.fp32, selection.data)
@@ -529,7 +515,7 @@ def status_of(req: BuildRequest, verified: Verified, weights_info: dict[str, Any
 
 def quantization_record(req: BuildRequest, verified: Verified) -> dict[str, Any]:
     """The manifest's ``quantization``: precision summary, drift, repair and the INT8 choices."""
-    from .precision import precision_summary
+    from .precision.qdq import precision_summary
 
     model, int8 = verified.candidate.model, verified.candidate.int8
     if req.precision == "fp32":
@@ -549,7 +535,7 @@ def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verifie
     """The one record of the build (written last: a bundle without it is not a bundle)."""
     import onnx
 
-    from .export import count_macs, graph_summary
+    from .export.exporter import count_macs, graph_summary
 
     candidate = verified.candidate.model
     notes = list(verified.notes)

@@ -23,9 +23,9 @@ class BuildRequest:
     phi: Any
     variant: str = "b"
     precision: str = "fp32"
-    profile: Any = None  # effdeploy.profile.Profile (required by the build)
+    profile: Any = None  # effdeploy.profiles.Profile (required by the build)
     weights: str | None = None
-    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.archs
+    weights_arch: str | None = None  # SOURCE:NAME[.TAG], effdeploy.model.archs
     replace_head: bool = False  # a new, untrained head instead of the checkpoint's (benchmark-only)
     preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
     resolution: int | None = None
@@ -48,7 +48,7 @@ class BuildRequest:
     device: str = "auto"  # where torch runs the reconstruction: auto (cuda where torch sees one), cpu, cuda
     allow_parity_failure: bool = False
     quiet: bool = False
-    frames: tuple[Any, ...] = ()  # effdeploy.framegraph.FrameInput per --frame size: frame-in graphs
+    frames: tuple[Any, ...] = ()  # effdeploy.data.frames.FrameInput per --frame size: frame-in graphs
 
 
 def default(name: str) -> Any:

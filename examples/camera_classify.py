@@ -74,7 +74,7 @@ def check_gui() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from effdeploy.errors import EffdeployError
-    from effdeploy.runtime import Runner, parse_source, resolve_artifact, video_frames
+    from effdeploy.runtime.runner import Runner, parse_source, resolve_artifact, video_frames
 
     if args.top_k < 1:
         raise EffdeployError(f"--top-k must be at least 1 (got {args.top_k})")

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-CLI = "from effdeploy.cli import main; main()"
+CLI = "from effdeploy.commands import main; main()"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

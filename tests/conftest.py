@@ -42,7 +42,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real fp32 bundle of B0 at 64 px (fast), built through the public pipeline; random weights,
     so its status is benchmark-only (numerical checks passed, no accuracy claim)."""
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     out = tmp_path_factory.mktemp("bundles") / "b0-64"
     build_bundle(BuildRequest(phi=0, resolution=64, profile=load_profile("cpu"), out=out, quiet=True))
@@ -53,7 +53,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A verified fp32 bundle of pretrained Lite0 at 64 px: trained weights, so an accuracy claim."""
     from effdeploy.pipeline import BuildRequest, build_bundle
-    from effdeploy.profile import load_profile
+    from effdeploy.profiles import load_profile
 
     out = tmp_path_factory.mktemp("bundles") / "lite0-64"
     build_bundle(BuildRequest(phi=0, variant="lite", weights="pretrained", resolution=64, profile=load_profile("cpu"),

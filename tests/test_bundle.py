@@ -4,8 +4,8 @@ import pytest
 
 from effdeploy.bundle import Manifest, load_bundle, staging_dir, write_manifest
 from effdeploy.errors import EffdeployError
-from effdeploy.profile import load_profile
-from effdeploy.spec import model_spec
+from effdeploy.profiles import load_profile
+from effdeploy.model.spec import model_spec
 
 
 def test_manifest_round_trip(tiny_bundle):

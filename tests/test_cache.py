@@ -20,7 +20,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def test_every_stage_folder_is_under_the_one_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from effdeploy.cache import KINDS, cache_folder, cache_root
     from effdeploy.calibration import default_cache_dir
-    from effdeploy.export import export_cache_dir
+    from effdeploy.export.exporter import export_cache_dir
 
     monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"

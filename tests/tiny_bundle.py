@@ -16,8 +16,9 @@ from effdeploy.backends.tensorrt.manifest import EngineManifest, GpuInfo, write_
 from effdeploy.backends.tensorrt.plan import CompileOptions, make_plan
 from effdeploy.bundle import STATUS_VERIFIED, Manifest, load_bundle, write_manifest
 from effdeploy.errors import EffdeployError
-from effdeploy.profile import load_profile
-from effdeploy.spec import ModelSpec, Preprocessing
+from effdeploy.profiles import load_profile
+from effdeploy.model.spec import ModelSpec
+from effdeploy.data.preprocess import Preprocessing
 
 # --- a tiny, real bundle (ONNX written with onnx.helper; manifest via effdeploy.bundle) -------------
 
@@ -106,7 +107,7 @@ def make_int8_bundle(directory: Path, res: int = 16, images: int = 32) -> Path:
     per-channel INT8 weights, the rest FP16): the strongly typed INT8 graph TensorRT builds, made
     without torch. Ranges: max calibration on seeded normal inputs."""
     from effdeploy.calibration import collect_statistics, ranges_from_statistics
-    from effdeploy.precision import calibration_tensors, config_for, quantize
+    from effdeploy.precision.qdq import calibration_tensors, config_for, quantize
 
     b = make_bundle(directory, profile="jetson-orin", precision="int8", res=res)
     model = onnx.load(str(b / "model.onnx"))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = {"effdeploy": REPO / "deploy", "effdeploy.calibration": REPO / "calibration"}
+ROOTS = {"effdeploy": REPO / "deploy", "effdeploy.calibration": REPO / "calibration", "effdeploy.profiles": REPO / "profiles"}
 
 
 def modules() -> dict[str, Path]:

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import EffdeployError, first_line
 from . import Runner
+from ..errors import EffdeployError, first_line
 
 
 class OnnxRuntimeRunner(Runner):
@@ -39,7 +39,7 @@ class OnnxRuntimeRunner(Runner):
             source = str(path)
         opts = ort.SessionOptions()
         # optimize=False for graphs ORT's CPU optimiser rewrites wrongly (FP16 Q/DQ graphs made for
-        # TensorRT, see effdeploy.precision.needs_unoptimized_ort); the manifest says which.
+        # TensorRT, see effdeploy.precision.qdq.needs_unoptimized_ort); the manifest says which.
         opts.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
@@ -85,7 +85,7 @@ class OnnxRuntimeRunner(Runner):
 
 def manifest_optimize(manifest: Any) -> bool:
     """Graph optimisation as the bundle was verified (off for graphs ORT's CPU optimiser rewrites
-    wrongly; see effdeploy.precision.needs_unoptimized_ort)."""
+    wrongly; see effdeploy.precision.qdq.needs_unoptimized_ort)."""
     quant = getattr(manifest, "quantization", None) or {}
     return quant.get("ort_graph_optimization", "all") != "disabled"
 
@@ -95,3 +95,15 @@ def bundle_runner(bundle: "Any", threads: int | None = None,
     """The ONNX Runtime runner for a bundle's model, with the settings its manifest asks for."""
     return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=manifest_optimize(bundle.manifest),
                              session_config=session_config)
+
+
+# --- running a frame graph with ONNX Runtime -------------------------------------------------------
+
+
+class FrameSession(OnnxRuntimeRunner):
+    """A frame-in ONNX graph on ONNX Runtime: ``infer(frames NHWC uint8) -> logits``, the frames
+    handed over as they are (the runner's float cast would be wrong for them)."""
+
+    def infer(self, frames: np.ndarray, outputs: Sequence[str] | None = None) -> Any:  # type: ignore[override]
+        out = self.session.run(list(outputs or self.output_names[:1]), {self.input_name: frames})
+        return out[0] if outputs is None else out

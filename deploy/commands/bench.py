@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import cli
+from . import cli
 
 
 @cli.command("bench")
@@ -32,10 +32,11 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
 
     Example: effdeploy bench bundles/efficientnet-b0-fp32-cpu --batch 1,8 --end-to-end --vs-eager
     """
-    from ..benchmark import TimingPlan, machine_info, parse_batches, parse_frame_size
+    from ..backends.timing import TimingPlan, machine_info
+    from ..runtime.benchmark import parse_batches, parse_frame_size
     from ..errors import EffdeployError
     from ..report import emit_json
-    from ..runtime import Runner, check_status, open_backend, resolve_artifact
+    from ..runtime.runner import Runner, check_status, open_backend, resolve_artifact
 
     sizes = parse_batches(batches)
     if iterations is not None and duration is not None:
@@ -50,7 +51,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     warning = check_status(art, force)
     eager_manifest = _eager_manifest(art) if vs_eager else None  # refuse before any timing
     _announce(art, warning, as_json)
-    from ..framegraph import open_frame_routes
+    from ..runtime.frames import open_frame_routes
 
     runner = Runner(open_backend(art, threads=threads, spin=spin), art,
                     frames=open_frame_routes(art, threads, spin) if end_to_end else None)
@@ -103,7 +104,8 @@ def _measure(runner: Any, sizes: list[int], plan: Any, names: dict[str, str], fr
     bundle has one for the size) through the frame-in graph, eager PyTorch."""
     import numpy as np
 
-    from ..benchmark import FrameSource, summarize
+    from ..runtime.benchmark import FrameSource
+    from ..backends.timing import summarize
 
     rng = np.random.default_rng(0)
     res = runner.artifact.preprocessing.resolution
@@ -180,7 +182,7 @@ def _p50(rows: list[dict[str, Any]], batch: int, measure: str) -> float:
 
 def _timed(fn: Any, plan: Any, label: str, quiet: bool, setup: Any = None) -> list[float]:
     """Time with a progress bar on stderr (hidden with --json)."""
-    from ..benchmark import time_callable
+    from ..backends.timing import time_callable
     from ..report import info
 
     if quiet:
@@ -215,7 +217,7 @@ def _eager(manifest: Any, runner: Any, threads: int | None, quiet: bool) -> tupl
     on one random batch, so a mismatched model cannot pass silently."""
     import numpy as np
 
-    from ..benchmark import eager_model, eager_runner
+    from ..model.eager import eager_model, eager_runner
     from ..report import info
 
     info("building the eager PyTorch model for --vs-eager ...", quiet)

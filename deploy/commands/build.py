@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from ..cli import cli
-from ..profile import PRECISIONS
+from . import cli
+from ..profiles import PRECISIONS
 from ..report import emit_json, info, kv_table, table
 from ..request import CALIBRATION_METHODS, default
 
@@ -76,13 +76,13 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     Example: effdeploy build --phi 1 --precision int8 --profile jetson-orin
     """
     from ..pipeline import BuildRequest, build_bundle
-    from ..profile import load_profile
-    from ..spec import parse_phi
+    from ..profiles import load_profile
+    from ..model.spec import parse_phi
 
     from ..errors import EffdeployError
-    from ..verify import Budget, budget_with
+    from ..verify.gate import Budget, budget_with
 
-    from ..framegraph import parse_frames
+    from ..data.frames import parse_frames
 
     parse_phi(phi)
     frames = parse_frames(frame_sizes, frame_format)
@@ -147,7 +147,7 @@ def _triple(flag: str, text: str | None) -> tuple[float, float, float] | None:
 
 
 def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, Any]:
-    from ..ort_safety import ort_hint_for_manifest
+    from ..backends.ort_safety import ort_hint_for_manifest
 
     verify = m.get("parity", {}).get("verify", {})
     return {
@@ -235,7 +235,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
     for miss in s.get("budget_misses", []):
         rows.append(("budget missed", miss))
     if s.get("frames"):
-        from ..framegraph import frame_line
+        from ..data.frames import frame_line
 
         rows += [(f"frame-in graph {f['width']}x{f['height']} {f['channel_order']}", frame_line(f)) for f in s["frames"]]
     if s.get("onnxruntime"):
@@ -268,7 +268,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
 
     from ..bundle import is_bundle, load_bundle
     from ..errors import EffdeployError, first_line
-    from ..export import count_macs, graph_summary
+    from ..export.exporter import count_macs, graph_summary
 
     if not artifact.exists():
         raise EffdeployError(f"{artifact} does not exist; pass a bundle directory or an .onnx file")
@@ -284,7 +284,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         proto = onnx.load(str(onnx_path))
     except Exception as e:
         raise EffdeployError(f"cannot read ONNX {onnx_path}: {first_line(e, 160)}") from None
-    from ..ort_safety import ort_hint_for_graph
+    from ..backends.ort_safety import ort_hint_for_graph
 
     graph = graph_summary(proto)
     graph["macs"] = count_macs(proto)
@@ -320,7 +320,7 @@ def profiles_cmd(as_json: bool) -> None:
 
     Example: effdeploy profiles
     """
-    from ..profile import all_profiles
+    from ..profiles import all_profiles
 
     profiles = all_profiles()
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import cli
+from . import cli
 
 
 def _rows(usages):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import cli
+from . import cli
 
 
 @cli.command("classify")
@@ -24,10 +24,10 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
     Example: effdeploy classify bundles/efficientnet-lite0-fp32-cpu cat.jpg dog.png --top-k 3
     """
     from ..errors import EffdeployError
-    from ..labels import label_from_filename
-    from ..preprocess import load_image
+    from ..data.labels import label_from_filename
+    from ..data.preprocess import load_image
     from ..report import emit_json, progress, table
-    from ..runtime import Runner, resolve_artifact
+    from ..runtime.runner import Runner, resolve_artifact
 
     if top_k < 1:
         raise EffdeployError(f"--top-k must be at least 1 (got {top_k})")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..cli import cli
+from . import cli
 from ..report import emit_json, info, kv_table
 
 

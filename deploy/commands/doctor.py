@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import cli
+from . import cli
 from ..report import emit_json, kv_table
 
 
@@ -16,8 +16,8 @@ def doctor_cmd(profile_name: str | None, as_json: bool) -> None:
 
     Example: effdeploy doctor --profile jetson-orin
     """
-    from ..doctor import assess, gather, rows
-    from ..profile import load_profile
+    from ..runtime.doctor import assess, gather, rows
+    from ..profiles import load_profile
 
     profile = load_profile(profile_name) if profile_name else None  # a bad name is a one-line error
     facts = gather()

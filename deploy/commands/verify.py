@@ -8,15 +8,15 @@ from typing import Any
 import click
 import numpy as np
 
-from ..cli import cli
+from . import cli
 from ..errors import EffdeployError, ParityError
 from ..report import emit_json, info, kv_table
 
 
 def eager_model_for(manifest: Any) -> tuple[Any, str] | None:
-    """The eager model a bundle came from (effdeploy.benchmark.eager_model), or None when torch
+    """The eager model a bundle came from (effdeploy.model.eager.eager_model), or None when torch
     or the bundle's weights are not on this machine."""
-    from ..benchmark import eager_model
+    from ..model.eager import eager_model
 
     try:
         return eager_model(manifest), f"eager ({manifest.weights.get('source', 'random')})"
@@ -35,9 +35,9 @@ def calibration_names(bundle: Any) -> set[str]:
 
 def verification_images(bundle: Any, data: str | None, count: int, seed: int, quiet: bool) -> Any:
     """The images to verify on, calibration images left out (a VerifySet)."""
-    from ..datasets import builtin_image_paths, labelled_images, select_readable
-    from ..preprocess import preprocess_files
-    from ..verify import VerifySet
+    from ..data.datasets import builtin_image_paths, labelled_images, select_readable
+    from ..data.preprocess import preprocess_files
+    from ..verify.gate import VerifySet
 
     m, exclude = bundle.manifest, calibration_names(bundle)
     if not data:
@@ -60,8 +60,8 @@ def verification_images(bundle: Any, data: str | None, count: int, seed: int, qu
 def reference_for(bundle: Any, x: np.ndarray, reference: str, quiet: bool) -> tuple[np.ndarray, str]:
     """Eager PyTorch where torch and the weights are here (``auto``/``eager``), else the bundle's
     FP32 reference graph: the logits and what they came from."""
-    from ..export import run_eager
-    from ..logits import ort_logits
+    from ..model.eager import run_eager
+    from ..export.logits import ort_logits
 
     m = bundle.manifest
     if reference in ("auto", "eager"):
@@ -80,7 +80,7 @@ def reference_for(bundle: Any, x: np.ndarray, reference: str, quiet: bool) -> tu
 
 def engine_source(artifact: Path) -> tuple[Any, Path]:
     """An engine is verified against the eager model of the bundle it was compiled from."""
-    from ..runtime import resolve_artifact
+    from ..runtime.runner import resolve_artifact
 
     engine_art = resolve_artifact(artifact)
     source_bundle = engine_art.manifest.bundle.get("path")
@@ -91,9 +91,9 @@ def engine_source(artifact: Path) -> tuple[Any, Path]:
 
 
 def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool) -> np.ndarray:
-    from ..logits import run_batched
+    from ..export.logits import run_batched
     from ..backends.onnxrt import bundle_runner
-    from ..runtime import open_backend
+    from ..runtime.runner import open_backend
 
     runner = open_backend(engine_art) if engine_art is not None else bundle_runner(bundle)
     try:
@@ -103,7 +103,7 @@ def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool) -
 
 
 def show_report(bundle: Any, report: Any, drift: list[dict[str, Any]]) -> None:
-    from ..verify import comparison_rows
+    from ..verify.gate import comparison_rows
 
     m = bundle.manifest
     verdict = {"verified": "verified: within budget",
@@ -136,9 +136,9 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
     """
     from ..bundle import REFERENCE, load_bundle
-    from ..repair import drift_report
-    from ..verify import Budget, budget_with, verify_bundle
-    from ..weights import accuracy_claim, no_claim_reason
+    from ..verify.repair import drift_report
+    from ..verify.gate import Budget, budget_with, verify_bundle
+    from ..model.weights import accuracy_claim, no_claim_reason
 
     if count < 1:
         raise EffdeployError("--images must be at least 1")

@@ -13,7 +13,7 @@ from tiny_bundle import bundle, make_bundle  # noqa: F401  (bundle: a fixture)
 from effdeploy.backends.tensorrt.compat import MISSING_TENSORRT, import_tensorrt
 from effdeploy.backends.tensorrt.plan import compile_hint
 from effdeploy.bundle import STATUS_UNVERIFIED
-from effdeploy.profile import load_profile
+from effdeploy.profiles import load_profile
 
 HAS_TRT = import_tensorrt() is not None
 

@@ -36,33 +36,20 @@ from typing import Any, Iterator
 
 import click
 
-from ...bundle import atomic_write, load_bundle
-from ...errors import EffdeployError, first_line
-from ...profile import Profile
+from ...bundle import load_bundle
 from .compat import (
-    MISSING_TENSORRT,
-    LogCapture,
-    adjust_parser_for_dla,
-    capture_log,
-    dtype_name,
-    hardware_compat_level,
-    import_tensorrt,
-    make_progress_monitor,
-    network_flags,
-    new_runtime,
-    shared_logger,
+    MISSING_TENSORRT, LogCapture, adjust_parser_for_dla, capture_log, dtype_name, hardware_compat_level,
+    import_tensorrt, make_progress_monitor, network_flags, new_runtime, shared_logger,
 )
+from ...data.frames import FRAME_INPUT, FrameInput, frame_engine_path, usable_frame_graph
+from ...errors import EffdeployError, first_line
+from ...files import atomic_write
 from .manifest import (
-    EngineManifest,
-    GpuInfo,
-    cuda_problem,
-    detect_gpu,
-    engine_manifest_path,
-    probe_cuda,
-    read_l4t,
+    EngineManifest, GpuInfo, cuda_problem, detect_gpu, engine_manifest_path, probe_cuda, read_l4t,
     write_engine_manifest,
 )
 from .plan import CompileOptions, CompilePlan, check_installed, compile_hint, gpu_matches, plan_for
+from ...profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -89,7 +76,6 @@ def compile_bundle(
     probe = probe_cuda()
     plan = check_installed(plan, str(trt.__version__), opts.trt_version, probe.gpu, read_l4t(), cuda_problem(probe))
     result = compile_engine(trt, plan, probe.gpu, quiet=quiet)
-    from ...framegraph import frame_compile_plans
 
     frames = tuple(compile_engine(trt, fplan, probe.gpu, quiet=quiet, frame=frame.to_dict())
                    for frame, fplan in frame_compile_plans(load_bundle(bundle_path), plan))
@@ -402,3 +388,24 @@ def compile_after_build(bundle_path: str | Path, profile: Profile, quiet: bool =
     except EffdeployError as e:
         return AutoCompile(None, hint, str(e))
     return AutoCompile(Path(result.plan.plan_path), None, f"compiled here with TensorRT {result.engine.tensorrt_version}")
+
+
+def frame_compile_plans(bundle: Any, plan: Any) -> list[tuple[FrameInput, Any]]:
+    """One :class:`effdeploy.backends.tensorrt.plan.CompilePlan` per verified frame-in graph of ``bundle``: the main
+    plan's settings, the frame graph's ONNX and its NHWC uint8 input, written beside the main plan.
+    Always on the GPU: DLA takes neither uint8 frames nor the resampling MatMuls."""
+    from ...files import sha256_file
+
+    out = []
+    for entry in getattr(bundle.manifest, "frames", ()) or ():
+        if not usable_frame_graph(entry):
+            continue
+        frame = FrameInput(int(entry["width"]), int(entry["height"]), str(entry.get("channel_order", "bgr")))
+        onnx_path = Path(bundle.path) / str(entry["file"])
+        sha = (bundle.manifest.artifacts.get(onnx_path.name) or {}).get("sha256") or sha256_file(onnx_path)
+        out.append((frame, plan.with_(
+            onnx_path=str(onnx_path.resolve()), plan_path=str(frame_engine_path(plan.plan_path, frame)),
+            input_name=str((entry.get("input") or {}).get("name", FRAME_INPUT)),
+            input_chw=(frame.height, frame.width, 3), onnx_sha256=str(sha), dla_core=None, gpu_fallback=False,
+            tf32=False)))
+    return out

@@ -21,9 +21,9 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from ... import __version__
-from ...bundle import atomic_write, sha256_file
-from ...errors import EffdeployError, first_line
 from .compat import TrtVersion, version_compatible_runs
+from ...errors import EffdeployError, first_line
+from ...files import atomic_write, sha256_file
 
 ENGINE_FORMAT_VERSION = 1
 ENGINE_MANIFEST_SUFFIX = ".json"

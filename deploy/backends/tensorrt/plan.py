@@ -13,20 +13,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ...bundle import USABLE_STATUSES, Bundle, check_writable_out, load_bundle, sha256_file, status_warning
-from ...errors import EffdeployError, first_line
-from ...profile import Profile, load_profile
+from ...bundle import Bundle, USABLE_STATUSES, check_writable_out, load_bundle, status_warning
 from .compat import (
-    HARDWARE_COMPAT_LEVELS,
-    MIN_SAME_CC_HW_COMPAT,
-    MIN_STRONGLY_TYPED,
-    TrtVersion,
-    dla_gap_reason,
-    dla_supported,
-    same_cc_hw_compat_supported,
-    strongly_typed_supported,
+    HARDWARE_COMPAT_LEVELS, MIN_SAME_CC_HW_COMPAT, MIN_STRONGLY_TYPED, TrtVersion, dla_gap_reason,
+    dla_supported, same_cc_hw_compat_supported, strongly_typed_supported,
 )
+from ...errors import EffdeployError, first_line
+from ...files import sha256_file
 from .manifest import GpuInfo, L4tRelease, cc_tuple, compile_command, detect_gpu, normalize_cc
+from ...profiles import Profile, load_profile
 
 DEFAULT_ENGINE_NAME = "engine.plan"
 TIMING_CACHE_NAME = "timing.cache"

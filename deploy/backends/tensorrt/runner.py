@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import EffdeployError, first_line
 from .. import Runner
-from .compat import MISSING_TENSORRT, LogCapture, capture_log, import_tensorrt, new_runtime, shared_logger
-from .manifest import EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda
+from .compat import LogCapture, MISSING_TENSORRT, capture_log, import_tensorrt, new_runtime, shared_logger
+from ...errors import EffdeployError, first_line
+from .manifest import (
+    EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda,
+)
 
 
 def runtime_dla_core(manifest: EngineManifest) -> int | None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 
 from effdeploy.backends.tensorrt.compat import (
-    TrtVersion,
-    dla_supported,
-    same_cc_hw_compat_supported,
-    strongly_typed_supported,
+    TrtVersion, dla_supported, same_cc_hw_compat_supported, strongly_typed_supported,
     version_compatible_runs,
 )
 from effdeploy.errors import EffdeployError

@@ -11,14 +11,8 @@ import pytest
 from tiny_bundle import engine_manifest
 
 from effdeploy.backends.tensorrt.manifest import (
-    GpuInfo,
-    L4tRelease,
-    check_engine_runs_here,
-    compat_problems,
-    engine_manifest_path,
-    load_engine_manifest,
-    normalize_cc,
-    parse_l4t,
+    GpuInfo, L4tRelease, check_engine_runs_here, compat_problems, engine_manifest_path, load_engine_manifest,
+    normalize_cc, parse_l4t,
 )
 from effdeploy.errors import EffdeployError
 

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from effdeploy.backends.tensorrt.compat import import_tensorrt
-from effdeploy.backends.tensorrt.manifest import cuda_problem, engine_manifest_path, load_engine_manifest, probe_cuda
+from effdeploy.backends.tensorrt.manifest import (
+    cuda_problem, engine_manifest_path, load_engine_manifest, probe_cuda,
+)
 from effdeploy.backends.tensorrt.plan import CompileOptions
 from effdeploy.errors import EffdeployError
 
@@ -234,7 +236,7 @@ def test_parallel_compiles_merge_the_timing_cache(tmp_path: Path, local_profile:
         alone = tmp_path / f"{name}.cache"
         compile_bundle(bundle, str(local_profile), CompileOptions(timing_cache=alone), quiet=True)
         sizes[name] = alone.stat().st_size
-    cmd = [sys.executable, "-c", "from effdeploy.cli import main; main()", "compile"]
+    cmd = [sys.executable, "-c", "from effdeploy.commands import main; main()", "compile"]
     procs = [subprocess.Popen([*cmd, str(bnd), "--profile", str(local_profile), "--timing-cache", str(cache),
                                "--out", str(bnd / "par.plan"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for bnd in (a, b)]
@@ -301,9 +303,9 @@ def lite0_int8(tmp_path_factory: pytest.TempPathFactory, local_profile: Path) ->
 def test_real_lite0_int8_engine_matches_onnx_runtime(lite0_int8: Path, local_profile: Path):
     """The deployed INT8 graph of a trained network: the engine's logits against ONNX Runtime's on
     the same graph, on the built-in photos (TensorRT may fuse and round differently: close, not equal)."""
-    from effdeploy.datasets import builtin_image_paths
-    from effdeploy.preprocess import load_image
-    from effdeploy.runtime import Runner
+    from effdeploy.data.datasets import builtin_image_paths
+    from effdeploy.data.preprocess import load_image
+    from effdeploy.runtime.runner import Runner
 
     result = compile_bundle(lite0_int8, str(local_profile), CompileOptions(), quiet=True)
     with Runner.open(lite0_int8) as onnx_runner:  # ONNX Runtime, unoptimised as the manifest says

@@ -21,16 +21,11 @@ from tiny_bundle import bundle, make_bundle, plan_of, refusal  # noqa: F401  (bu
 
 from effdeploy.backends.tensorrt.manifest import GpuInfo, L4tRelease
 from effdeploy.backends.tensorrt.plan import (
-    check_installed,
-    compile_hint,
-    gpu_matches,
-    local_gpu_matches,
-    parse_batch,
-    refuse_release_table,
+    check_installed, compile_hint, gpu_matches, local_gpu_matches, parse_batch, refuse_release_table,
 )
 from effdeploy.bundle import STATUS_UNVERIFIED, load_bundle, write_manifest
 from effdeploy.errors import EffdeployError
-from effdeploy.profile import load_profile
+from effdeploy.profiles import load_profile
 
 
 def test_parse_batch():
@@ -363,7 +358,7 @@ def test_the_int8_bundle_the_gpu_tests_compile_is_a_qdq_graph(tmp_path: Path):
     with INT8 weights, FP16 elsewhere, runnable by ONNX Runtime unoptimised) and that it plans."""
     import onnx
 
-    from effdeploy.logits import ort_logits
+    from effdeploy.export.logits import ort_logits
     from tiny_bundle import make_int8_bundle, tiny_onnx
 
     b = make_int8_bundle(tmp_path / "int8")

@@ -1,0 +1,286 @@
+"""The INT8 stage of a build: calibrate, choose the method by measurement, insert Q/DQ in the
+profile's dialect, choose the activation form by timing where the dialect offers two, and
+reconstruct. Pure functions over ONNX protos and arrays; the build orchestrates them (the repair
+of a missed budget is :mod:`effdeploy.verify.repair`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnx
+
+from ..export.logits import cached_logits, ort_logits, relative_mse
+from .qdq import QuantConfig, calibration_tensors, dialect_of, quantize
+from ..report import info
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    model: onnx.ModelProto
+    config: QuantConfig
+    artifact: Any  # effdeploy.calibration.CalibrationArtifact
+    cache_hit: bool
+    calibration_ids: tuple[str, ...]
+    method_scores: Mapping[str, float] = field(default_factory=dict)
+    dialect_timings_ms: Mapping[str, float] = field(default_factory=dict)
+    dialect_timed_before: bool = False  # the timings come from an earlier build on this machine
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+    reconstruction: Any = None  # effdeploy.precision.reconstruct.Reconstruction, or None (--no-reconstruct)
+    plan: Any = None  # the calibration plan (the repair's selection split is drawn from it)
+
+    @property
+    def initializers(self) -> Mapping[str, np.ndarray] | None:
+        """Reconstructed integers and biases for :func:`quantize` (a repair re-quantizes with them)."""
+        rec = self.reconstruction
+        return rec.initializers if rec is not None and rec.accepted else None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The INT8 part of the manifest's ``quantization`` record."""
+        return {
+            "dialect": self.config.dialect,
+            "config": self.config.to_dict(),
+            "activations": "S8 symmetric" if self.config.activations == "int8" else "U8 asymmetric",
+            "weights": "S8 symmetric per-channel",
+            "method": self.config.method,
+            "method_scores": dict(self.method_scores),
+            "cpu_dialect_latency_ms": dict(self.dialect_timings_ms),
+            "cpu_dialect_timed_before": self.dialect_timed_before,
+            "reconstruction": self.reconstruction.to_dict() if self.reconstruction is not None else None,
+            "calibration": {**self.artifact.manifest_entry(), "cache_hit": self.cache_hit,
+                            "builtin": self.artifact.builtin, "warnings": list(self.warnings)},
+        }
+
+
+def run_int8(
+    fp32: onnx.ModelProto,
+    fp32_path: Path,
+    config: QuantConfig,
+    plan: Any,
+    spec: Any,
+    method: str,
+    selection_data: Callable[[], np.ndarray],
+    quiet: bool = False,
+    recipe: Any = None,
+    reconstruction_data: Callable[[int], np.ndarray] | None = None,
+) -> Int8Result:
+    """Calibrate on ``plan``, choose the method (``auto``: lowest logit error on calibration
+    images), quantize, choose the activation form by timing where the dialect offers two, then
+    (``recipe``) reconstruct the INT8 weights on ``reconstruction_data(n)``: n calibration images."""
+    from ..calibration import METHODS, run_calibrations
+
+    t0 = time.perf_counter()
+    tensors = calibration_tensors(fp32, config)
+    candidates = METHODS if method == "auto" else (method,)
+    outcomes = run_calibrations(fp32_path, tensors, plan, spec, methods=candidates, quiet=quiet)  # one pass
+    first = outcomes[candidates[0]]
+    info(f"      calibration: {first.artifact.image_count} images, "
+         f"{'cache hit' if first.cache_hit else f'{first.artifact.seconds:.1f} s'}", quiet)
+    chosen, scores = choose_method(fp32, outcomes, config, selection_data, quiet)
+    config = replace(config, method=chosen)
+    out = outcomes[chosen]
+    model, config, timings, timed_before = choose_activations(fp32, out.artifact, config, selection_data, quiet)
+    rec = None
+    if recipe is not None and reconstruction_data is not None:
+        model, rec = reconstruct_int8(fp32, model, out.artifact.ranges, config, recipe, reconstruction_data, quiet)
+    return Int8Result(
+        model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
+        calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
+        dialect_timed_before=timed_before,
+        warnings=tuple(out.warnings), seconds=time.perf_counter() - t0, reconstruction=rec, plan=plan,
+    )
+
+
+def choose_method(fp32: onnx.ModelProto, outcomes: Mapping[str, Any], config: QuantConfig,
+                  selection_data: Callable[[], np.ndarray], quiet: bool) -> tuple[str, dict[str, float]]:
+    """The calibration method whose ranges give the lowest logit error on calibration images
+    (cached per calibration data and graph); the only one when a single method was asked for."""
+    if len(outcomes) == 1:
+        return next(iter(outcomes)), {}
+    scores = _load_selection(outcomes, config)
+    cached = scores is not None
+    if scores is None:
+        # Judged on the FP32-typed twin (the FP16 typing of the other ops is independent of the
+        # method), unoptimised: ORT's x86 integer kernels without VNNI saturate S8 activations,
+        # which would judge the CPU instead of the ranges.
+        x = selection_data()
+        ref = ort_logits(fp32, x)
+        scores = {}
+        for m, outcome in outcomes.items():
+            twin = quantize(fp32, outcome.artifact.ranges, replace(config, method=m, fp16_rest=False))
+            scores[m] = relative_mse(ref, ort_logits(twin, x, optimize=False))
+        _store_selection(outcomes, config, scores)
+    chosen = min(scores, key=scores.get)
+    info("      method by measurement (relative logit MSE on calibration images): "
+         + ", ".join(f"{m} {s:.2e}" for m, s in scores.items()) + f" -> {chosen}" + (" (cached)" if cached else ""),
+         quiet)
+    return chosen, scores
+
+
+def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency on ONNX Runtime (the activation-form choice)."""
+    from ..backends.timing import TimingPlan, time_callable
+    from ..backends.onnxrt import OnnxRuntimeRunner
+
+    r = OnnxRuntimeRunner(model)
+    try:
+        x = sample[:1]
+        return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
+    finally:
+        r.close()
+
+
+def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig,
+                       selection_data: Callable[[], np.ndarray],
+                       quiet: bool) -> tuple[onnx.ModelProto, QuantConfig, dict[str, float], bool]:
+    """Where the dialect runs both U8S8 and S8S8 (ONNX Runtime's CPU kernels), the faster on this
+    machine by timing (cached per machine); else its one form. Returns the graph, the config, the
+    timings and whether they were measured before."""
+    model = quantize(fp32, artifact.ranges, config)
+    forms = dialect_of(config).activations
+    if len(forms) < 2:
+        return model, config, {}, False
+    timed = _load_dialect(artifact.key, config)
+    if timed is None:
+        x = selection_data()
+        other = replace(config, activations=next(f for f in forms if f != config.activations))
+        other_model = quantize(fp32, artifact.ranges, other)
+        timings = {_form(config): latency_ms(model, x), _form(other): latency_ms(other_model, x),
+                   "fp32": latency_ms(fp32, x)}
+        if timings[_form(other)] < timings[_form(config)]:
+            model, config = other_model, other
+        _store_dialect(artifact.key, config, timings)
+    else:
+        timings, activations = timed
+        if activations != config.activations:
+            config = replace(config, activations=activations)
+            model = quantize(fp32, artifact.ranges, config)
+    info("      cpu dialect by timing (batch 1, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+         + f" -> {_form(config)}" + (" (measured before on this machine)" if timed else ""), quiet)
+    return model, config, timings, timed is not None
+
+
+def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantConfig,
+                     recipe: Any, data: Callable[[int], np.ndarray], quiet: bool) -> tuple[onnx.ModelProto, Any]:
+    """Learn the INT8 weights on the FP32-typed twin (the deployed graph's function), write them
+    into the deployed graph (``plain`` is it without them, returned when they do not help);
+    reused from the cache when the same inputs were reconstructed."""
+    from .reconstruct import cached_reconstruction
+
+    twin = quantize(fp32, ranges, replace(config, fp16_rest=False)) if config.fp16_rest else plain
+    images = data(recipe.images)
+    rec = cached_reconstruction(twin, fp32, images, recipe,
+                                fp16_scales=config.fp16_rest, quiet=quiet)
+    rec = choose_strength(fp32, twin, rec, images)
+    scores = rec.strength_scores or {}
+    before, after = rec.logit_rel_mse
+    info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers, "
+         f"{rec.recipe.get('device', 'cpu')}): logit relative MSE {before:.3e} -> {after:.3e}"
+         + (f" at strength {rec.strength:g}" if rec.accepted else " - no strength better, not used")
+         + " (" + ", ".join(f"{a:g}: {v:.2e}" for a, v in scores.items()) + ")"
+         + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)
+    if not rec.accepted:
+        return plain, rec
+    return quantize(fp32, ranges, config, initializers=rec.initializers), rec
+
+
+def choose_strength(fp32: onnx.ModelProto, twin: onnx.ModelProto, rec: Any, images: np.ndarray) -> Any:
+    """The corrections at the strength (reconstruct.STRENGTHS) whose graph, run by ONNX Runtime itself,
+    has the lowest logit error on the images they were measured on; 0 (the plain graph, not accepted)
+    when none beats it. A safety net and a damper: the interpreter's per-layer gains need not add up."""
+    from onnx import numpy_helper
+
+    from .qdq import apply_initializers
+    from .reconstruct import STRENGTHS, at_strength
+
+    ref, _ = cached_logits(fp32, images)
+    plain_values = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer if i.name in rec.initializers}
+    values = {a: at_strength(plain_values, rec.initializers, a) for a in STRENGTHS}
+    scores = {a: relative_mse(ref, cached_logits(twin if a == 0 else apply_initializers(twin, values[a]), images,
+                                                 optimize=False)[0]) for a in STRENGTHS}
+    best = min(STRENGTHS, key=lambda a: (scores[a], a))
+    return replace(rec, initializers=values[best], strength=best,
+                   strength_scores=scores, logit_rel_mse=(scores[0.0], scores[best]), accepted=best > 0)
+
+
+def _selection_path(outcomes: Mapping[str, Any], config: QuantConfig) -> Path:
+    from ..files import sha256_json
+    from ..cache import cache_folder
+
+    keys = sorted(o.artifact.key for o in outcomes.values())
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("method", "fp16_rest")}
+    return cache_folder("selection") / f"{sha256_json({'keys': keys, 'config': cfg})[:32]}.json"
+
+
+def _read_json(path: Path) -> Any:
+    """A small cache record, or None when it is missing or unreadable."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, record: Any) -> None:
+    import json
+
+    from ..cache import store
+
+    store(path, json.dumps(record))
+
+
+def _load_selection(outcomes: Mapping[str, Any], config: QuantConfig) -> dict[str, float] | None:
+    """A method choice measured before on the same calibration data and graph."""
+    scores = _read_json(_selection_path(outcomes, config))
+    return scores if isinstance(scores, dict) and set(scores) == set(outcomes) else None
+
+
+def _store_selection(outcomes: Mapping[str, Any], config: QuantConfig, scores: Mapping[str, float]) -> None:
+    _write_json(_selection_path(outcomes, config), dict(scores))
+
+
+def _form(config: QuantConfig) -> str:
+    return "U8S8" if config.activations == "uint8" else "S8S8"
+
+
+def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
+    """Keyed by the graph and ranges (the calibration key), the Q/DQ options, ONNX Runtime's
+    version and this machine's CPU: the timing is only valid where it was taken."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    from ..files import sha256_json
+    from ..cache import cache_folder
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
+    key = sha256_json({"calibration": calibration_key, "config": cfg, "ort": onnxruntime.__version__,
+                       "cpu": cpu, "cores": os.cpu_count()})
+    return cache_folder("dialect") / f"{key[:32]}.json"
+
+
+def _load_dialect(calibration_key: str, config: QuantConfig) -> tuple[dict[str, float], str] | None:
+    """The CPU dialect timed before for the same graph and ranges on this machine."""
+    d = _read_json(_dialect_path(calibration_key, config))
+    try:
+        timings = {str(k): float(v) for k, v in d["timings_ms"].items()}
+        return (timings, d["activations"]) if d["activations"] in ("uint8", "int8") else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _store_dialect(calibration_key: str, config: QuantConfig, timings: Mapping[str, float]) -> None:
+    _write_json(_dialect_path(calibration_key, config),
+                {"timings_ms": dict(timings), "activations": config.activations})

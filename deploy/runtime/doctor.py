@@ -1,0 +1,197 @@
+"""``effdeploy doctor``: what this machine has for TensorRT, and whether it can compile for a profile.
+
+Gathering (:func:`gather`) touches the system: the ``tensorrt`` module, cuda-python, the driver,
+``/etc/nv_tegra_release``. Judging (:func:`assess`) is a pure function of the gathered
+:class:`Facts`, so the rules are tested anywhere; it reuses the compile refusal rules, so doctor and
+``effdeploy compile`` cannot disagree. Every problem is one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends.tensorrt.compat import dla_supported
+from ..backends.tensorrt.manifest import (
+    CudaProbe, L4tRelease, cuda_problem, cuda_version_text, probe_cuda, read_l4t,
+)
+from ..backends.tensorrt.plan import (
+    refuse_cpu_profile, refuse_local_gpu, refuse_release_table, refuse_trt_version,
+)
+from ..errors import first_line
+from ..profiles import Profile
+
+
+@dataclass(frozen=True)
+class TensorRTInfo:
+    """The importable ``tensorrt`` module, or why there is none."""
+
+    version: str | None = None
+    origin: str | None = None  # "JetPack system package (...)", "pip wheel tensorrt-cu12 10.13.3", ...
+    location: str | None = None
+    error: str | None = None  # why the import failed (absent, or its libraries do not load)
+    dla_cores: int | None = None  # IRuntime.num_DLA_cores
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything doctor looked at (the --json output's ``facts``)."""
+
+    python: str
+    machine: str
+    tensorrt: TensorRTInfo
+    cuda: CudaProbe
+    l4t: L4tRelease | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "python": self.python,
+            "machine": self.machine,
+            "tensorrt": asdict(self.tensorrt),
+            "cuda": self.cuda.to_dict(),
+            "l4t": None if self.l4t is None else {
+                "release": f"R{self.l4t.major}.{self.l4t.revision}", "jetpack": self.l4t.jetpack_release},
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Problems (one line each, with what to do) and, for a profile, whether compile can run here."""
+
+    problems: tuple[str, ...] = ()
+    profile: str | None = None
+    can_compile: bool | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"problems": list(self.problems), "profile": self.profile, "can_compile": self.can_compile,
+                "notes": list(self.notes)}
+
+
+def tensorrt_origin(location: str | None, dist: str | None, dist_version: str | None) -> str:
+    """Where the bindings came from: JetPack's ``python3-libnvinfer`` installs into dist-packages,
+    pip wheels (``tensorrt``, ``tensorrt-cu12``, ``tensorrt-cu13``) into site-packages."""
+    if dist:
+        return f"pip wheel {dist} {dist_version or ''}".strip()
+    if location and "dist-packages" in location:
+        return "system package (JetPack: python3-libnvinfer)"
+    return "unknown (not a pip distribution)"
+
+
+def _tensorrt_dist() -> tuple[str | None, str | None]:
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12"):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def gather_tensorrt() -> TensorRTInfo:
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - doctor's whole point is to try
+    except ImportError as e:
+        return TensorRTInfo(error=f"not installed ({first_line(e, 120)})")
+    except OSError as e:  # the module is there but libnvinfer does not load
+        return TensorRTInfo(error=f"installed but its libraries do not load ({first_line(e, 160)})")
+    location = str(Path(getattr(trt, "__file__", "") or "").parent) or None
+    dist, dist_version = _tensorrt_dist()
+    dla = None
+    try:
+        from ..backends.tensorrt.compat import shared_logger  # noqa: PLC0415
+
+        dla = int(trt.Runtime(shared_logger(trt)).num_DLA_cores)
+    except Exception:  # no GPU / driver: the version is still worth reporting
+        dla = None
+    return TensorRTInfo(version=str(trt.__version__), origin=tensorrt_origin(location, dist, dist_version),
+                        location=location, dla_cores=dla)
+
+
+def gather() -> Facts:
+    return Facts(
+        python=platform.python_version(),
+        machine=f"{platform.system()} {platform.machine()}",
+        tensorrt=gather_tensorrt(),
+        cuda=probe_cuda(memory=True),
+        l4t=read_l4t(),
+    )
+
+
+def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
+    """The problems on this machine, and (with a profile) whether ``effdeploy compile`` can run here."""
+    problems: list[str] = []
+    notes: list[str] = []
+    trt = facts.tensorrt
+    if trt.version is None:
+        problems.append(f"TensorRT is {trt.error or 'not installed'}: on a Jetson use JetPack's python3-libnvinfer in a "
+                        "--system-site-packages venv with pip install 'effdeploy[jetson]'; elsewhere pip install "
+                        "'effdeploy[tensorrt]' (docs/tensorrt.md)")
+    cuda_line = cuda_problem(facts.cuda)
+    if cuda_line:
+        problems.append(cuda_line)
+    if facts.l4t is not None and trt.version is not None:
+        line = refuse_trt_version(_any_gpu_profile(profile), trt.version, facts.l4t)
+        if line and line not in problems:
+            problems.append(line)
+    if facts.l4t is not None and facts.l4t.jetpack_release == "6.0":
+        problems.append(f"{facts.l4t} ships TensorRT 8.6, which has no strongly typed networks; upgrade to JetPack 6.1+ "
+                        "(TensorRT 10.3) to compile engines here")
+    if profile is None:
+        return Verdict(tuple(dict.fromkeys(problems)), None, None, tuple(notes))
+
+    lines = [refuse_cpu_profile(profile), refuse_release_table(profile)]
+    if trt.version is not None:
+        lines.append(refuse_trt_version(profile, trt.version, facts.l4t))
+    if not cuda_line:  # a CUDA problem is already one line above
+        lines.append(refuse_local_gpu(profile, facts.cuda.gpu, False, None))
+    problems.extend(line for line in lines if line)
+    if profile.dla_cores and trt.version is not None:
+        if trt.dla_cores is not None and trt.dla_cores < profile.dla_cores:
+            notes.append(f"TensorRT sees {trt.dla_cores} DLA core(s); {profile.name} has {profile.dla_cores}")
+        if not dla_supported(trt.version):
+            notes.append(f"TensorRT {trt.version} builds no DLA engines (DLA: 10.0-10.7 and 11.4.1+); GPU engines only")
+    can = trt.version is not None and not any(line for line in lines) and not cuda_line
+    return Verdict(tuple(dict.fromkeys(problems)), profile.name, can, tuple(notes))
+
+
+def _any_gpu_profile(profile: Profile | None) -> Profile:
+    """Release checks that depend only on the device (JetPack vs TensorRT) need a profile-shaped
+    argument; an empty release table makes :func:`refuse_trt_version` check the device alone."""
+    if profile is not None and profile.is_gpu:
+        return Profile(name=profile.name, description="", device="gpu", precisions=profile.precisions)
+    return Profile(name="this device", description="", device="gpu", precisions=("fp32",))
+
+
+def rows(facts: Facts, verdict: Verdict) -> list[tuple[str, str]]:
+    """The table for people: check, value."""
+    trt, cuda = facts.tensorrt, facts.cuda
+    out: list[tuple[str, str]] = [
+        ("python", f"{facts.python} ({facts.machine})"),
+        ("TensorRT", f"{trt.version} - {trt.origin}" if trt.version else f"absent: {trt.error}"),
+    ]
+    if trt.location:
+        out.append(("TensorRT location", trt.location))
+    out.append(("cuda-python", cuda.bindings or "absent"))
+    if cuda.bindings:
+        out.append(("CUDA runtime (cuda-python) / driver", f"{cuda_version_text(cuda.runtime_version)} / "
+                                                           f"{cuda_version_text(cuda.driver_version)}"))
+    for g in cuda.gpus:
+        out.append((f"GPU {g.index}", f"{g.name} (compute capability {g.compute_capability})"))
+    if cuda.free_bytes is not None and cuda.total_bytes:
+        out.append(("GPU memory free / total", f"{cuda.free_bytes / 2**30:.2f} / {cuda.total_bytes / 2**30:.2f} GiB"))
+    if trt.dla_cores is not None:
+        out.append(("DLA cores (TensorRT)", str(trt.dla_cores)))
+    out.append(("Jetson Linux", str(facts.l4t) if facts.l4t else "not a Jetson (no /etc/nv_tegra_release)"))
+    if verdict.profile:
+        out.append((f"compile for {verdict.profile}", "yes" if verdict.can_compile else "no"))
+    for n in verdict.notes:
+        out.append(("note", n))
+    for p in verdict.problems:
+        out.append(("problem", p))
+    if not verdict.problems:
+        out.append(("problems", "none"))
+    return out
