@@ -137,7 +137,7 @@ def test_min_max_are_exact_even_when_sampling(model, data, ref, samples_per_imag
     for t in TENSORS:
         r = result.ranges[t]
         assert r.min == float(ref[t].min()) and r.max == float(ref[t].max())
-        assert r.amax == max(-r.min, r.max)
+        assert r.amax == float(np.abs(ref[t]).max())
     assert result.image_count == 24 and result.method == "max"
     per_image = {t: ref[t][0].size for t in TENSORS}
     for t in TENSORS:
@@ -181,8 +181,10 @@ def test_percentile_matches_numpy(full_stats, ref) -> None:
         k = 0.999 * x.size
         assert ordered[int(np.floor(k)) - 1] - w <= r.amax <= ordered[min(int(np.ceil(k)), x.size - 1)] + w
         assert r.amax == pytest.approx(np.percentile(np.abs(x), 99.9), rel=0.02)
-        assert (r.min, r.max) == (max(x.min(), -r.amax), min(x.max(), r.amax))
-    assert result.ranges["input"].amax < 4.5 < 9.0  # the injected outlier is clipped
+        # the clipped range: the data's own end where it lies inside +-amax, else the clip
+        assert r.min == (x.min() if x.min() >= -r.amax else -r.amax)
+        assert r.max == (x.max() if x.max() <= r.amax else r.amax)
+    assert result.ranges["input"].max == result.ranges["input"].amax < 4.5 < 9.0  # the injected outlier is clipped
 
 
 def test_entropy_on_a_model_matches_the_loop_reference(full_stats, ref) -> None:
@@ -197,7 +199,8 @@ def test_entropy_on_a_model_matches_the_loop_reference(full_stats, ref) -> None:
         k = int(round(got / edges[1])) - 128
         assert kl[k] <= kl.min() * 1.02 + 1e-9, (t, got, amax)
         r = result.ranges[t]
-        assert r.min == max(float(ref[t].min()), -got) and r.max == min(float(ref[t].max()), got)
+        lo, hi = float(ref[t].min()), float(ref[t].max())
+        assert r.min == (lo if lo >= -got else -got) and r.max == (hi if hi <= got else got)
     assert result.ranges["input"].amax < 8.0  # the lone 9.0 does not set the range
 
 
@@ -359,18 +362,19 @@ def test_bad_inputs_are_one_line_errors(model, data) -> None:
 
 
 def test_per_channel_weight_scales() -> None:
+    """Symmetric INT8 per output channel: the largest magnitude maps to 127; an all-zero channel
+    gets scale 1 (any scale quantizes it exactly, and 0 would divide by zero)."""
     rng = np.random.default_rng(1)
-    w = rng.normal(0, 1, (6, 3, 3, 3)).astype(np.float32)
-    w[2] = 0.0
+    w = rng.uniform(-0.5, 0.5, (3, 2, 3, 3)).astype(np.float32)
+    w[0, 1, 2, 0], w[1], w[2, 0, 0, 0] = 1.27, 0.0, -2.54  # channel maxima 1.27, 0, 2.54 by construction
     s = per_channel_weight_scales(w)
-    expected = np.abs(w).max(axis=(1, 2, 3)) / 127
-    expected[2] = 1.0
-    np.testing.assert_allclose(s, expected, rtol=1e-6)
-    assert s.dtype == np.float32 and s.shape == (6,)
-    gemm = rng.normal(0, 1, (16, 10)).astype(np.float32)  # MatMul weights: per output column
-    np.testing.assert_allclose(per_channel_weight_scales(gemm, axis=1), np.abs(gemm).max(axis=0) / 127, rtol=1e-6)
+    np.testing.assert_allclose(s, [0.01, 1.0, 0.02], rtol=1e-6)
+    assert s.dtype == np.float32 and s.shape == (3,)
+    gemm = rng.uniform(-0.5, 0.5, (4, 2)).astype(np.float32)  # MatMul weights: per output column
+    gemm[3, 0], gemm[1, 1] = -0.635, 3.81
+    np.testing.assert_allclose(per_channel_weight_scales(gemm, axis=1), [0.005, 0.03], rtol=1e-6)
     q = np.round(w / s[:, None, None, None])
-    assert np.abs(q).max() == 127
+    assert (q[0, 1, 2, 0], q[2, 0, 0, 0]) == (127, -127) and np.abs(q).max() == 127
 
 
 def test_to_tensors_data_dialects(full_stats) -> None:

@@ -202,6 +202,9 @@ def test_size_estimate_is_exact_and_the_bound_is_the_machine(tmp_path: Path) -> 
     size = estimate_size(b0)
     assert size.largest_activation == 96 * 114 * 114  # blocks.1.0's padded depthwise input at 112 px
     need = build_memory_bytes(size)
+    # B0's 5,288,548 parameters in 4 copies and 3 live copies of that activation for 32 images, 4 bytes
+    # each: 563,701,312 bytes, the 0.56 GB the README's Limits section states for 224 px
+    assert size.parameters == 5_288_548 and need == 4 * (4 * 5_288_548 + 3 * 32 * 96 * 114 * 114) == 563_701_312
     assert check_fits_memory(b0, ram_bytes=need) == size
     with pytest.raises(EffdeployError, match="would need about"):
         check_fits_memory(b0, ram_bytes=need - 1)

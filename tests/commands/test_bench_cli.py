@@ -55,6 +55,9 @@ def test_summarize_percentiles_and_throughput() -> None:
     assert s.mean_ms == pytest.approx(50.5) and s.p50_ms == pytest.approx(50.5)
     assert s.p90_ms == pytest.approx(90.1) and s.p99_ms == pytest.approx(99.01)
     assert s.throughput == pytest.approx(4 * 1000 / 50.5)
+    skewed = summarize([0.001, 0.001, 0.001, 0.001, 0.096], batch=4)  # mean 20 ms, median 1 ms
+    assert (skewed.mean_ms, skewed.p50_ms) == (pytest.approx(20.0), pytest.approx(1.0))
+    assert skewed.throughput == pytest.approx(200.0)  # images per second at the mean: 4 images / 20 ms
     with pytest.raises(EffdeployError):
         summarize([])
 
@@ -71,7 +74,9 @@ def test_timing_loop_counts_and_durations() -> None:
     out = time_interleaved({"a": lambda: seen.append("a"), "b": lambda: seen.append("b")},
                            TimingPlan(warmup=1, iterations=3))
     assert seen == ["a", "b"] * 4 and [len(v) for v in out.values()] == [3, 3]
-    assert ratio(LatencyStats(1, 1, 2, 0, 2, 4, 4, 4, 4), LatencyStats(1, 1, 1, 0, 1, 2, 2, 2, 2)) == 2.0
+    slow = LatencyStats(batch=1, iterations=1, mean_ms=9, std_ms=0, min_ms=2, p50_ms=6, p90_ms=8, p99_ms=8, max_ms=8)
+    fast = LatencyStats(batch=1, iterations=1, mean_ms=1, std_ms=0, min_ms=1, p50_ms=2, p90_ms=2, p99_ms=2, max_ms=2)
+    assert ratio(slow, fast) == 3.0 and ratio(slow, fast, "mean_ms") == 9.0  # the median unless asked
 
 
 def test_timing_plan_refuses_nonsense() -> None:

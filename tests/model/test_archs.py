@@ -61,10 +61,20 @@ def test_table_is_consistent_and_cited():
     assert len(keys) == len(set(keys))
     for name in {(a.source, a.name) for a in KNOWN}:
         assert sum(a.default for a in KNOWN if (a.source, a.name) == name) == 1, name
+    # The function each library builds, read from its source: timm registers every tf_* model with
+    # pad_type='same' and bn_eps=BN_EPS_TF_DEFAULT (1e-3), the others with symmetric padding and
+    # BatchNorm2d's 1e-5; torchvision pads symmetrically and passes eps=1e-3 for B5-B7 only; the
+    # TF ports (lukemelas) and effdeploy's own modules are TensorFlow's SAME padding with 1e-3.
+    timm_tf = {f"tf_efficientnet_b{i}" for i in range(8)} | {f"tf_efficientnet_lite{i}" for i in range(5)}
+    torchvision_eps_1e3 = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
     for a in KNOWN:
-        if a.source in ("timm", "torchvision"):
-            assert f"{a.name}.{a.tag}" in a.cite or f".{a.tag} " in a.cite, a.key
-            assert ("tf_" in a.name) == (a.padding == "same")
+        if a.source == "timm":
+            want = ("same", 1e-3) if a.name in timm_tf else ("symmetric", 1e-5)
+        elif a.source == "torchvision":
+            want = ("symmetric", 1e-3 if a.name in torchvision_eps_1e3 else 1e-5)
+        else:
+            want = ("same", 1e-3)
+        assert (a.padding, a.bn_eps) == want, a.key
     # timm resizes to floor(img_size / crop_pct) before the centre crop; worked by hand
     by_key = {a.key: a for a in KNOWN}
     for key, resize in (("timm:efficientnet_b0.ra_in1k", 256), ("timm:efficientnet_b0.ra4_e3600_r224_in1k", 248),
@@ -260,6 +270,12 @@ def test_table_matches_timm_definitions():
         assert (c.input_size[1], c.crop_pct, c.interpolation) == (a.resolution, a.crop_pct, a.interpolation), a.key
         assert (tuple(c.mean), tuple(c.std), c.num_classes, c.crop_mode) == (a.mean, a.std, a.num_classes, a.crop_mode)
         assert (cfgs.tags[0] == a.tag) == a.default, a.key
+    for name in sorted({a.name for a in KNOWN if a.source == "timm"}):  # the function, from the model itself
+        import timm
+
+        m = timm.create_model(name, pretrained=False)
+        a = parse_weights_arch(f"timm:{name}")
+        assert m.bn1.eps == a.bn_eps and isinstance(m.conv_stem, timm.layers.Conv2dSame) == (a.padding == "same"), name
 
 
 def test_table_matches_torchvision_definitions():
@@ -270,3 +286,9 @@ def test_table_matches_torchvision_definitions():
         t = w.transforms()
         assert (t.crop_size[0], t.resize_size[0], t.interpolation.value) == (a.resolution, a.resize, a.interpolation)
         assert (tuple(t.mean), tuple(t.std)) == (a.mean, a.std) and (w is enum.DEFAULT) == a.default
+    import torchvision.models as tvm
+
+    for name in sorted({a.name for a in KNOWN if a.source == "torchvision"}):  # the function itself
+        stem = getattr(tvm, name)(weights=None).features[0]
+        a = parse_weights_arch(f"torchvision:{name}")
+        assert stem[1].eps == a.bn_eps and stem[0].padding == (1, 1) and a.padding == "symmetric", name
