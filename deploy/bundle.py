@@ -69,6 +69,7 @@ class Manifest:
     created: str = ""
     format_version: int = FORMAT_VERSION
     frames: tuple[Mapping[str, Any], ...] = ()  # frame-in graphs (effdeploy.export.frames), one per frame size
+    labels: str | None = None  # the class-names file in the bundle (build --labels); None: ImageNet's or "class N"
 
     @property
     def preprocessing(self) -> Preprocessing:

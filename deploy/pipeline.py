@@ -91,6 +91,12 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
     from .model.weights import check_weights_arg
 
     check_weights_arg(req.weights, req.phi, req.variant)
+    if req.labels is not None:
+        from .data.labels import check_label_count, read_labels
+
+        names = read_labels(req.labels)
+        if req.num_classes is not None:
+            check_label_count(names, req.num_classes, req.labels)
     if req.precision == "int8" and req.reconstruct:
         from .precision.reconstruct import resolve_device
 
@@ -296,7 +302,7 @@ def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[
     second. Returns --out, what it replaces there and the stale partials it removed."""
     from .cache import cache_folder, cache_problem, warn_unusable
 
-    preview = model_spec(req.phi, req.variant, resolution=req.resolution, num_classes=req.num_classes)
+    preview = model_spec(req.phi, req.variant, resolution=req.resolution, num_classes=req.num_classes or 1000)
     size = check_fits_memory(preview)
     check_request(req, preview.resolution)
     out = Path(req.out) if req.out else default_out(preview.name, req.precision, req.profile.name)
@@ -329,6 +335,10 @@ def model_stage(req: BuildRequest) -> Any:
         from .data.frames import check_frame_spec
 
         check_frame_spec(model.spec.preprocessing)
+    if req.labels is not None:  # the class count may come from the weights folder: checked once it is known
+        from .data.labels import check_label_count, read_labels
+
+        check_label_count(read_labels(req.labels), model.spec.num_classes, req.labels)
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
     return model
 
@@ -547,13 +557,19 @@ def assemble_manifest(req: BuildRequest, model: Any, exported: Exported, verifie
                      "pass --calib-data DIR with images from the deployment for best accuracy")
     summary = graph_summary(candidate)
     summary["macs"] = count_macs(exported.fp32)
+    labels = None
+    if req.labels is not None:
+        from .data.labels import LABELS_FILE, labels_text, read_labels
+
+        (tmp / LABELS_FILE).write_text(labels_text(read_labels(req.labels)), encoding="utf-8")
+        labels = LABELS_FILE
     return Manifest(
         model=model.spec, precision=req.precision, profile=req.profile.to_dict(), weights=dict(model.weights_info),
         io={"inputs": summary["inputs"], "outputs": summary["outputs"]}, versions=versions(),
         parity={"export": verified.parity, "verify": verified.report.to_dict()},
         graph={k: summary[k] for k in ("nodes", "opset", "ops", "macs", "initializer_parameters")},
         quantization=quantization_record(req, verified), notes=tuple(notes),
-        status=status_of(req, verified, model.weights_info), frames=frames,
+        status=status_of(req, verified, model.weights_info), frames=frames, labels=labels,
     )
 
 

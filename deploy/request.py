@@ -30,7 +30,8 @@ class BuildRequest:
     preprocessing: tuple[tuple[str, Any], ...] = ()  # overrides: resize, crop_pct, interpolation, mean, std
     resolution: int | None = None
     out: Path | None = None
-    num_classes: int = 1000
+    num_classes: int | None = None  # None: the weights folder's class count, else 1000
+    labels: str | None = None  # --labels FILE: class names recorded in the bundle
     calib_data: str | None = None
     calib_images: int = 256
     calib_images_given: bool = True  # False: the default count (messages say so)

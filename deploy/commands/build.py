@@ -31,7 +31,11 @@ from ..request import CALIBRATION_METHODS, default
               default=None, help="Override the preprocessing's resampling filter.")
 @click.option("--mean", default=None, metavar="R,G,B", help="Override the normalisation mean, 0-1 scale (e.g. 0.5,0.5,0.5).")
 @click.option("--std", default=None, metavar="R,G,B", help="Override the normalisation std, 0-1 scale (e.g. 0.5,0.5,0.5).")
-@click.option("--num-classes", type=int, default=default("num_classes"), show_default=True)
+@click.option("--labels", "labels", type=click.Path(dir_okay=False), default=None,
+              help="Class names, one per line in class order (or ImageNet's 'n01440764<TAB>tench' lines): kept in the "
+                   "bundle as labels.txt and used by classify and the Runner.")
+@click.option("--num-classes", type=int, default=None,
+              help="Classes of the model's head  [default: a Hugging Face weights folder's num_classes, else 1000]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [bundles/<model>-<precision>-<profile>].")
 @click.option("--calib-data", default=None, help="Calibration images: folder, video file or .npy (int8).")
 @click.option("--calib-images", type=int, default=default("calib_images"), show_default=True)
@@ -66,7 +70,7 @@ from ..request import CALIBRATION_METHODS, default
 def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights: str | None, weights_arch: str | None,
               replace_head: bool, resize: int | None, crop_pct: float | None, interpolation: str | None,
               mean: str | None, std: str | None, resolution: int | None,
-              num_classes: int, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
+              num_classes: int | None, labels: str | None, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
               max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
@@ -104,7 +108,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         phi=phi, variant=variant, precision=precision, profile=profile, weights=weights, weights_arch=weights_arch,
         replace_head=replace_head, preprocessing=tuple((k, v) for k, v in overrides.items() if v is not None),
         resolution=resolution,
-        out=out, num_classes=num_classes, calib_data=calib_data, calib_images=calib_images, calib_images_given=given,
+        out=out, num_classes=num_classes, labels=labels, calib_data=calib_data, calib_images=calib_images, calib_images_given=given,
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,

@@ -158,7 +158,7 @@ def build_model(
     phi: float | int | str,
     variant: str = "b",
     weights: str | None = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     resolution: int | None = None,
     seed: int | None = 0,
     weights_arch: str | None = None,
@@ -174,7 +174,10 @@ def build_model(
     BatchNorm eps, resolution and preprocessing. Without it the key layout decides, and timm's
     layout, which fits two different functions, is refused. ``replace_head`` puts a new, untrained
     head on (no accuracy claim); ``preprocessing`` overrides resize/crop_pct/interpolation/mean/std
-    (mean/std on the 0-1 scale) and is recorded in ``weights_info``.
+    (mean/std on the 0-1 scale) and is recorded in ``weights_info``. A Hugging Face folder written
+    by timm gives ``weights_arch``, ``num_classes``, the resolution and the preprocessing as if they
+    had been passed (what is passed wins; a contradicting ``weights_arch`` is refused).
+    ``num_classes`` is otherwise 1000.
     """
     from .archs import apply_overrides, arch_for_layout, check_arch_fits, parse_weights_arch
     from .spec import parse_phi
@@ -183,6 +186,12 @@ def build_model(
     phi_value = parse_phi(phi)
     if variant not in ("b", "lite"):
         raise EffdeployError(f"--variant must be 'b' or 'lite' (got {variant!r})")
+    folder = _weights_folder(weights)
+    if folder is not None:
+        weights_arch = _folder_arch(folder, weights_arch)
+        num_classes = num_classes or folder.num_classes
+        resolution = resolution or folder.resolution
+    num_classes = num_classes or 1000
     arch = parse_weights_arch(weights_arch) if weights_arch else None
     if replace_head and not weights:
         raise EffdeployError("--replace-head replaces the head of a checkpoint; pass --weights PATH with it")
@@ -197,8 +206,9 @@ def build_model(
                       weights_format=layout or "native", arch=arch)
     overrides = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in (preprocessing or {}).items()
                  if v is not None}
-    if overrides:
-        spec = replace(spec, preprocessing=apply_overrides(spec.preprocessing, overrides))
+    from_folder = _folder_preprocessing(folder, arch, overrides) if folder is not None else {}
+    if from_folder or overrides:
+        spec = replace(spec, preprocessing=apply_overrides(spec.preprocessing, {**from_folder, **overrides}))
     check_fits_memory(spec)  # before a single tensor is allocated
     if seed is not None:
         torch.manual_seed(seed)
@@ -213,8 +223,48 @@ def build_model(
     info["arch"] = arch.to_dict() | {"inferred": inferred and arch is not None} if arch is not None else None
     info["preprocessing"] = {"from": arch.key if arch is not None and arch.resize is not None else "effdeploy default",
                              "overrides": overrides}
+    if folder is not None:
+        info["folder"] = folder.to_dict()
+        info["preprocessing"]["from_folder"] = from_folder  # where its pretrained_cfg differs from the entry
     model.weights_info = info
     return model.eval()
+
+
+def _weights_folder(weights: str | None) -> Any:
+    """The Hugging Face folder ``weights`` names, or None for a file or 'pretrained'."""
+    from pathlib import Path
+
+    from .weights import read_weights_folder
+
+    if not weights or weights == "pretrained" or not (Path(weights) / "config.json").is_file():
+        return None  # a file, or a folder the weights loader refuses in one line
+    return read_weights_folder(Path(weights))
+
+
+def _folder_arch(folder: Any, given: str | None) -> str:
+    """The folder's library function; a --weights-arch naming another function is a contradiction."""
+    from .archs import parse_weights_arch
+
+    if given is None:
+        return folder.weights_arch
+    a, b = parse_weights_arch(given), parse_weights_arch(folder.weights_arch)
+    if (a.source, a.name) != (b.source, b.name):
+        raise EffdeployError(f"--weights-arch {given} contradicts {folder.path}/config.json (architecture "
+                             f"{b.source}:{b.name}); drop --weights-arch, the folder says which function it is")
+    return given
+
+
+def _folder_preprocessing(folder: Any, arch: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The folder's pretrained_cfg where it differs from its table entry (a fine-tune may change the
+    crop or the normalisation), as overrides; the caller's own overrides win."""
+    entry = {"crop_pct": arch.crop_pct, "interpolation": arch.interpolation,
+             "mean": list(arch.mean) if arch.mean else None, "std": list(arch.std) if arch.std else None}
+    out = {}
+    for k, v in folder.preprocessing.items():
+        taken = k in overrides or (k == "crop_pct" and "resize" in overrides)
+        if not taken and v != entry.get(k):
+            out[k] = v
+    return out
 
 
 def init_batchnorm_statistics(model: EfficientNet, seed: int) -> str:

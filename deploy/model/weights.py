@@ -54,10 +54,85 @@ def _pretrained_path(phi: Any, variant: str) -> Path:
 
 def _check_file(path: Path) -> None:
     if path.is_dir():
-        raise EffdeployError(f"--weights {path} is a directory; pass a checkpoint file (.pth/.pt saved with "
-                             "torch.save) or 'pretrained'")
+        if not (path / HF_CONFIG).is_file():
+            raise EffdeployError(f"--weights {path} is a directory without {HF_CONFIG}; pass a checkpoint file "
+                                 "(.safetensors, or .pth/.pt saved with torch.save), a Hugging Face model folder "
+                                 "(config.json + model.safetensors) or 'pretrained'")
+        return
     if not path.is_file():
         raise EffdeployError(f"weights file {path} does not exist")
+
+
+# --- Hugging Face model folders (timm's save_for_hf / push_to_hub) --------------------------------
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # the order timm's load_model_config_from_hf tries
+
+
+@dataclass(frozen=True)
+class WeightsFolder:
+    """What a timm model folder says about its weights: the library function (``architecture`` and
+    the ``pretrained_cfg`` tag), the class count and the evaluation preprocessing (0-1 mean/std)."""
+
+    path: Path
+    weights_file: Path
+    weights_arch: str  # "timm:efficientnet_b0.ra_in1k"; untagged when the tag is not one of timm's releases
+    num_classes: int
+    resolution: int | None
+    preprocessing: Mapping[str, Any]  # crop_pct, interpolation, mean, std as pretrained_cfg gives them
+    config_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "config": HF_CONFIG, "config_sha256": self.config_sha256,
+                "weights_file": self.weights_file.name, "weights_arch": self.weights_arch,
+                "num_classes": self.num_classes, "resolution": self.resolution,
+                "preprocessing": dict(self.preprocessing)}
+
+
+def read_weights_folder(path: Path) -> WeightsFolder:
+    """A Hugging Face folder written by timm: ``config.json`` (``architecture``, ``num_classes``,
+    ``pretrained_cfg``) beside ``model.safetensors`` or ``pytorch_model.bin``. Anything else (a
+    transformers config, a model timm does not call an EfficientNet) is refused in one line."""
+    import json
+
+    from ..files import sha256_file
+    from .archs import KNOWN
+
+    config = path / HF_CONFIG
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise EffdeployError(f"cannot read {config}: {first_line(e)[:160]}") from None
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    if not isinstance(arch, str):
+        what = "a transformers config" if isinstance(cfg, dict) and "architectures" in cfg else "no 'architecture'"
+        raise EffdeployError(f"{config} is {what}, not a timm model folder; effdeploy reads folders written by "
+                             "timm (save_for_hf / push_to_hub) or a checkpoint file with --weights-arch")
+    files = [path / f for f in HF_WEIGHTS if (path / f).is_file()]
+    if not files:
+        raise EffdeployError(f"{path} has {HF_CONFIG} but no weights ({' or '.join(HF_WEIGHTS)})")
+    pre = cfg.get("pretrained_cfg") or {}
+    tag = str(pre.get("tag") or "")
+    known = any(a.source == "timm" and a.name == arch and a.tag == tag for a in KNOWN)
+    size = pre.get("input_size") or [None]
+    return WeightsFolder(
+        path=path, weights_file=files[0], weights_arch=f"timm:{arch}" + (f".{tag}" if known else ""),
+        num_classes=int(cfg.get("num_classes") or pre.get("num_classes") or 1000),
+        resolution=int(size[-1]) if size[-1] else None,
+        preprocessing={k: (list(pre[k]) if isinstance(pre[k], (list, tuple)) else pre[k])
+                       for k in ("crop_pct", "interpolation", "mean", "std") if pre.get(k) is not None},
+        config_sha256=sha256_file(config))
+
+
+def _read_safetensors(path: Path) -> Mapping[str, Any]:
+    """A safetensors file: tensors only, no pickle (nothing in it can run)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EffdeployError(f"cannot read weights {path}: not a safetensors file ({first_line(e)[:160]})") from None
 
 
 def check_weights_arg(weights: str | None, phi: Any, variant: str) -> None:
@@ -75,11 +150,14 @@ def _read_state_dict(path: Path) -> Mapping[str, Any]:
     import torch
 
     _check_file(path)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad pickles/zip files
-        first = first_line(e)
-        raise EffdeployError(f"cannot read weights {path}: not a PyTorch checkpoint ({first[:160]})") from None
+    if path.suffix == ".safetensors":
+        obj: Any = _read_safetensors(path)
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for bad pickles/zip files
+            first = first_line(e)
+            raise EffdeployError(f"cannot read weights {path}: not a PyTorch checkpoint ({first[:160]})") from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -108,6 +186,9 @@ def resolve_weights(weights: str, phi: Any, variant: str) -> WeightsSource:
         path, label = _pretrained_path(phi, variant), f"pretrained:efficientnet-lite{int(float(phi))}"
     else:
         path, label = Path(weights), str(weights)
+    _check_file(path)
+    if path.is_dir():
+        path = read_weights_folder(path).weights_file
     sd = _read_state_dict(path)
     fmt = detect_format(sd)
     if fmt is None:

@@ -211,6 +211,19 @@ def class_labels(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(num_classes))
 
 
+def artifact_labels(art: Artifact) -> tuple[str, ...]:
+    """The bundle's own class names (``build --labels``; hashed with the bundle), else
+    :func:`class_labels`. An ``.onnx`` inside a bundle has its bundle's names."""
+    name = getattr(art.manifest, "labels", None)
+    if name:
+        from ..data.labels import read_labels
+
+        names = read_labels(Path(art.model_path).parent / name)
+        if len(names) == art.num_classes:
+            return names
+    return class_labels(art.num_classes)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
     x = x - x.max(axis=-1, keepdims=True)
@@ -301,7 +314,7 @@ class Runner:
         self.frames: FrameRouter = frames if frames is not None else FrameRouter()  # frame-in graphs by size
         self.artifact = artifact
         self.preprocessing: Preprocessing = artifact.preprocessing
-        self.labels: tuple[str, ...] = tuple(labels) if labels is not None else class_labels(artifact.num_classes)
+        self.labels: tuple[str, ...] = tuple(labels) if labels is not None else artifact_labels(artifact)
         self._lock = threading.Lock()
 
     @classmethod
