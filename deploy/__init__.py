@@ -25,6 +25,9 @@ _LAZY = {
     "model_spec": ("effdeploy.model.spec", "model_spec"),
     "EffdeployError": ("effdeploy.errors", "EffdeployError"),
     "Runner": ("effdeploy.runtime.runner", "Runner"),
+    "build": ("effdeploy.pipeline", "build"),
+    "load": ("effdeploy.pipeline", "load"),
+    "Bundle": ("effdeploy.pipeline", "Bundle"),
 }
 
 

@@ -111,6 +111,10 @@ class Bundle:
         p = self.path / REFERENCE
         return p if p.exists() else None
 
+    @property
+    def status(self) -> str:
+        return self.manifest.status
+
     def check(self) -> None:
         """Every artifact present with the hash the manifest recorded."""
         for name, meta in self.manifest.artifacts.items():

@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "drift": "per-block error of a reduced-precision graph against FP32 on an image array",
     "selection": "INT8 calibration-method scores",
     "dialect": "CPU INT8 dialect latencies (valid on the machine that timed them)",
+    "modules": "weights of model objects given to effdeploy.build (safetensors, by content)",
 }
 
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from . import __version__
 from .bundle import (
-    MODEL, REFERENCE, STATUS_BENCHMARK_ONLY, STATUS_CHECKED, STATUS_FAILED_PARITY, Bundle, Manifest,
+    MODEL, REFERENCE, STATUS_BENCHMARK_ONLY, STATUS_CHECKED, STATUS_FAILED_PARITY, Manifest,
     check_output_dir, load_bundle, remove_stale_partials, staging_dir, write_manifest,
 )
+from .bundle import Bundle as BundleRecord
 from .errors import EffdeployError, ParityError
 from .model.spec import check_fits_memory, extrapolation_warning, model_spec
 from .model.weights import accuracy_claim, no_claim_reason
@@ -39,7 +40,7 @@ DRIFT_IMAGES = 32
 
 @dataclass(frozen=True)
 class BuildResult:
-    bundle: Bundle
+    bundle: BundleRecord
     timings: dict[str, float] = field(default_factory=dict)
     next_step: str | None = None  # the compile command for the target, when not compiled here
     engine: Path | None = None
@@ -317,7 +318,7 @@ def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[
     if replaced:
         info(f"note: replacing the bundle at {out} ({replaced}) once the new one is complete", req.quiet)
     info(f"[1/{steps}] {preview.name}: {size.parameters:,} parameters, {preview.resolution} px, weights: "
-         f"{req.weights or 'random init'}", req.quiet)
+         f"{req.weights or (f'the given {type(req.module).__name__} module' if req.module is not None else 'random init')}", req.quiet)
     extrapolated = extrapolation_warning(preview)
     if extrapolated:
         info(f"warning: {extrapolated}", req.quiet)
@@ -328,9 +329,12 @@ def model_stage(req: BuildRequest) -> Any:
     """The eager model with its weights (torch and the exporter load only now)."""
     from .model.network import build_model
 
-    model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
-                        resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
-                        replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
+    if req.module is not None:
+        model = module_model(req)
+    else:
+        model = build_model(req.phi, req.variant, weights=req.weights, num_classes=req.num_classes,
+                            resolution=req.resolution, seed=req.seed, weights_arch=req.weights_arch,
+                            replace_head=req.replace_head, preprocessing=dict(req.preprocessing))
     if req.frames:
         from .data.frames import check_frame_spec
 
@@ -340,6 +344,39 @@ def model_stage(req: BuildRequest) -> Any:
 
         check_label_count(read_labels(req.labels), model.spec.num_classes, req.labels)
     info(f"      weights: {model.weights_info['source']}{arch_note(model.weights_info)}", req.quiet)
+    return model
+
+
+def module_model(req: BuildRequest) -> Any:
+    """A model object given to :func:`build`: effdeploy's own as it is; another library's rebuilt
+    from its weights (read like a checkpoint) and checked against the module itself."""
+    import torch
+
+    from .data.datasets import builtin_image_paths
+    from .data.preprocess import preprocess_files
+    from .model.adopt import adopt, module_parity, module_state_file
+    from .model.network import EfficientNet, build_model
+
+    if isinstance(req.module, EfficientNet):
+        model = req.module.eval()
+        if not getattr(model, "weights_info", None):
+            model.weights_info = {"source": "module", "format": "native", "note": "an effdeploy EfficientNet object"}
+        return model
+    a = adopt(req.module)
+    model = build_model(a.phi, a.variant, weights=str(module_state_file(req.module)), weights_arch=a.weights_arch,
+                        num_classes=a.num_classes, resolution=req.resolution or a.resolution,
+                        preprocessing={**a.preprocessing, **dict(req.preprocessing)})
+    res = model.spec.resolution
+    noise = torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(0))
+    try:
+        x = torch.cat([torch.from_numpy(preprocess_files(builtin_image_paths()[:4], model.spec.preprocessing)), noise])
+    except EffdeployError:  # no built-in images (scikit-image absent): noise alone
+        x = noise
+    parity = module_parity(req.module, model, x)
+    model.weights_info = {**model.weights_info, "source": f"module {a.origin}",
+                          "module": {"origin": a.origin, "parity": parity}}
+    info(f"      adopted {a.origin}: effdeploy's rebuild gives its logits to {parity['relative']:.1e} of their scale",
+         req.quiet)
     return model
 
 
@@ -616,8 +653,94 @@ def arch_note(weights_info: dict[str, Any]) -> str:
     return f" as {arch['key']}{how}"
 
 
-def compile_step(bundle: Bundle, profile: Profile, quiet: bool) -> Any:
+def compile_step(bundle: BundleRecord, profile: Profile, quiet: bool) -> Any:
     """GPU profiles: compile here when TensorRT and a matching GPU exist, else say how on the target."""
     from .backends.tensorrt.build import compile_after_build
 
     return compile_after_build(bundle.path, profile, quiet=quiet)
+
+
+# --- the Python API -------------------------------------------------------------------------------
+
+_API_FIXED = {"phi", "module", "profile", "precision", "out", "quiet"}
+
+
+def build(model_or_phi: Any, *, precision: str = "fp32", profile: Any = "cpu", out: str | Path | None = None,
+          progress: Any = None, **options: Any) -> Any:
+    """``effdeploy build`` from Python: ``model_or_phi`` is a phi (as ``--phi``) or an EfficientNet
+    module (effdeploy's, timm's, torchvision's, lukemelas'), adopted only where effdeploy rebuilds
+    it exactly. ``options`` are the build's other settings by their names (``variant``, ``weights``,
+    ``calib_data``, ``calib_images``, ``verify_data``, ``labels``, ``accuracy_budget``, ...; see
+    :class:`effdeploy.request.BuildRequest`). Status lines go to the ``effdeploy`` logger, or to
+    ``progress`` (a callable taking each line). Returns the finished :class:`Bundle`;
+    a missed budget raises :class:`effdeploy.errors.ParityError` (the bundle stays, ``failed-parity``)."""
+    from dataclasses import fields
+
+    from .profiles import load_profile
+    from .report import lines_to
+
+    known = {f.name for f in fields(BuildRequest)} - _API_FIXED
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EffdeployError(f"effdeploy.build got unknown option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+    if "preprocessing" in options:
+        options["preprocessing"] = tuple(dict(options["preprocessing"]).items())
+    if isinstance(model_or_phi, (int, float, str)):
+        req = BuildRequest(phi=model_or_phi, **options)
+    else:
+        req = module_request(model_or_phi, options)
+    req = replace(req, precision=precision, out=Path(out) if out is not None else None,
+                  profile=profile if not isinstance(profile, (str, Path)) else load_profile(profile))
+    with lines_to(progress):
+        record = build_bundle(req).bundle
+    return Bundle(record.path, record.manifest)
+
+
+def module_request(module: Any, options: dict[str, Any]) -> BuildRequest:
+    """The request for a module: its phi, variant and classes come from the module itself."""
+    from .model.adopt import adopt
+
+    clash = sorted(set(options) & {"variant", "weights", "weights_arch", "num_classes", "replace_head"})
+    if clash:
+        raise EffdeployError(f"effdeploy.build(module) takes {', '.join(clash)} from the module itself; drop "
+                             f"{'it' if len(clash) == 1 else 'them'}")
+    a = adopt(module)
+    return BuildRequest(phi=a.phi, variant=a.variant, num_classes=a.num_classes,
+                        resolution=options.pop("resolution", None) or a.resolution, module=module, **options)
+
+
+def load(path: str | Path) -> "Bundle":
+    """A finished bundle, every artifact checked against its sha256."""
+    record = load_bundle(path)
+    return Bundle(record.path, record.manifest)
+
+
+@dataclass(frozen=True)
+class Bundle(BundleRecord):
+    """The handle :func:`build` and :func:`load` return: the bundle record (``path``, ``status``,
+    ``manifest``) and what one does with it next. Here, at the top of the pipeline, because its
+    actions reach forward to the runtime and the compiler."""
+
+    def runner(self, **options: Any) -> Any:
+        """The deployment :class:`effdeploy.runtime.Runner` on this bundle (``Runner.open`` options:
+        ``threads``, ``force``, ``spin``); torch-free."""
+        from .runtime.runner import Runner
+
+        return Runner.open(self.path, **options)
+
+    def verify(self, data: str | Path | None = None, images: int = 200, seed: int = 0, reference: str = "auto",
+               budget: Any = None) -> Any:
+        """Judge the bundle again on ``data`` (a folder; its calibration images left out), as
+        ``effdeploy verify`` does: a :class:`effdeploy.verify.gate.VerifyReport`."""
+        from .verify.rerun import verify_again
+
+        return verify_again(self, None if data is None else str(data), images, seed, reference, budget)
+
+    def compile(self, profile: str | None = None, **options: Any) -> Any:
+        """``effdeploy compile`` on this machine's TensorRT and GPU (``CompileOptions`` fields as
+        keywords): the engine result, or one line saying why not here."""
+        from .backends.tensorrt.build import compile_bundle
+        from .backends.tensorrt.plan import CompileOptions
+
+        return compile_bundle(self.path, profile, CompileOptions(**options), quiet=True)

@@ -1,12 +1,22 @@
-"""Output for people (aligned tables, progress on stderr) and for programs (``--json``)."""
+"""Output for people (aligned tables, progress on stderr) and for programs (``--json``).
+
+Status lines go to the ``effdeploy`` logger, so an application or a notebook decides how to show
+them (``logging.basicConfig(level=logging.INFO)``, or ``effdeploy.build(..., progress=print)``);
+the command line attaches :class:`CliHandler`, which prints them on stderr as plain lines, and
+only then draws progress bars.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import click
+
+LOG = logging.getLogger("effdeploy")
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str] | None = None) -> str:
@@ -43,14 +53,52 @@ def emit_json(obj: Any) -> None:
 
 
 def info(msg: str, quiet: bool = False) -> None:
-    """Status lines go to stderr so that stdout stays clean for tables and --json."""
+    """A status line (never on stdout, which stays clean for tables and --json). Lines that start
+    with ``warning:`` are logged as warnings, so an application that configured nothing sees them."""
     if not quiet:
-        click.echo(msg, err=True)
+        (LOG.warning if msg.startswith("warning:") else LOG.info)(msg)
+
+
+class CliHandler(logging.Handler):
+    """The command line's status lines: each message as it is, on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(record.getMessage(), err=True)
+
+
+def attach_cli_output() -> None:
+    """What ``effdeploy`` (the command) shows: status lines on stderr, and progress bars."""
+    if not any(isinstance(h, CliHandler) for h in LOG.handlers):
+        LOG.addHandler(CliHandler())
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+
+
+@contextmanager
+def lines_to(callback: Callable[[str], None] | None) -> Iterator[None]:
+    """Status lines to ``callback`` for the duration (the Python API's ``progress=``)."""
+    if callback is None:
+        yield
+        return
+
+    class _To(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            callback(record.getMessage())
+
+    handler, level = _To(), LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(level)
 
 
 def progress(iterable: Iterable[Any], length: int | None = None, label: str = "", quiet: bool = False):
-    """A progress bar on stderr (hidden with --json / quiet so programs get clean output)."""
-    if quiet:
+    """A progress bar with an ETA on stderr, on the command line only (hidden with --json / quiet,
+    and in applications, which get the status lines through logging)."""
+    if quiet or not any(isinstance(h, CliHandler) for h in LOG.handlers):
         return _Null(iterable)
     return click.progressbar(iterable, length=length, label=label, file=sys.stderr, show_pos=True)
 

@@ -32,6 +32,7 @@ class BuildRequest:
     out: Path | None = None
     num_classes: int | None = None  # None: the weights folder's class count, else 1000
     labels: str | None = None  # --labels FILE: class names recorded in the bundle
+    module: Any = None  # a model object given to effdeploy.build (adopted, see effdeploy.model.adopt)
     calib_data: str | None = None
     calib_images: int = 256
     calib_images_given: bool = True  # False: the default count (messages say so)

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     import warnings
 
+    from ..report import attach_cli_output
+
+    attach_cli_output()
     warnings.showwarning = _show_warning
     # FFmpeg (inside OpenCV) prints its own lines for a file it cannot open; our error says it once.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

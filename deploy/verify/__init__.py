@@ -1,6 +1,7 @@
 """Judging a candidate against the eager model: comparators, budgets and the gate (``gate``),
 the export's parity check (``parity``), the sensitivity repair and the paired evidence it acts on
-(``repair``), and the frame-in graphs' checks (``frames``)."""
+(``repair``), the frame-in graphs' checks (``frames``), and a built bundle judged again
+(``rerun``: ``effdeploy verify``, ``Bundle.verify``)."""
 
 from .. import lazy_exports
 
@@ -10,4 +11,5 @@ __getattr__ = lazy_exports(__name__, {
              "VerifySet", "VerifyReport", "logit_margin", "verify_bundle", "REFERENCE_GRAPH", "verify_candidate"),
     "parity": ("check_parity",),
     "repair": ("repair_int8", "RepairReport", "RepairEvidence", "drift_report"),
+    "rerun": ("verify_again",),
 })

@@ -296,6 +296,9 @@ def test_unusable_cache_folder_is_one_warning(tmp_path: Path, capsys: pytest.Cap
     in_the_way.write_text("x")
     assert cache_problem(in_the_way / "calibration") is not None
     assert cache_problem(tmp_path / "fine" / "calibration") is None
+    from effdeploy.report import attach_cli_output
+
+    attach_cli_output()  # what the command line shows (a library user gets the line as a logging warning)
     cache._WARNED.discard(str(in_the_way))
     warn_cache_unusable(in_the_way, "Not a directory")
     warn_cache_unusable(in_the_way, "not writable")  # the calibration stage finding the same folder
