@@ -95,12 +95,12 @@ def _timm(module: Any) -> Adopted:
 def _torchvision(module: Any) -> Adopted:
     """torchvision's module does not record its variant: B0..B7 differ in parameter count (with the
     module's class count), and V2 (Fused-MBConv) matches none."""
-    from .spec import model_spec
+    from .spec import estimate_size, model_spec
 
     classes = int(module.classifier[-1].out_features)
     count = sum(int(p.numel()) for p in module.parameters())
     for phi in range(8):
-        if model_spec(phi, "b", num_classes=classes).parameters == count:
+        if estimate_size(model_spec(phi, "b", num_classes=classes)).parameters == count:
             return Adopted(float(phi), "b", f"torchvision:efficientnet_b{phi}", classes, None,
                            f"{describe(module)} (efficientnet_b{phi})", {})
     raise EffdeployError(f"{describe(module)} with {count:,} parameters is none of torchvision's efficientnet_b0..b7 "

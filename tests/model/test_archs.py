@@ -274,7 +274,7 @@ def test_table_matches_timm_definitions():
         import timm
 
         m = timm.create_model(name, pretrained=False)
-        a = parse_weights_arch(f"timm:{name}")
+        a = next(x for x in KNOWN if x.source == "timm" and x.name == name)  # every tag of a name: one function
         assert m.bn1.eps == a.bn_eps and isinstance(m.conv_stem, timm.layers.Conv2dSame) == (a.padding == "same"), name
 
 
@@ -290,5 +290,5 @@ def test_table_matches_torchvision_definitions():
 
     for name in sorted({a.name for a in KNOWN if a.source == "torchvision"}):  # the function itself
         stem = getattr(tvm, name)(weights=None).features[0]
-        a = parse_weights_arch(f"torchvision:{name}")
+        a = next(x for x in KNOWN if x.source == "torchvision" and x.name == name)
         assert stem[1].eps == a.bn_eps and stem[0].padding == (1, 1) and a.padding == "symmetric", name

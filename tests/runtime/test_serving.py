@@ -1,0 +1,89 @@
+"""effdeploy export --triton: a model repository entry Triton's model loader accepts (the config
+parsed against Triton's ModelConfig schema), with the bundle's shapes, class names and ONNX Runtime
+optimisation level, the model file byte for byte, and a client that prepares the verified tensors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from conftest import run_cli
+from tiny_bundle import make_bundle
+from triton_schema import model_config_class
+
+
+def _config(folder: Path):
+    return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_class()())
+
+
+def test_triton_repository_for_a_bundle(tiny_bundle, tmp_path):
+    proc = run_cli("export", str(tiny_bundle), "--triton", str(tmp_path / "repo"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    folder = tmp_path / "repo" / "efficientnet-b0-fp32"
+    assert out["directory"] == str(folder) and out["platform"] == "onnxruntime_onnx"
+    cfg = _config(folder)
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == ("efficientnet-b0-fp32", "onnxruntime_onnx", 8)
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, 64, 64])]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("logits", [1000], "labels.txt")]
+    assert cfg.input[0].data_type == 11 and cfg.input[0].format == 2  # TYPE_FP32, FORMAT_NCHW
+    assert cfg.HasField("dynamic_batching") and not cfg.HasField("optimization")  # ORT's defaults are fine
+    assert (folder / "1" / "model.onnx").read_bytes() == (tiny_bundle / "model.onnx").read_bytes()
+    labels = (folder / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[:2] == ["tench", "goldfish"]
+    again = run_cli("export", str(tiny_bundle), "--triton", str(tmp_path / "repo"))
+    assert again.returncode == 2 and "is not empty" in again.stderr  # never overwrites a model
+
+
+def test_the_client_prepares_the_verified_tensors(tiny_bundle, tmp_path):
+    """preprocess.py's tensors() equal the Runner's preprocessing of the same file."""
+    from PIL import Image
+
+    from effdeploy.runtime import Runner
+
+    assert run_cli("export", str(tiny_bundle), "--triton", str(tmp_path / "repo")).returncode == 0
+    frame = np.random.default_rng(1).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    Image.fromarray(frame).save(tmp_path / "f.png")
+    client = tmp_path / "repo" / "efficientnet-b0-fp32" / "preprocess.py"
+    code = (f"import sys, numpy as np; sys.path.insert(0, {str(client.parent)!r}); import preprocess; "
+            f"np.save({str(tmp_path / 'x.npy')!r}, preprocess.tensors([{str(tmp_path / 'f.png')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with Runner.open(tiny_bundle, force=True) as runner:
+        ours = runner.preprocess(np.asarray(Image.open(tmp_path / "f.png").convert("RGB")))
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), ours)
+
+
+def test_graphs_verified_unoptimised_are_served_unoptimised(tmp_path):
+    """An INT8/FP16 bundle verified with ONNX Runtime's graph optimisation off gets level 2, which
+    Triton's ONNX Runtime backend maps to ORT_DISABLE_ALL; its own class names go to labels.txt."""
+    b = make_bundle(tmp_path / "b", precision="int8", profile="cpu", batch="N")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["quantization"] = {"ort_graph_optimization": "disabled"}
+    (b / "labels.txt").write_text("".join(f"part {i}\n" for i in range(10)))
+    manifest["labels"] = "labels.txt"
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    from effdeploy.bundle import load_bundle, write_manifest
+
+    write_manifest(b, load_bundle(b, check=False).manifest)
+    proc = run_cli("export", str(b), "--triton", str(tmp_path / "repo"), "--name", "parts", "--max-batch", "4")
+    assert proc.returncode == 0, proc.stderr
+    cfg = _config(tmp_path / "repo" / "parts")
+    assert cfg.optimization.graph.level == 2 and cfg.max_batch_size == 4
+    assert (tmp_path / "repo" / "parts" / "labels.txt").read_text().splitlines()[3] == "part 3"
+
+
+def test_refusals(tiny_bundle, tmp_path):
+    from cli_errors import assert_one_line_error, run_cli as run_quiet
+
+    assert_one_line_error(run_quiet("export", str(tiny_bundle)), "--triton DIR")
+    assert_one_line_error(run_quiet("export", str(tiny_bundle), "--triton", str(tmp_path), "--name", "../up"),
+                          "not a usable Triton model name")
+    fixed = make_bundle(tmp_path / "fixed", batch=1)
+    assert run_cli("export", str(fixed), "--triton", str(tmp_path / "r")).returncode == 0
+    assert _config(tmp_path / "r" / "efficientnet-b0-fp32").max_batch_size == 0  # a fixed batch: no batching
