@@ -161,3 +161,204 @@ def export_triton(artifact: str | Path, out: str | Path, name: str | None = None
         notes.append("ONNX Runtime graph optimisation off (optimization.graph.level 2), as the bundle was verified")
     return ServingExport("triton", folder, ("config.pbtxt", f"1/{model_file}", LABELS, "preprocess.py"), tuple(notes),
                          {"name": name, "max_batch_size": max_batch, "platform": PLATFORM_PLAN if engine else PLATFORM_ONNX})
+
+
+# --- DeepStream (Gst-nvinfer) ---------------------------------------------------------------------
+
+# The keys Gst-nvinfer's config parser reads in [property] (gstnvinfer_property_parser.h, DeepStream
+# 6.x: CONFIG_GROUP_INFER_*); every key the export writes must be one of them, or nvinfer ignores it.
+NVINFER_KEYS = frozenset({
+    "gie-unique-id", "process-mode", "interval", "labelfile-path", "gpu-id", "secondary-reinfer-interval",
+    "output-tensor-meta", "enable-dla", "use-dla-core", "batch-size", "tensor-meta-pool-size", "network-mode",
+    "model-engine-file", "int8-calib-file", "workspace-size", "output-blob-names", "is-classifier", "network-type",
+    "force-implicit-batch-dim", "infer-dims", "output-io-formats", "layer-device-precision", "model-color-format",
+    "net-scale-factor", "offsets", "mean-file", "maintain-aspect-ratio", "symmetric-padding", "scaling-filter",
+    "scaling-compute-hw", "network-input-order", "input-tensor-from-meta", "custom-lib-path", "parse-bbox-func-name",
+    "parse-bbox-instance-mask-func-name", "engine-create-func-name", "parse-classifier-func-name",
+    "custom-network-config", "model-file", "proto-file", "uff-file", "uff-input-order", "input-dims",
+    "uff-input-dims", "uff-input-blob-name", "tlt-encoded-model", "tlt-model-key", "onnx-file",
+    "num-detected-classes", "enable-dbscan", "cluster-mode", "classifier-type", "classifier-threshold",
+    "classifier-async-mode", "segmentation-threshold", "segmentation-output-order", "output-instance-mask",
+    "input-object-min-width", "input-object-min-height", "input-object-max-width", "input-object-max-height",
+    "operate-on-gie-id", "operate-on-class-ids", "filter-out-class-ids",
+})
+NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
+SCALING_BILINEAR, SCALING_ON_GPU = 1, 1  # NvBufSurfTransformInter_Bilinear; scaling-compute-hw GPU
+PROBABILITIES = "probabilities"
+
+
+def deepstream_graph(model: Any, pre: Any) -> tuple[Any, float, tuple[float, float, float], bool]:
+    """The bundle's graph as nvinfer feeds it: a Softmax on the logits (nvinfer's classifier reads
+    probabilities) and, where one scale for all channels cannot express the normalisation
+    (ImageNet's per-channel std), the normalisation inside the graph, its input then 0-255 RGB.
+    Returns the graph, net-scale-factor, offsets and whether the normalisation is in the graph."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import numpy as np
+
+    g = onnx.ModelProto()
+    g.CopyFrom(model)
+    graph = g.graph
+    logits = graph.output[0]
+    graph.node.append(helper.make_node("Softmax", [logits.name], [PROBABILITIES], axis=-1, name="/deepstream/Softmax"))
+    prob = onnx.ValueInfoProto()
+    prob.CopyFrom(logits)
+    prob.name = PROBABILITIES
+    del graph.output[:]
+    graph.output.append(prob)
+    if len(set(pre.std)) == 1:  # exact: y = scale * (x - offset) per channel
+        return g, 1.0 / float(pre.std[0]), tuple(float(m) for m in pre.mean), False
+    inp = graph.input[0].name
+    raw = f"{inp}_0_255"
+    mean = numpy_helper.from_array(np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1), "/deepstream/mean")
+    inv = numpy_helper.from_array((1.0 / np.asarray(pre.std, np.float64)).astype(np.float32).reshape(1, 3, 1, 1),
+                                  "/deepstream/inv_std")
+    graph.initializer.extend([mean, inv])
+    for node in graph.node:
+        node.input[:] = [raw + "_normalised" if i == inp else i for i in node.input]
+    graph.node.insert(0, helper.make_node("Mul", [raw + "_centred", inv.name], [raw + "_normalised"], name="/deepstream/Mul"))
+    graph.node.insert(0, helper.make_node("Sub", [raw, mean.name], [raw + "_centred"], name="/deepstream/Sub"))
+    graph.input[0].name = raw
+    return g, 1.0, (0.0, 0.0, 0.0), True
+
+
+def nvinfer_config(name: str, precision: str, pre: Any, batch: int, scale: float, offsets: tuple[float, float, float],
+                   num_classes: int, process_mode: int, threshold: float, onnx_file: str | None) -> str:
+    """config_infer_*.txt: every choice explicit (scaling, colour order, aspect ratio), so nothing
+    falls back to a default that changes the pixels."""
+    props = {
+        "gpu-id": 0, "gie-unique-id": 1 if process_mode == 1 else 2, "process-mode": process_mode,
+        "network-type": 1, "network-mode": NETWORK_MODE[precision], "batch-size": batch,
+        "model-engine-file": f"{name}.engine", "labelfile-path": f"labels_{name}.txt",
+        "infer-dims": f"3;{pre.resolution};{pre.resolution}", "network-input-order": 0, "model-color-format": 0,
+        "net-scale-factor": repr(scale), "offsets": ";".join(repr(o) for o in offsets),
+        "maintain-aspect-ratio": 0, "scaling-filter": SCALING_BILINEAR, "scaling-compute-hw": SCALING_ON_GPU,
+        "output-blob-names": PROBABILITIES, "classifier-threshold": repr(threshold), "classifier-async-mode": 0,
+    }
+    if onnx_file:  # only when asked: nvinfer would otherwise rebuild an engine silently from it
+        props["onnx-file"] = onnx_file
+    bad = sorted(set(props) - NVINFER_KEYS)
+    if bad:  # a guard on this function itself: nvinfer ignores keys it does not know
+        raise EffdeployError(f"internal: nvinfer has no key(s) {', '.join(bad)}")
+    lines = [f"# Gst-nvinfer config for {name} ({num_classes} classes), written by effdeploy export --deepstream",
+             "[property]"] + [f"{k}={v}" for k, v in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def nvinfer_agreement(art: Any, paths: list[Path], source: str) -> dict[str, Any]:
+    """What nvinfer's preprocessing changes, measured: the bundle's top-1 on the whole image scaled
+    to the network size (bilinear, no centre crop; emulated with OpenCV's INTER_LINEAR, which, like
+    the GPU scaler, does not antialias) against its top-1 on its own preprocessing, same graph."""
+    import cv2
+    import numpy as np
+
+    from ..backends.onnxrt import OnnxRuntimeRunner, manifest_optimize
+    from ..data.preprocess import load_image, normalize, preprocess
+    from ..report import wilson_interval
+
+    pre, res = art.preprocessing, art.preprocessing.resolution
+    runner = OnnxRuntimeRunner(art.model_path, optimize=manifest_optimize(art.manifest))
+    agree = 0
+    try:
+        for i in range(0, len(paths), 16):
+            images = [load_image(p) for p in paths[i:i + 16]]
+            own = runner.infer(preprocess(images, pre)).argmax(1)
+            scaled = np.stack([cv2.resize(im, (res, res), interpolation=cv2.INTER_LINEAR) for im in images])
+            agree += int((runner.infer(normalize(scaled, pre)).argmax(1) == own).sum())
+    finally:
+        runner.close()
+    n = len(paths)
+    lo, hi = wilson_interval(agree, n)
+    return {"images": n, "source": source, "top1_agreement": agree / n, "ci95": [lo, hi],
+            "nvinfer_preprocessing": f"whole image -> {res}x{res}, bilinear, no crop (maintain-aspect-ratio=0)",
+            "bundle_preprocessing": f"shorter side -> {pre.resize} ({pre.interpolation}), centre crop {res}"}
+
+
+def agreement_images(art: Any, data: str | None, count: int) -> tuple[list[Path], str]:
+    """--data, else the images the bundle was verified on where they are on this machine, else the
+    built-in ones."""
+    from ..data.datasets import builtin_image_paths, list_images
+
+    if data:
+        return list_images(data)[:count], str(data)
+    judged = [Path(p) for p in ((getattr(art.manifest, "parity", {}) or {}).get("verify", {}) or {}).get("images", ())]
+    here = [p for p in judged if p.is_file()]
+    if here:
+        return here[:count], "the bundle's verification images"
+    return builtin_image_paths()[:count], "built-in images (pass --data for images from the deployment)"
+
+
+def export_deepstream(artifact: str | Path, out: str | Path, name: str | None = None, batch: int = 1,
+                      process_mode: str = "primary", threshold: float = 0.0, with_onnx: bool = False,
+                      data: str | None = None, images: int = 200) -> ServingExport:
+    """``config_infer_<mode>_<name>.txt``, ``labels_<name>.txt`` (nvinfer's ``;``-separated
+    classifier format), ``<name>.onnx`` (the DeepStream graph: Softmax, normalisation where needed)
+    and ``README.txt`` with the engine command and the measured preprocessing agreement."""
+    import onnx
+
+    from .runner import artifact_labels, resolve_artifact
+
+    art = resolve_artifact(artifact)
+    if art.kind == "engine":
+        raise EffdeployError("export the bundle this engine was compiled from: nvinfer needs an engine of the "
+                             "DeepStream graph (Softmax, normalisation) that the export writes")
+    if batch < 1 or images < 1:
+        raise EffdeployError("--batch and --images must be at least 1")
+    name = name or f"{art.model_name}-{art.precision}"
+    folder = Path(out)
+    config = folder / f"config_infer_{process_mode}_{name}.txt"
+    if config.exists():
+        raise EffdeployError(f"{config} exists; choose another --name or --deepstream folder")
+    pre = art.preprocessing
+    graph, scale, offsets, inside = deepstream_graph(onnx.load(str(art.model_path)), pre)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(folder / f"{name}.onnx"))
+    labels = artifact_labels(art)
+    (folder / f"labels_{name}.txt").write_text(";".join(labels) + "\n", encoding="utf-8")
+    config.write_text(nvinfer_config(name, art.precision, pre, batch, scale, offsets, len(labels),
+                                     1 if process_mode == "primary" else 2, threshold,
+                                     f"{name}.onnx" if with_onnx else None), encoding="utf-8")
+    paths, source = agreement_images(art, data, images)
+    measured = nvinfer_agreement(art, paths, source) if paths else {"images": 0, "source": source}
+    readme = _deepstream_readme(name, graph.graph.input[0].name, pre, batch, scale, inside, measured)
+    (folder / "README.txt").write_text(readme, encoding="utf-8")
+    notes = [f"nvinfer's preprocessing agrees with the bundle's on {100 * measured['top1_agreement']:.1f} % of top-1 "
+             f"(95 % CI {100 * measured['ci95'][0]:.1f}-{100 * measured['ci95'][1]:.1f} %, {measured['images']} "
+             f"images: {source})" if measured["images"] else "no images to measure nvinfer's preprocessing on"]
+    if inside:
+        notes.append("per-channel std: the normalisation is inside the DeepStream graph (input 0-255 RGB)")
+    files = (config.name, f"labels_{name}.txt", f"{name}.onnx", "README.txt")
+    return ServingExport("deepstream", folder, files, tuple(notes), {"name": name, "agreement": measured})
+
+
+def _deepstream_readme(name: str, input_name: str, pre: Any, batch: int, scale: float, inside: bool,
+                       measured: Mapping[str, Any]) -> str:
+    res = pre.resolution
+    shape = f"{{}}x3x{res}x{res}"
+    lines = [
+        f"{name} for DeepStream (Gst-nvinfer), written by effdeploy export --deepstream.",
+        "",
+        f"1. Build the engine the config names, on the target, from {name}.onnx (precision is in the graph):",
+        f"   trtexec --onnx={name}.onnx --stronglyTyped --saveEngine={name}.engine "
+        f"--minShapes={input_name}:{shape.format(1)} --optShapes={input_name}:{shape.format(batch)} "
+        f"--maxShapes={input_name}:{shape.format(batch)}",
+        "   The config has no onnx-file (unless exported with --onnx), so a missing or mismatched engine fails",
+        "   loudly instead of being rebuilt unverified.",
+        "",
+        "2. What the target's preprocessing changes:",
+        f"   bundle:  {measured.get('bundle_preprocessing', '')}",
+        f"   nvinfer: {measured.get('nvinfer_preprocessing', '')}",
+    ]
+    if measured.get("images"):
+        lo, hi = measured["ci95"]
+        lines.append(f"   top-1 agreement between the two: {100 * measured['top1_agreement']:.1f} % "
+                     f"(95 % CI {100 * lo:.1f}-{100 * hi:.1f} %) on {measured['images']} images ({measured['source']}).")
+    lines += [
+        "   Where that is too low, crop upstream to the bundle's centre crop (nvdspreprocess with an ROI), or",
+        "   use the bundle's frame-in graph (effdeploy build --frame WxH), which has the exact preprocessing.",
+        f"   net-scale-factor {scale!r}: "
+        + ("the per-channel normalisation is inside the graph (input 0-255 RGB)." if inside
+           else "one scale and per-channel offsets express the bundle's normalisation exactly."),
+    ]
+    return "\n".join(lines) + "\n"

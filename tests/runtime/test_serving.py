@@ -87,3 +87,82 @@ def test_refusals(tiny_bundle, tmp_path):
     fixed = make_bundle(tmp_path / "fixed", batch=1)
     assert run_cli("export", str(fixed), "--triton", str(tmp_path / "r")).returncode == 0
     assert _config(tmp_path / "r" / "efficientnet-b0-fp32").max_batch_size == 0  # a fixed batch: no batching
+
+
+# --- DeepStream ---------------------------------------------------------------------------------
+
+def _nvinfer_input(frame_hwc: np.ndarray, cfg: dict) -> np.ndarray:
+    """What Gst-nvinfer feeds the network from an RGB frame already at the network size:
+    net-scale-factor * (pixel - offset[c]), planar (its documented formula, written out here)."""
+    scale = float(cfg["net-scale-factor"])
+    offsets = np.array([float(o) for o in cfg["offsets"].split(";")], np.float32)
+    return (scale * (frame_hwc.astype(np.float32) - offsets)).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def _read_config(path: Path) -> dict:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    return dict(parser["property"])
+
+
+def _check_deepstream(bundle: Path, folder: Path, inside: bool) -> dict:
+    import onnxruntime as ort
+
+    from effdeploy.data.preprocess import normalize
+    from effdeploy.runtime.serving import NVINFER_KEYS
+
+    proc = run_cli("export", str(bundle), "--deepstream", str(folder), "--name", "m", "--images", "6", "--json",
+                   "--force")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    cfg = _read_config(folder / "config_infer_primary_m.txt")
+    assert set(cfg) <= NVINFER_KEYS and "onnx-file" not in cfg  # a missing engine fails loudly, never rebuilt
+    assert (cfg["network-type"], cfg["model-engine-file"], cfg["output-blob-names"]) == ("1", "m.engine", "probabilities")
+    assert (cfg["maintain-aspect-ratio"], cfg["scaling-filter"], cfg["scaling-compute-hw"]) == ("0", "1", "1")
+    m = json.loads((bundle / "manifest.json").read_text())
+    res = m["model"]["preprocessing"]["resolution"]
+    assert cfg["infer-dims"] == f"3;{res};{res}"
+    labels = (folder / "labels_m.txt").read_text().strip().split(";")
+    assert len(labels) == m["model"]["num_classes"]
+    # the graph nvinfer runs, fed as nvinfer feeds it, gives the bundle's own probabilities
+    frame = np.random.default_rng(3).integers(0, 256, (res, res, 3), dtype=np.uint8)
+    ds = ort.InferenceSession(str(folder / "m.onnx"), providers=["CPUExecutionProvider"])
+    probs = ds.run(None, {ds.get_inputs()[0].name: _nvinfer_input(frame, cfg)})[0]
+    own = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = own.run(None, {own.get_inputs()[0].name: normalize(frame[None], _spec(m))})[0].astype(np.float64)
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, want / want.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert (float(cfg["net-scale-factor"]) == 1.0) == inside
+    agreement = summary["agreement"]
+    assert agreement["images"] == 6 and 0 <= agreement["ci95"][0] <= agreement["top1_agreement"] <= agreement["ci95"][1]
+    assert "top-1 agreement between the two" in (folder / "README.txt").read_text()
+    return cfg
+
+
+def _spec(manifest: dict):
+    from effdeploy.data.preprocess import Preprocessing
+
+    return Preprocessing.from_dict(manifest["model"]["preprocessing"])
+
+
+def test_deepstream_per_channel_std_goes_inside_the_graph(tiny_bundle, tmp_path):
+    """ImageNet's three std values cannot be one net-scale-factor: normalisation in the graph."""
+    cfg = _check_deepstream(tiny_bundle, tmp_path / "ds", inside=True)
+    assert cfg["offsets"] == "0.0;0.0;0.0"
+
+
+def test_deepstream_one_std_is_scale_and_offsets(tmp_path):
+    """Lite's (x - 127) / 128: exactly net-scale-factor 1/128 with offsets 127."""
+    from effdeploy.pipeline import BuildRequest, build_bundle
+    from effdeploy.profiles import load_profile
+
+    b = tmp_path / "lite"
+    build_bundle(BuildRequest(phi=0, variant="lite", resolution=64, profile=load_profile("cpu"), out=b, quiet=True))
+    cfg = _check_deepstream(b, tmp_path / "ds", inside=False)
+    assert (cfg["net-scale-factor"], cfg["offsets"]) == ("0.0078125", "127.0;127.0;127.0")
+    again = run_cli("export", str(b), "--deepstream", str(tmp_path / "ds"), "--name", "m", "--onnx", "--force")
+    assert again.returncode == 2 and "exists" in again.stderr
+    run_cli("export", str(b), "--deepstream", str(tmp_path / "ds2"), "--name", "m", "--onnx", "--force")
+    assert _read_config(tmp_path / "ds2" / "config_infer_primary_m.txt")["onnx-file"] == "m.onnx"
