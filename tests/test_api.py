@@ -105,3 +105,34 @@ def test_torchvision_module(tmp_path):
     b = effdeploy.build(tvm.efficientnet_b1(num_classes=4), out=tmp_path / "tv", resolution=64)
     assert b.manifest.weights["arch"]["key"].startswith("torchvision:efficientnet_b1")
     assert b.manifest.weights["module"]["parity"]["relative"] <= 1e-4
+
+
+def test_a_lukemelas_b_family_module_with_trained_weights(tmp_path):
+    """efficientnet_pytorch's B0 (SE, swish, TensorFlow SAME padding) carrying the distilled-b weights
+    (lukemelas layout; see ../shared/models/README), built INT8 for the cpu profile through the API:
+    adopted as lukemelas:efficientnet-b0, the rebuild checked against the module itself, and the
+    bundle's FP32 reference computing the module's function."""
+    import torch
+
+    from conftest import SHARED
+
+    lib = pytest.importorskip("efficientnet_pytorch", reason="efficientnet_pytorch is not installed")
+    weights = SHARED.parent / "models" / "efficientnet-b0-distilled-b.pth"
+    if not weights.is_file():
+        pytest.skip(f"needs {weights} (../shared/models, present in CI)")
+    module = lib.EfficientNet.from_name("efficientnet-b0")
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    b = effdeploy.build(module, precision="int8", profile="cpu", out=tmp_path / "b0", resolution=128, calib_images=16,
+                        allow_parity_failure=True)  # the gate's figures on B0 INT8 are bench/accuracy.py's job
+    m = b.manifest
+    assert (m.model.name, m.model.variant, m.precision) == ("efficientnet-b0", "b", "int8")
+    assert m.weights["arch"]["key"].startswith("lukemelas:efficientnet-b0") and m.model.padding == "same"
+    assert m.weights["module"]["parity"]["relative"] <= 1e-4 and b.status in ("verified", "checked", "failed-parity")
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 128, 128)).astype(np.float32)
+    with torch.no_grad():
+        theirs = module.eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(b.path / "reference.onnx"), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert float(np.abs(ours - theirs).max() / np.abs(theirs).max()) <= 1e-4

@@ -12,7 +12,7 @@ from ..report import emit_json, kv_table
 
 
 @cli.command("export")
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--triton", "triton_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write a Triton model repository entry here: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or "
                    "model.plan from an engine), labels.txt and a preprocess.py client.")
@@ -34,22 +34,29 @@ from ..report import emit_json, kv_table
 @click.option("--images", type=int, default=200, show_default=True, help="DeepStream: at most this many of them.")
 @click.option("--force", is_flag=True, help="Export a failed-parity bundle anyway.")
 @click.option("--json", "as_json", is_flag=True)
-def export_cmd(artifact: Path, triton_dir: Path | None, name: str | None, max_batch: int, deepstream_dir: Path | None,
+def export_cmd(artifacts: tuple[Path, ...], triton_dir: Path | None, name: str | None, max_batch: int, deepstream_dir: Path | None,
                process_mode: str, batch: int, threshold: float, with_onnx: bool, data: str | None, images: int,
                force: bool, as_json: bool) -> None:
     """Hand a verified bundle (or an engine.plan) to a serving framework.
 
     Example: effdeploy export bundles/efficientnet-lite0-int8-cpu --triton model_repository
+
+    Several engines of one bundle (one per GPU) make one Triton model with cc_model_filenames:
+    effdeploy export orin/engine.plan t4/engine.plan --triton model_repository
     """
     from ..runtime.runner import check_status, resolve_artifact
     from ..runtime.serving import export_deepstream, export_triton
 
     if triton_dir is None and deepstream_dir is None:
         raise EffdeployError("say where to export: --triton DIR (a Triton model repository) and/or --deepstream DIR")
-    warning = check_status(resolve_artifact(artifact), force=force)  # failed-parity bundles are refused here
+    artifact = artifacts[0]
+    if len(artifacts) > 1 and deepstream_dir is not None:
+        raise EffdeployError("--deepstream takes one bundle; several artifacts are engines for --triton")
+    warning = next((w for w in (check_status(resolve_artifact(a), force=force) for a in artifacts) if w), None)
     results = []
     if triton_dir is not None:
-        results.append(export_triton(artifact, triton_dir, name=name, max_batch=max_batch))
+        results.append(export_triton(list(artifacts) if len(artifacts) > 1 else artifact, triton_dir, name=name,
+                                     max_batch=max_batch))
     if deepstream_dir is not None:
         results.append(export_deepstream(artifact, deepstream_dir, name=name, batch=batch, process_mode=process_mode,
                                          threshold=threshold, with_onnx=with_onnx, data=data, images=images))

@@ -125,15 +125,38 @@ if __name__ == "__main__":
 '''
 
 
-def export_triton(artifact: str | Path, out: str | Path, name: str | None = None, max_batch: int = 8) -> ServingExport:
-    """``out/<name>/config.pbtxt`` + ``1/model.onnx`` (or ``model.plan`` from an engine) + labels +
+def engines_by_cc(arts: list[Any]) -> dict[str, Any]:
+    """Engines of one bundle for several GPUs: compute capability -> engine. Triton picks the file
+    for the GPU it runs on (``cc_model_filenames``); two engines for one CC, or engines of different
+    graphs, are refused."""
+    out: dict[str, Any] = {}
+    for a in arts:
+        if a.kind != "engine":
+            raise EffdeployError(f"{a.path}: several artifacts make one Triton model only as engines of one bundle "
+                                 "for different GPUs; export a bundle on its own")
+        cc = str(a.manifest.gpu_info.compute_capability)
+        if cc in out:
+            raise EffdeployError(f"{out[cc].path} and {a.path} are both for compute capability {cc}; give one per GPU")
+        out[cc] = a
+    graphs = {a.manifest.onnx_sha256 for a in out.values()}
+    if len(graphs) > 1:
+        raise EffdeployError("these engines were compiled from different graphs; one Triton model serves one function")
+    return out
+
+
+def export_triton(artifact: str | Path | list[str | Path], out: str | Path, name: str | None = None,
+                  max_batch: int = 8) -> ServingExport:
+    """``out/<name>/config.pbtxt`` + ``1/model.onnx`` (or ``model.plan`` from an engine; with engines
+    for several GPUs, ``model_sm<cc>.plan`` each and ``cc_model_filenames``) + labels +
     ``preprocess.py``; refused when ``out/<name>`` already holds something."""
     from ..backends.onnxrt import manifest_optimize
     from .runner import artifact_labels, resolve_artifact
 
     if max_batch < 0:
         raise EffdeployError(f"--max-batch must be >= 0 (0: no batching), got {max_batch}")
-    art = resolve_artifact(artifact)
+    many = [resolve_artifact(a) for a in artifact] if isinstance(artifact, (list, tuple)) else None
+    ccs = engines_by_cc(many) if many and len(many) > 1 else {}
+    art = many[0] if many else resolve_artifact(artifact)
     name = name or f"{art.model_name}-{art.precision}"
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise EffdeployError(f"--name {name!r} is not a usable Triton model name (a folder name, no slashes)")
@@ -149,9 +172,15 @@ def export_triton(artifact: str | Path, out: str | Path, name: str | None = None
         max_batch = 0
     model_file = "model.plan" if engine else "model.onnx"
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(art.model_path, folder / "1" / model_file)
+    per_cc = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in sorted(ccs)}
+    for cc, file in per_cc.items():
+        shutil.copyfile(ccs[cc].model_path, folder / "1" / file)
+    if not per_cc:
+        shutil.copyfile(art.model_path, folder / "1" / model_file)
     optimize = True if engine else manifest_optimize(art.manifest)
     config = triton_config(name, PLATFORM_PLAN if engine else PLATFORM_ONNX, inputs, outputs, max_batch, optimize)
+    config += "".join(f"cc_model_filenames [\n  {{\n    key: {json.dumps(cc)}\n    value: {json.dumps(f)}\n  }}\n]\n"
+                      for cc, f in per_cc.items())
     (folder / "config.pbtxt").write_text(config, encoding="utf-8")
     (folder / LABELS).write_text("".join(f"{n}\n" for n in artifact_labels(art)), encoding="utf-8")
     frames = [str(f.get("file")) for f in (getattr(art.manifest, "frames", ()) or ())]
@@ -159,7 +188,11 @@ def export_triton(artifact: str | Path, out: str | Path, name: str | None = None
     notes = ["Triton does no preprocessing: clients must send preprocess()'s tensors (preprocess.py)"]
     if not optimize:
         notes.append("ONNX Runtime graph optimisation off (optimization.graph.level 2), as the bundle was verified")
-    return ServingExport("triton", folder, ("config.pbtxt", f"1/{model_file}", LABELS, "preprocess.py"), tuple(notes),
+    files = tuple(f"1/{f}" for f in per_cc.values()) or (f"1/{model_file}",)
+    if per_cc:
+        notes.append("Triton loads the engine for its GPU's compute capability: " + ", ".join(
+            f"{cc} -> {f}" for cc, f in per_cc.items()) + "; another GPU fails to load (no model.plan fallback)")
+    return ServingExport("triton", folder, ("config.pbtxt", *files, LABELS, "preprocess.py"), tuple(notes),
                          {"name": name, "max_batch_size": max_batch, "platform": PLATFORM_PLAN if engine else PLATFORM_ONNX})
 
 

@@ -166,3 +166,29 @@ def test_deepstream_one_std_is_scale_and_offsets(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr
     run_cli("export", str(b), "--deepstream", str(tmp_path / "ds2"), "--name", "m", "--onnx", "--force")
     assert _read_config(tmp_path / "ds2" / "config_infer_primary_m.txt")["onnx-file"] == "m.onnx"
+
+
+def test_engines_for_several_gpus_make_one_triton_model(tmp_path):
+    """Engine manifests (engine.json beside opaque plan bytes: nothing here runs TensorRT) for an Orin
+    (8.7) and a T4 (7.5): one model, a file per compute capability, batch bounded by the profile."""
+    from effdeploy.backends.tensorrt.manifest import GpuInfo, write_engine_manifest
+    from effdeploy.runtime.runner import resolve_artifact
+    from tiny_bundle import engine_manifest
+
+    (tmp_path / "orin").mkdir()
+    (tmp_path / "t4").mkdir()
+    orin, _ = engine_manifest(tmp_path / "orin")
+    t4, m = engine_manifest(tmp_path / "t4")
+    write_engine_manifest(t4, m.with_(gpu=GpuInfo("Tesla T4", "7.5").to_dict()))
+    assert resolve_artifact(t4).manifest.gpu_info.compute_capability == "7.5"
+    proc = run_cli("export", str(orin), str(t4), "--triton", str(tmp_path / "repo"), "--name", "b0", "--force")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "repo" / "b0"
+    cfg = _config(folder)
+    assert (cfg.platform, cfg.max_batch_size) == ("tensorrt_plan", 8)  # the engines' profile max
+    assert dict(cfg.cc_model_filenames) == {"7.5": "model_sm75.plan", "8.7": "model_sm87.plan"}
+    assert (folder / "1" / "model_sm87.plan").read_bytes() == orin.read_bytes()
+    assert (folder / "1" / "model_sm75.plan").read_bytes() == t4.read_bytes() and not (folder / "1" / "model.plan").exists()
+    assert [list(i.dims) for i in cfg.input] == [[3, 16, 16]]
+    same = run_cli("export", str(orin), str(orin), "--triton", str(tmp_path / "r2"), "--force")
+    assert same.returncode == 2 and "both for compute capability 8.7" in same.stderr
