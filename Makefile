@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[build,pretrained,test]"
+	# Triton's own ModelConfig schema for the export tests: its generated model_config_pb2 needs only
+	# protobuf; --no-deps keeps the HTTP/gRPC client's dependencies (which would move ml_dtypes) out.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tritonclient
 	touch $(STAMP)
 
 install: $(STAMP)
