@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "selection": "INT8 calibration-method scores",
     "dialect": "CPU INT8 dialect latencies (valid on the machine that timed them)",
     "modules": "weights of model objects given to effdeploy.build (safetensors, by content)",
+    "backend": "the faster CPU runtime per graph, CPU and versions (Runner backend='auto')",
 }
 
 

@@ -23,11 +23,16 @@ from . import cli
 @click.option("--vs-eager", "vs_eager", is_flag=True, help="Also time the eager PyTorch model (needs torch) and print the speedup.")
 @click.option("--spin/--no-spin", default=True, show_default=True,
               help="ONNX Runtime's threads busy-wait between calls; --no-spin for CPUs shared with busy processes.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
+              help="CPU runtime for a bundle: onnxruntime (default: what bundles are verified with), openvino, or auto "
+                   "(the faster of those installed, timed once per graph and CPU and cached).")
+@click.option("--ov-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="OpenVINO's inference precision (bf16 is what its CPU plugin picks by default on AMX CPUs).")
 @click.option("--force", is_flag=True, help="Benchmark a bundle whose status is failed-parity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: float | None, warmup: int,
-              threads: int | None, end_to_end: bool, frame_size: str, vs_eager: bool, spin: bool, force: bool,
-              as_json: bool) -> None:
+              threads: int | None, end_to_end: bool, frame_size: str, vs_eager: bool, spin: bool,
+              backend: str | None, ov_precision: str, force: bool, as_json: bool) -> None:
     """Latency (mean/p50/p90/p99) and throughput of a bundle, an .onnx or an engine.plan.
 
     Example: effdeploy bench bundles/efficientnet-b0-fp32-cpu --batch 1,8 --end-to-end --vs-eager
@@ -53,9 +58,11 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     _announce(art, warning, as_json)
     from ..runtime.frames import open_frame_routes
 
-    runner = Runner(open_backend(art, threads=threads, spin=spin), art,
+    runner = Runner(open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision), art,
                     frames=open_frame_routes(art, threads, spin) if end_to_end else None)
     frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
+    choice = getattr(runner.backend, "choice", None)  # backend auto: what was timed, or the cached choice
+    ov_precision_used = getattr(runner.backend, "precision", None)  # OpenVINO's, read back
     backend = runner.backend_name
     graph_optimization = getattr(runner.backend, "graph_optimization", None)  # ONNX Runtime only
     try:
@@ -67,6 +74,7 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     result = {
         "artifact": str(artifact), "kind": art.kind, "model": art.model_name, "precision": art.precision,
         "status": art.status, "backend": backend, "threads": threads, "spin": spin,
+        "backend_choice": choice, "openvino_precision": ov_precision_used,
         "ort_graph_optimization": graph_optimization,
         "resolution": art.preprocessing.resolution,
         "timing": {"warmup": plan.warmup, "iterations": plan.iterations, "duration_s": plan.duration_s},
@@ -151,8 +159,15 @@ def _show(result: dict[str, Any], art: Any, names: dict[str, str], frame: tuple[
     from ..report import info, table
 
     m, compute = result["machine"], names["compute"]
-    click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {result['backend']}, "
+    precision = f" {result['openvino_precision']}" if result.get("openvino_precision") else ""
+    click.echo(f"{art.model_name} ({art.precision}, {art.status}) on {result['backend']}{precision}, "
                f"threads {threads or 'all'}, {m['cpu']} ({m['cores']} cores)")
+    choice = result.get("backend_choice") or {}
+    if choice.get("p50_ms"):
+        click.echo("backend auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in choice["p50_ms"].items())
+                   + f" at batch 1 -> {choice['choice']}" + (" (cached)" if choice.get("cached") else ""))
+    elif choice.get("reason"):
+        click.echo(f"backend auto: {choice['choice']} ({choice['reason']})")
     click.echo(table([table_cells(r) for r in result["results"]],
                      headers=["batch", "measure", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s"]))
     for b, v in result.get("end_to_end_over_compute_p50", {}).items():

@@ -15,9 +15,12 @@ from . import cli
 @click.option("--top-k", "top_k", type=int, default=5, show_default=True, help="Classes per image.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime [all].")
 @click.option("--batch", "batch_size", type=int, default=16, show_default=True, help="Images per inference call.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
+              help="CPU runtime for a bundle (default onnxruntime, what bundles are verified with).")
 @click.option("--force", is_flag=True, help="Run a bundle whose status is failed-parity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: int | None, batch_size: int,
+                 backend: str | None,
                  force: bool, as_json: bool) -> None:
     """Top-k ImageNet classes for IMAGES with a bundle or an engine.plan.
 
@@ -44,7 +47,7 @@ def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: 
     if top_k > art.num_classes:
         raise EffdeployError(f"--top-k {top_k} is more than the {art.num_classes} classes of {art.model_name}; "
                              f"use --top-k {art.num_classes} or less")
-    with Runner.open(artifact, threads=threads, force=force) as runner:
+    with Runner.open(artifact, threads=threads, force=force, backend=backend) as runner:
         backend, art = runner.backend_name, runner.artifact
         results = []
         starts = range(0, len(images), batch_size)

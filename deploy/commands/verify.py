@@ -26,12 +26,18 @@ def engine_source(artifact: Path) -> tuple[Any, Path]:
     return engine_art, Path(source_bundle)
 
 
-def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool) -> np.ndarray:
+def candidate_logits(bundle: Any, engine_art: Any, x: np.ndarray, quiet: bool, backend: str | None = None,
+                     ov_precision: str = "f32") -> np.ndarray:
     from ..export.logits import run_batched
     from ..backends.onnxrt import bundle_runner
-    from ..runtime.runner import open_backend
+    from ..runtime.runner import open_backend, resolve_artifact
 
-    runner = open_backend(engine_art) if engine_art is not None else bundle_runner(bundle)
+    if engine_art is not None:
+        runner = open_backend(engine_art)
+    elif backend is not None:  # judged as that runtime runs it (OpenVINO fuses and reorders differently)
+        runner = open_backend(resolve_artifact(bundle.path), backend=backend, ov_precision=ov_precision)
+    else:
+        runner = bundle_runner(bundle)
     try:
         return run_batched(runner.infer, x, batch=16, label="verify", quiet=quiet)
     finally:
@@ -64,9 +70,14 @@ def show_report(bundle: Any, report: Any, drift: list[dict[str, Any]]) -> None:
 @click.option("--min-agreement", type=float, default=None, help="Percent.")
 @click.option("--max-drop", type=float, default=None, help="Points.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
+              help="Judge the bundle as this CPU runtime runs it (default onnxruntime).")
+@click.option("--ov-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="OpenVINO's inference precision: bf16 shows how far OpenVINO's default on AMX CPUs is from FP32.")
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max_abs: float | None,
-               min_agreement: float | None, max_drop: float | None, seed: int, as_json: bool) -> None:
+               min_agreement: float | None, max_drop: float | None, seed: int, backend: str | None,
+               ov_precision: str, as_json: bool) -> None:
     """Compare a bundle (or an engine.plan, where TensorRT exists) with the eager model on images.
 
     Example: effdeploy verify bundles/efficientnet-lite0-int8-cpu --data ../shared/data/imagenet-sample
@@ -91,7 +102,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
         )
     images = verification_images(bundle, data, count, seed, as_json)
     ref_logits, ref_name = reference_for(bundle, images.data, reference, as_json)
-    cand = candidate_logits(bundle, engine_art, images.data, as_json)
+    cand = candidate_logits(bundle, engine_art, images.data, as_json, backend, ov_precision)
     budget = budget_with(Budget.for_precision(m.precision), max_abs, min_agreement, max_drop) or Budget.for_precision(m.precision)
     report = verify_bundle(ref_logits, cand, images.labels, budget, reference=ref_name, data=images.source, more="--data")
     if report.coarse:
@@ -103,6 +114,8 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
         drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), images.data[:32])
     if as_json:
         emit_json({"bundle": str(bundle.path), "engine": str(engine_art.path) if engine_art else None,
+                   "backend": backend or ("tensorrt" if engine_art else "onnxruntime"),
+                   "openvino_precision": ov_precision if backend in ("openvino", "auto") else None,
                    "precision": m.precision, "reference": ref_name, "data": images.source,
                    "comparison": report.comparison.to_dict(), "budget": report.budget.__dict__,
                    "misses": list(report.misses), "passed": not report.misses, "status": report.status,

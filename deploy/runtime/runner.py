@@ -179,14 +179,26 @@ def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: boo
     return runner
 
 
-def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -> Any:
-    """The inference backend for an artifact: ONNX Runtime, or TensorRT for an engine.
+def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, backend: str | None = None,
+                 ov_precision: str = "f32") -> Any:
+    """The inference backend for an artifact: TensorRT for an engine; for a bundle ONNX Runtime
+    (``backend=None``: what it was verified with), ``"openvino"``, or ``"auto"`` (the faster of the
+    CPU runtimes installed, timed once and cached; see :mod:`effdeploy.runtime.backend_choice`).
 
     ``spin``: ONNX Runtime's threads busy-wait between calls (its default: lowest latency when the
-    cores are yours); ``False`` for CPUs shared with other busy processes. Ignored by TensorRT.
+    cores are yours); ``False`` for CPUs shared with other busy processes. Ignored by the others.
+    ``ov_precision``: OpenVINO's inference precision, f32 unless bf16 is asked for.
     """
+    from .backend_choice import check_backend_name
+
+    check_backend_name(backend)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise EffdeployError(f"threads must be an integer >= 1, or None for every core (got {threads!r})")
+    if art.kind == KIND_ENGINE and backend in ("onnxruntime", "openvino"):
+        raise EffdeployError(f"{art.path} is a TensorRT engine; --backend {backend} runs the bundle it came from "
+                             f"({(art.manifest.bundle or {}).get('path', 'its bundle directory')})")
+    if art.kind != KIND_ENGINE and backend is not None and backend != "onnxruntime":
+        return _cpu_backend(art, threads, spin, backend, ov_precision)
     if art.kind == KIND_ENGINE:
         from ..backends.tensorrt.compat import MISSING_TENSORRT, import_tensorrt
 
@@ -200,6 +212,25 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True) -
     from ..backends.onnxrt import manifest_optimize
 
     return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
+
+
+def _cpu_backend(art: Artifact, threads: int | None, spin: bool, backend: str, ov_precision: str) -> Any:
+    """OpenVINO by name, or ``auto``'s choice between it and ONNX Runtime."""
+    from ..backends.onnxrt import manifest_optimize
+    from ..backends.openvino import OpenVinoRunner
+    from .backend_choice import choose_backend
+
+    def open_runner(name: str) -> Any:
+        if name == "openvino":
+            return OpenVinoRunner(art.model_path, threads=threads, precision=ov_precision)
+        return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
+
+    if backend == "auto":
+        backend, record = choose_backend(Path(art.model_path), threads, ov_precision, open_runner)
+        runner = open_runner(backend)
+        runner.choice = record  # type: ignore[attr-defined]  # why auto chose it (bench prints it)
+        return runner
+    return open_runner(backend)
 
 
 def class_labels(num_classes: int) -> tuple[str, ...]:
@@ -319,12 +350,15 @@ class Runner:
 
     @classmethod
     def open(cls, artifact: str | Path, *, threads: int | None = None, force: bool = False,
-             preprocessing: Preprocessing | None = None, spin: bool = True) -> "Runner":
+             preprocessing: Preprocessing | None = None, spin: bool = True, backend: str | None = None,
+             ov_precision: str = "f32") -> "Runner":
         """Open a bundle directory, an ``.onnx`` inside one, or an ``engine.plan``.
 
-        A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets ONNX
-        Runtime's intra-op threads (default: all cores); ``spin=False`` makes them sleep between
-        calls, for CPUs shared with other busy processes (see :func:`open_backend`).
+        A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets the
+        runtime's intra-op threads (default: all cores); ``spin=False`` makes ONNX Runtime's sleep
+        between calls, for CPUs shared with other busy processes. ``backend``: ``"onnxruntime"``
+        (the default for bundles: what they are verified with), ``"openvino"`` or ``"auto"``
+        (see :func:`open_backend`).
         """
         art = resolve_artifact(artifact, preprocessing=preprocessing)
         warning = check_status(art, force)
@@ -334,7 +368,8 @@ class Runner:
             warnings.warn(f"{art.path}: {warning}", stacklevel=2)
         from .frames import open_frame_routes
 
-        return cls(open_backend(art, threads=threads, spin=spin), art, frames=open_frame_routes(art, threads, spin))
+        return cls(open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision), art,
+                   frames=open_frame_routes(art, threads, spin))
 
     # --- properties ------------------------------------------------------------------------------
 
