@@ -86,14 +86,16 @@ def lines_to(callback: Callable[[str], None] | None) -> Iterator[None]:
         def emit(self, record: logging.LogRecord) -> None:
             callback(record.getMessage())
 
-    handler, level = _To(), LOG.level
-    LOG.addHandler(handler)
+    saved, level, propagate = list(LOG.handlers), LOG.level, LOG.propagate
+    LOG.handlers[:] = [_To()]  # the lines go to the callback only, whatever else was attached
     LOG.setLevel(logging.INFO)
+    LOG.propagate = False
     try:
         yield
     finally:
-        LOG.removeHandler(handler)
+        LOG.handlers[:] = saved
         LOG.setLevel(level)
+        LOG.propagate = propagate
 
 
 def progress(iterable: Iterable[Any], length: int | None = None, label: str = "", quiet: bool = False):

