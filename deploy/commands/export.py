@@ -49,14 +49,14 @@ def export_cmd(artifacts: tuple[Path, ...], triton_dir: Path | None, name: str |
 
     if triton_dir is None and deepstream_dir is None:
         raise EffdeployError("say where to export: --triton DIR (a Triton model repository) and/or --deepstream DIR")
-    artifact = artifacts[0]
     if len(artifacts) > 1 and deepstream_dir is not None:
         raise EffdeployError("--deepstream takes one bundle; several artifacts are engines for --triton")
-    warning = next((w for w in (check_status(resolve_artifact(a), force=force) for a in artifacts) if w), None)
+    arts = [resolve_artifact(a) for a in artifacts]  # once: each resolution hashes the bundle
+    warning = next((w for w in (check_status(a, force=force) for a in arts) if w), None)
+    artifact = arts[0]
     results = []
     if triton_dir is not None:
-        results.append(export_triton(list(artifacts) if len(artifacts) > 1 else artifact, triton_dir, name=name,
-                                     max_batch=max_batch))
+        results.append(export_triton(arts if len(arts) > 1 else artifact, triton_dir, name=name, max_batch=max_batch))
     if deepstream_dir is not None:
         results.append(export_deepstream(artifact, deepstream_dir, name=name, batch=batch, process_mode=process_mode,
                                          threshold=threshold, with_onnx=with_onnx, data=data, images=images))

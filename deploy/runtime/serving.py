@@ -144,19 +144,26 @@ def engines_by_cc(arts: list[Any]) -> dict[str, Any]:
     return out
 
 
-def export_triton(artifact: str | Path | list[str | Path], out: str | Path, name: str | None = None,
-                  max_batch: int = 8) -> ServingExport:
+def _resolved(artifact: Any) -> Any:
+    """An :class:`effdeploy.runtime.runner.Artifact` as given, or the one a path resolves to (each
+    resolution loads the manifest and hashes every artifact: done once per export)."""
+    from .runner import Artifact, resolve_artifact
+
+    return artifact if isinstance(artifact, Artifact) else resolve_artifact(artifact)
+
+
+def export_triton(artifact: Any, out: str | Path, name: str | None = None, max_batch: int = 8) -> ServingExport:
     """``out/<name>/config.pbtxt`` + ``1/model.onnx`` (or ``model.plan`` from an engine; with engines
     for several GPUs, ``model_sm<cc>.plan`` each and ``cc_model_filenames``) + labels +
     ``preprocess.py``; refused when ``out/<name>`` already holds something."""
     from ..backends.onnxrt import manifest_optimize
-    from .runner import artifact_labels, resolve_artifact
+    from .runner import artifact_labels
 
     if max_batch < 0:
         raise EffdeployError(f"--max-batch must be >= 0 (0: no batching), got {max_batch}")
-    many = [resolve_artifact(a) for a in artifact] if isinstance(artifact, (list, tuple)) else None
+    many = [_resolved(a) for a in artifact] if isinstance(artifact, (list, tuple)) else None
     ccs = engines_by_cc(many) if many and len(many) > 1 else {}
-    art = many[0] if many else resolve_artifact(artifact)
+    art = many[0] if many else _resolved(artifact)
     name = name or f"{art.model_name}-{art.precision}"
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise EffdeployError(f"--name {name!r} is not a usable Triton model name (a folder name, no slashes)")
@@ -286,12 +293,12 @@ def nvinfer_agreement(art: Any, paths: list[Path], source: str) -> dict[str, Any
     import cv2
     import numpy as np
 
-    from ..backends.onnxrt import OnnxRuntimeRunner, manifest_optimize
     from ..data.preprocess import load_image, normalize, preprocess
     from ..report import wilson_interval
+    from .runner import open_backend
 
     pre, res = art.preprocessing, art.preprocessing.resolution
-    runner = OnnxRuntimeRunner(art.model_path, optimize=manifest_optimize(art.manifest))
+    runner = open_backend(art)  # ONNX Runtime as the bundle was verified
     agree = 0
     try:
         for i in range(0, len(paths), 16):
@@ -322,7 +329,7 @@ def agreement_images(art: Any, data: str | None, count: int) -> tuple[list[Path]
     return builtin_image_paths()[:count], "built-in images (pass --data for images from the deployment)"
 
 
-def export_deepstream(artifact: str | Path, out: str | Path, name: str | None = None, batch: int = 1,
+def export_deepstream(artifact: Any, out: str | Path, name: str | None = None, batch: int = 1,
                       process_mode: str = "primary", threshold: float = 0.0, with_onnx: bool = False,
                       data: str | None = None, images: int = 200) -> ServingExport:
     """``config_infer_<mode>_<name>.txt``, ``labels_<name>.txt`` (nvinfer's ``;``-separated
@@ -330,9 +337,9 @@ def export_deepstream(artifact: str | Path, out: str | Path, name: str | None = 
     and ``README.txt`` with the engine command and the measured preprocessing agreement."""
     import onnx
 
-    from .runner import artifact_labels, resolve_artifact
+    from .runner import artifact_labels
 
-    art = resolve_artifact(artifact)
+    art = _resolved(artifact)
     if art.kind == "engine":
         raise EffdeployError("export the bundle this engine was compiled from: nvinfer needs an engine of the "
                              "DeepStream graph (Softmax, normalisation) that the export writes")
