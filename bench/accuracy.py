@@ -94,8 +94,10 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
     m = bundle.manifest
     q = m.quantization or {}
     repair_rec = q.get("repair") or {}
+    fallback = q.get("fallback") or {}
     info = {"status": m.status, "method": q.get("method"), "kept_blocks": repair_rec.get("kept_blocks", []),
-            "repair_evidence": repair_rec.get("evidence"),
+            "kept_convs": fallback.get("kept_nodes", []), "repair_evidence": repair_rec.get("evidence"),
+            "fallback_evidence": fallback.get("evidence"),
             "shifted_inputs": (q.get("precision_summary") or {}).get("shifted_inputs"),
             "strength": (q.get("reconstruction") or {}).get("strength")}
     return ort_logits(bundle.model_path, x_judge, optimize=manifest_optimize(m)), info
@@ -217,14 +219,14 @@ def show(results: list[dict]) -> None:
         return f"{100 * lo:.1f}-{100 * hi:.1f}"
 
     def kept(r):
-        ks = [len(f.get("kept_blocks") or []) for f in r["folds"]]
-        return "/".join(map(str, ks)) if any(ks) else "-"
+        ks = [(len(f.get("kept_blocks") or []), len(f.get("kept_convs") or [])) for f in r["folds"]]
+        return "/".join(f"{b}+{c}" for b, c in ks) if any(b or c for b, c in ks) else "-"
 
     print(table([(r["model"], r["row"], r["images"], f"{100 * r['eager_top1']:.1f}", f"{100 * r['top1']:.1f}",
                   f"{r['drop_pt']:.2f}", f"{100 * r['agreement']:.2f}", ci(r), f"{r['kl']:.4f}", f"{r['rel_mse']:.2e}",
                   kept(r), r["seconds"]) for r in results],
                 ["model", "row", "images", "eager top-1 %", "top-1 %", "drop pt", "agreement %", "95 % CI",
-                 "KL (nats)", "logit rel. MSE", "kept blocks (fold 1/2)", "s (both folds)"]))
+                 "KL (nats)", "logit rel. MSE", "kept blocks+convs (fold 1/2)", "s (both folds)"]))
     for r in results:
         if r["row"] in ("trt-default", "cpu-default"):
             ok = r["agreement"] >= TARGET_AGREEMENT and r["drop_pt"] <= TARGET_DROP_PT

@@ -76,68 +76,30 @@ def setup(args):
     return fp32, twin, cfg, method, judge.data
 
 
-def shift_bias_fixes(g, ops, quantized: dict, unquantized: dict) -> dict:
-    """weight key -> (bias name, bias as in the graph, what to add with float weights) for every conv
-    whose input the tensorrt dialect shifted (x - c): there the bias holds c x the quantized weights'
-    sum, so float weights need c x (float sum - quantized sum) more to be the same function."""
-    producers = {o: op for op in ops for o in op.outputs}
-    out = {}
-    for op in ops:
-        if op.kind not in ("Conv", "Gemm") or len(op.inputs) < 3 or op.inputs[1] not in quantized:
-            continue
-        fq = producers.get(op.inputs[0])
-        sub = producers.get(fq.inputs[0]) if fq is not None and fq.kind == "FakeQuant" else None
-        if sub is None or sub.kind != "Sub" or not sub.name.endswith("_shift"):
-            continue
-        c = float(g.const[sub.inputs[1]])
-        wq, wf = quantized[op.inputs[1]].double(), unquantized[op.inputs[1]].double()
-        dims = tuple(range(1, wq.dim())) if op.kind == "Conv" else (1 if op.attrs.get("transB", 0) else 0,)
-        delta = (c * (wf.sum(dims) - wq.sum(dims))).float()
-        out[op.inputs[1]] = (op.inputs[2], g.biases[op.inputs[2]].clone(), delta)
-    return out
-
-
 def table_rows(fp32, twin, fp16_scales: bool, x: np.ndarray) -> tuple[list[dict], dict]:
-    import torch
-    from onnx import numpy_helper
-
     from effdeploy.export.logits import ort_logits, relative_mse
-    from effdeploy.precision.reconstruct import GraphModule, _Op, _weight_qdq
+    from effdeploy.precision.sensitivity import Toggle
     from effdeploy.verify.repair import per_image_kl
 
     ref = ort_logits(fp32, x)
-    g = GraphModule(twin, fp16_scales=fp16_scales)
-    weights = _weight_qdq(twin)
-    floats = {i.name: np.array(numpy_helper.to_array(i), np.float32) for i in fp32.graph.initializer}
-    quantized = {k: g.const[k] for k in weights}
-    unquantized = {k: torch.from_numpy(floats[w.int_name.removesuffix("_quantized")]) for k, w in weights.items()}
+    t = Toggle(twin, fp32, fp16_scales)
     consumers: dict = defaultdict(list)
-    for op in g.ops:
-        for t in op.inputs:
-            consumers[t].append(op)
-    ops0, xs = list(g.ops), torch.from_numpy(x)
-    fixes = shift_bias_fixes(g, ops0, quantized, unquantized)
+    for op in t.ops:
+        for name in op.inputs:
+            consumers[name].append(op)
 
     def run(acts: set, ws: set) -> dict:
-        ops = [op if op.kind != "FakeQuant" or op.name in acts else _Op("Identity", op.name, op.inputs[:1], op.outputs, {})
-               for op in ops0]
-        for k in weights:
-            g.const[k] = quantized[k] if k in ws else unquantized[k]
-        for k, (bias, base, delta) in fixes.items():  # a shifted conv's bias holds c x its *quantized* weights' sum
-            g.biases[bias] = base if k in ws else base + delta
-        with torch.no_grad():
-            out = np.concatenate([g.run({g.input_name: xs[i:i + 16]}, ops)[g.output_names[0]].numpy()
-                                  for i in range(0, len(xs), 16)])
+        out = t.logits(x, acts, ws)
         return {"rel_mse": relative_mse(ref, out), "kl": float(per_image_kl(ref, out).mean()),
                 "agreement": float((ref.argmax(1) == out.argmax(1)).mean())}
 
-    fq = [op for op in ops0 if op.kind == "FakeQuant"]
-    totals = {"everything": run({o.name for o in fq}, set(weights)), "activations only": run({o.name for o in fq}, set()),
-              "weights only": run(set(), set(weights))}
+    fq = [op for op in t.ops if op.kind == "FakeQuant"]
+    totals = {"everything": run(set(t.fake_quants), set(t.weights)), "activations only": run(set(t.fake_quants), set()),
+              "weights only": run(set(), set(t.weights))}
     rows = [{"kind": "activation", "name": op.name.removesuffix("_DequantizeLinear"), "role": role(op, consumers),
              **run({op.name}, set())} for op in fq]
     rows += [{"kind": "weights", "name": w.int_name.removesuffix("_quantized"), "role": "weights", **run(set(), {k})}
-             for k, w in weights.items()]
+             for k, w in t.weights.items()]
     return rows, totals
 
 

@@ -30,6 +30,7 @@ KINDS: dict[str, str] = {
     "dialect": "CPU INT8 dialect latencies (valid on the machine that timed them)",
     "modules": "weights of model objects given to effdeploy.build (safetensors, by content)",
     "backend": "the faster CPU runtime per graph, CPU and versions (Runner backend='auto')",
+    "sensitivity": "leave-one-out INT8 sensitivity of each conv (the repair's fallback order)",
 }
 
 

@@ -32,7 +32,7 @@ from .verify.gate import (
 )
 
 if TYPE_CHECKING:  # the repair module loads onnx; the build imports it only once the checks passed
-    from .verify.repair import RepairReport
+    from .verify.repair import FallbackReport, RepairReport
 
 SELECTION_IMAGES = 32  # calibration images used to choose the calibration method
 DRIFT_IMAGES = 32
@@ -218,12 +218,19 @@ def calibration_subset(plan: Any, n: int, pre: Any, skip: int = 0) -> Any:
     return load_plan(sub, pre, quiet=True)
 
 
+def selection_skip(req: BuildRequest, plan: Any) -> int:
+    """How many leading calibration images the selection split leaves to the reconstruction and
+    the conv sensitivity (both fit on the first ones); 0 where no image would be left."""
+    from .precision.sensitivity import SENSITIVITY_IMAGES
+
+    skip = max(req.reconstruct_images if req.reconstruct else 0, SENSITIVITY_IMAGES)
+    return skip if min(plan.count, len(plan.items)) > skip else 0
+
+
 def selection_set(req: BuildRequest, plan: Any, pre: Any) -> VerifySet:
     """Where the repair chooses: calibration images the reconstruction did not fit on, never the
     images the gate judges (choosing and judging on the same images buys only their noise)."""
-    available = min(plan.count, len(plan.items))
-    skip = req.reconstruct_images if req.reconstruct and available > req.reconstruct_images else 0
-    s = calibration_subset(plan, REPAIR_SELECTION_IMAGES, pre, skip=skip)
+    s = calibration_subset(plan, REPAIR_SELECTION_IMAGES, pre, skip=selection_skip(req, plan))
     return VerifySet(s.data, None, f"{len(s.data)} calibration images (selection split)", tuple(s.ids))
 
 
@@ -258,6 +265,7 @@ class Verified:
     repair: RepairReport | None
     notes: tuple[str, ...]
     images: tuple[str, ...] = ()  # the verification images (the frame-in graphs are checked on them too)
+    fallback: FallbackReport | None = None  # the conv fallback (INT8 with the repair on)
 
 
 def build_bundle(req: BuildRequest) -> BuildResult:
@@ -476,16 +484,16 @@ def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: C
     info(f"[{steps - 1}/{steps}] verify on {len(verify.data)} images ({verify.source}): "
          f"top-1 agreement {agreement_text(report.comparison)}", req.quiet)
     drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES]) if req.precision != "fp32" else []
-    repair = None
+    repair = fallback = None
     if candidate.int8 is not None and req.repair:
-        int8, repair = repair_stage(req, model.spec, exported, candidate.int8, budget, report)
-        if repair is not None:
+        int8, fallback, repair = repair_stage(req, model.spec, exported, candidate.int8, budget, report)
+        if int8.config != candidate.int8.config:
             candidate = replace(candidate, model=int8.model, int8=int8)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
             report, optimize = verify_candidate(candidate.model, reference_logits, verify, budget,
                                                 reference=reference, reference_cached=reference_hit)
             drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES])
-    return Verified(candidate, parity, report, optimize, drift, repair, tuple(notes), verify.ids)
+    return Verified(candidate, parity, report, optimize, drift, repair, tuple(notes), verify.ids, fallback)
 
 
 def frame_stage(req: BuildRequest, spec: Any, verified: Verified, tmp: Path) -> tuple[dict[str, Any], ...]:
@@ -527,24 +535,49 @@ def reference_stage(req: BuildRequest, model: Any, exported: Exported, verify: V
 
 
 def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, budget: Budget,
-                 first: VerifyReport) -> tuple[Any, RepairReport | None]:
+                 first: VerifyReport) -> tuple[Any, FallbackReport | None, RepairReport | None]:
     """Decide and choose on the selection split (calibration images the reconstruction did not fit
-    on), never on the verification images the gate judges; None when all-INT8 holds there."""
+    on), never on the verification images the gate judges: first the conv fallback (single convs
+    out of INT8, on evidence, whatever the budget), then, only where the budget still misses there,
+    the block repair."""
     from .export.logits import reference_logits
-    from .verify.repair import choice_twin, drift_report, repair_int8
+    from .verify.repair import choice_twin, drift_report, fallback_int8, repair_int8
 
     selection = selection_set(req, int8.plan, spec.preprocessing)
     sel_reference, _ = reference_logits(exported.fp32, selection.data)
+    int8, fallback = fallback_stage(req, spec, exported, int8, sel_reference, selection)
+    if fallback is not None:
+        fallback = replace(fallback, initial_verification=first.outcome())
     sel_report, _ = verify_candidate(choice_twin(exported.fp32, int8, int8.config), sel_reference, selection,
                                      budget, optimize=False)
     if not sel_report.misses:
-        return int8, None
-    info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
-         f"{'; '.join(sel_report.misses)}; repairing", req.quiet)
+        return int8, fallback, None
+    info(f"      {'all-INT8' if not int8.config.keep_nodes else 'the fallback'} misses the budget on the selection "
+         f"split ({selection.source}): {'; '.join(sel_report.misses)}; repairing", req.quiet)
     sel_drift = drift_report(exported.fp32, int8.model, selection.data[:DRIFT_IMAGES])
     int8, repair = repair_int8(exported.fp32, int8, sel_reference, selection, budget, sel_drift, req.quiet,
                                sel_report, req.max_kept_macs)
-    return int8, replace(repair, initial_verification=first.outcome())
+    return int8, fallback, replace(repair, initial_verification=first.outcome())
+
+
+def fallback_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, sel_reference: np.ndarray,
+                   selection: VerifySet) -> tuple[Any, FallbackReport | None]:
+    """Rank the quantized convs by leave-one-out sensitivity on calibration images outside the
+    selection split, then let :func:`effdeploy.verify.repair.fallback_int8` choose on the split."""
+    from .precision.reconstruct import resolve_device
+    from .precision.sensitivity import SENSITIVITY_IMAGES, conv_sensitivity
+    from .verify.repair import choice_twin, fallback_int8
+
+    if not selection_skip(req, int8.plan):  # too few calibration images to rank on others than the split
+        return int8, None
+    t = time.perf_counter()
+    images = calibration_subset(int8.plan, SENSITIVITY_IMAGES, spec.preprocessing).data
+    sensitivity = conv_sensitivity(exported.fp32, choice_twin(exported.fp32, int8, int8.config), images,
+                                   fp16_scales=int8.config.fp16_rest, device=resolve_device(req.device))
+    info(f"      conv sensitivity on {sensitivity.images} calibration images ({time.perf_counter() - t:.1f} s"
+         f"{', cached' if sensitivity.cache_hit else ''}): all-INT8 KL {sensitivity.all_int8_kl:.4f}; "
+         + ", ".join(f"{c.node} in float {c.kl:.4f}" for c in sensitivity.convs[:3]), req.quiet)
+    return fallback_int8(exported.fp32, int8, sensitivity, sel_reference, selection, req.quiet)
 
 
 def status_of(req: BuildRequest, verified: Verified, weights_info: dict[str, Any]) -> str:
@@ -569,7 +602,8 @@ def quantization_record(req: BuildRequest, verified: Verified) -> dict[str, Any]
         return {}
     quant: dict[str, Any] = {"precision_summary": precision_summary(model),
                              "ort_graph_optimization": "all" if verified.optimize else "disabled",
-                             "drift": verified.drift, "repair": verified.repair.to_dict() if verified.repair else {}}
+                             "drift": verified.drift, "repair": verified.repair.to_dict() if verified.repair else {},
+                             "fallback": verified.fallback.to_dict() if verified.fallback else {}}
     if req.precision == "fp16":
         quant["converter"] = "onnxconverter-common float16 (keep_io_types)"
     if int8 is not None:

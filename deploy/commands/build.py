@@ -176,6 +176,8 @@ def build_summary(path: Path, m: dict[str, Any], timings: dict[str, float] | Non
                          if m.get("quantization", {}).get(k)},
         "calibration_images": m.get("quantization", {}).get("calibration", {}).get("image_count"),
         "kept_blocks": (m.get("quantization", {}).get("repair") or {}).get("kept_blocks", []),
+        "kept_convs": (m.get("quantization", {}).get("fallback") or {}).get("kept_nodes", []),
+        "kept_convs_macs_share": (m.get("quantization", {}).get("fallback") or {}).get("macs_share_kept"),
         "reconstruction": _reconstruction_line(m.get("quantization", {}).get("reconstruction")),
         "drift_final": (m.get("quantization", {}).get("drift") or [{}])[-1].get("relative_error"),
         "timings_s": {k: round(v, 2) for k, v in (timings or {}).items()},
@@ -232,8 +234,13 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
                               f"{q.get('method')} ranges from {s.get('calibration_images')} images"))
     if s.get("reconstruction"):
         rows.append(("INT8 reconstruction", s["reconstruction"]))
+    if s.get("kept_convs"):
+        share = s.get("kept_convs_macs_share")
+        share = f" ({100 * share:.1f} % of the multiply-adds)" if share else ""
+        rows.append(("convs kept in higher precision", ", ".join(c.strip("/").removesuffix("/Conv").removesuffix("/Gemm")
+                                                                 for c in s["kept_convs"]) + share))
     if s.get("kept_blocks"):
-        rows.append(("kept in higher precision", ", ".join(s["kept_blocks"])))
+        rows.append(("blocks kept in higher precision", ", ".join(s["kept_blocks"])))
     if s.get("drift_final") is not None:
         rows.append(("drift at the last block", f"{s['drift_final']:.3g} (relative error vs FP32)"))
     for miss in s.get("budget_misses", []):

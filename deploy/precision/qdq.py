@@ -46,6 +46,7 @@ class QuantConfig:
     quantize_stem: bool = True
     quantize_classifier: bool = True
     keep_blocks: tuple[str, ...] = ()  # MBConv blocks kept in higher precision (sensitivity fallback)
+    keep_nodes: tuple[str, ...] = ()  # single Conv/Gemm nodes kept in higher precision (the conv fallback)
     fp16_rest: bool = True  # tensorrt: non-INT8 ops in FP16
     # ort-cpu: 7-bit weights (ORT's reduce_range). x86 CPUs without VNNI multiply U8xS8 pairs into
     # saturating 16-bit sums (VPMADDUBSW), which 8-bit weights overflow; 7 bits never do.
@@ -57,6 +58,7 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["keep_blocks"] = list(self.keep_blocks)
+        d["keep_nodes"] = list(self.keep_nodes)
         return d
 
 
@@ -119,7 +121,7 @@ def op_types(config: QuantConfig) -> list[str]:
 
 def excluded_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
     """Nodes kept out of INT8 by the EfficientNet-aware rules and the fallback list."""
-    keep = set(config.keep_blocks)
+    keep, nodes = set(config.keep_blocks), set(config.keep_nodes)
     out = []
     for n in model.graph.node:
         name = n.name
@@ -129,9 +131,15 @@ def excluded_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
             out.append(name)
         elif not config.quantize_classifier and name.startswith("/classifier"):
             out.append(name)
-        elif block_of(name) in keep:
+        elif block_of(name) in keep or name in nodes:
             out.append(name)
     return out
+
+
+def kept_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
+    """The nodes a repair keeps out of INT8 (kept blocks and single kept convs), beyond the rules."""
+    blocks, nodes = set(config.keep_blocks), set(config.keep_nodes)
+    return [n.name for n in model.graph.node if block_of(n.name) in blocks or n.name in nodes]
 
 
 def calibration_tensors(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
@@ -180,7 +188,11 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
             out = _quantize_static(src, src_path, out_path, cache, config, td, act, extra)
             _store_quantized(stored, out)
     if initializers:  # before the refit below, which requantizes the integers it finds
-        out = apply_initializers(out, initializers)
+        # Values fitted on the all-INT8 graph; a conv a repair keeps in float keeps its own bias (a
+        # shifted conv's fitted bias holds c x its quantized weights' sum: wrong for float weights).
+        kept = set(kept_nodes(src, config))
+        own = {t for n in out.graph.node if n.name in kept for t in n.input}
+        out = apply_initializers(out, {k: v for k, v in initializers.items() if k not in own})
     if not dialect.output_qdq:
         drop_non_residual_add_qdq(out)
     if config.fp16_rest:

@@ -118,10 +118,12 @@ class RepairEvidence:
     reason: str
     keep_blocks: tuple[str, ...] = ()  # the blocks the candidate keeps out of INT8
     flips_p: float = 1.0  # exact two-sided McNemar p of the flips
+    keep_nodes: tuple[str, ...] = ()  # the single convs the candidate keeps out of INT8 (the conv fallback)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["kl_gain_ci95"], d["flips"], d["keep_blocks"] = list(self.kl_gain_ci95), list(self.flips), list(self.keep_blocks)
+        d["kl_gain_ci95"], d["flips"] = list(self.kl_gain_ci95), list(self.flips)
+        d["keep_blocks"], d["keep_nodes"] = list(self.keep_blocks), list(self.keep_nodes)
         return d
 
 
@@ -324,6 +326,79 @@ def repair_int8(fp32: onnx.ModelProto, int8: Any, reference_logits: np.ndarray, 
     return replace(int8, model=candidate, config=config), repair
 
 
+FALLBACK_COUNTS = (1, 2, 3, 4)  # how many of the most sensitive convs the conv fallback tries
+FALLBACK_MAX_MACS_PCT = 10.0  # ... within this share of the multiply-adds (FP16 convs cost latency)
+
+
+@dataclass(frozen=True)
+class FallbackReport:
+    """The conv fallback: single convs kept out of INT8 in leave-one-out sensitivity order, adopted
+    only on evidence; the manifest's ``quantization.fallback``."""
+
+    sensitivity: Mapping[str, Any]  # effdeploy.precision.sensitivity.Sensitivity.to_dict()
+    tried: tuple[Mapping[str, Any], ...]  # per count: nodes, multiply-add share, KL and agreement on the selection split
+    kept_nodes: tuple[str, ...]
+    macs_share_kept: float
+    max_macs_pct: float
+    chosen_on: str
+    evidence: RepairEvidence | None  # the lowest-KL count against all-INT8 (None: nothing to try)
+    initial_verification: Mapping[str, Any] | None = None  # all-INT8 on the verification images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sensitivity": dict(self.sensitivity), "tried": [dict(t) for t in self.tried],
+                "kept_nodes": list(self.kept_nodes), "macs_share_kept": self.macs_share_kept,
+                "max_macs_pct": self.max_macs_pct, "chosen_on": self.chosen_on,
+                "evidence": self.evidence.to_dict() if self.evidence is not None else None,
+                "initial_verification": dict(self.initial_verification) if self.initial_verification else None}
+
+
+def fallback_counts(shares: Sequence[float], max_share: float, counts: Sequence[int] = FALLBACK_COUNTS) -> list[int]:
+    """The counts of leading convs (their multiply-add ``shares`` in order) that fit in ``max_share``."""
+    return [k for k in counts if k <= len(shares) and sum(shares[:k]) <= max_share + 1e-9]
+
+
+def fallback_int8(fp32: onnx.ModelProto, int8: Any, sensitivity: Any, reference_logits: np.ndarray,
+                  selection: VerifySet, quiet: bool,
+                  max_macs_pct: float = FALLBACK_MAX_MACS_PCT) -> tuple[Any, FallbackReport]:
+    """Keep the 1-4 convs whose float form helped most (ranked on other images) out of INT8: the
+    count with the lowest KL on the selection split, and only if it beats all-INT8 there by more
+    than the images resolve (:func:`repair_evidence`). Where the INT8 error sits in a few convs (the
+    B family's stem swish and SE-gated project inputs) this halves it for a few % of the
+    multiply-adds; where it is spread (Lite) no candidate resolves and all-INT8 stands."""
+    from ..export.logits import cached_logits
+    from ..precision.qdq import quantize
+
+    helpful = [c for c in sensitivity.convs if c.kl < sensitivity.all_int8_kl]
+    counts = fallback_counts([c.macs_share for c in helpful], max_macs_pct / 100.0)
+    plain, _ = cached_logits(choice_twin(fp32, int8, int8.config), selection.data, optimize=False)
+    tried, best = [], None
+    for k in counts:
+        config = replace(int8.config, keep_nodes=tuple(c.node for c in helpful[:k]))
+        logits, _ = cached_logits(choice_twin(fp32, int8, config), selection.data, optimize=False)
+        kl = float(per_image_kl(reference_logits, logits).mean())
+        agree = float((logits.argmax(1) == reference_logits.argmax(1)).mean())
+        tried.append({"keep_nodes": list(config.keep_nodes), "macs_share": sum(c.macs_share for c in helpful[:k]),
+                      "kl": kl, "top1_agreement": agree})
+        info(f"      conv fallback: {k} conv{'s' if k > 1 else ''} in float ({', '.join(config.keep_nodes)}): KL "
+             f"{kl:.4f}, top-1 agreement {100 * agree:.2f} % on the selection split", quiet)
+        if best is None or kl < best[0]:
+            best = (kl, config, logits)
+    evidence, config = None, int8.config
+    if best is not None:
+        evidence = replace(repair_evidence(reference_logits, plain, best[2]), keep_nodes=best[1].keep_nodes)
+        info(f"      conv fallback: {'keeping ' + ', '.join(best[1].keep_nodes) if evidence.repair else 'all-INT8 stands'}: "
+             f"{evidence.reason}", quiet)
+        if evidence.repair:
+            config = best[1]
+    share = {c.node: c.macs_share for c in helpful}
+    report = FallbackReport(sensitivity.to_dict(), tuple(tried), tuple(config.keep_nodes),
+                            sum(share[n] for n in config.keep_nodes), max_macs_pct, selection.source, evidence)
+    if config == int8.config:
+        return int8, report
+    return replace(int8, model=quantize(fp32, int8.artifact.ranges, config, initializers=int8.initializers),
+                   config=config), report
+
+
 def judge_evidence(fp32: onnx.ModelProto, int8: Any, config: Any, reference_logits: np.ndarray,
                    selection: VerifySet) -> RepairEvidence:
     """The chosen candidate's twin against all-INT8's on the selection split (both logits cached
@@ -332,4 +407,5 @@ def judge_evidence(fp32: onnx.ModelProto, int8: Any, config: Any, reference_logi
 
     plain, _ = cached_logits(choice_twin(fp32, int8, int8.config), selection.data, optimize=False)
     cand, _ = cached_logits(choice_twin(fp32, int8, config), selection.data, optimize=False)
-    return replace(repair_evidence(reference_logits, plain, cand), keep_blocks=tuple(config.keep_blocks))
+    return replace(repair_evidence(reference_logits, plain, cand), keep_blocks=tuple(config.keep_blocks),
+                   keep_nodes=tuple(config.keep_nodes))
