@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .data.preprocess import Preprocessing
-from .errors import EffdeployError
+from .errors import EffdeployError, first_line
 from .files import _owner_pid, atomic_write, process_alive, process_umask, sha256_file
 from .model.spec import ModelSpec
 
@@ -116,13 +117,141 @@ class Bundle:
         return self.manifest.status
 
     def check(self) -> None:
-        """Every artifact present with the hash the manifest recorded."""
-        for name, meta in self.manifest.artifacts.items():
+        """Every artifact a regular file inside the bundle with the size and hash the manifest
+        recorded, and every ONNX file's external data one of those artifacts."""
+        import stat
+
+        artifacts = self.manifest.artifacts
+        for name, meta in artifacts.items():
             p = self.path / name
-            if not p.is_file():
-                raise EffdeployError(f"bundle {self.path} is incomplete: {name} is missing; rebuild it")
-            if "sha256" in meta and sha256_file(p) != meta["sha256"]:
+            try:
+                st = os.lstat(p)
+            except OSError:
+                raise EffdeployError(f"bundle {self.path} is incomplete: {name} is missing; rebuild it") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise EffdeployError(f"bundle {self.path}: {name} is not a regular file (a link or a folder); "
+                                     "refusing it: a bundle's files live inside it; rebuild or copy it again")
+            if st.st_size != meta.get("bytes", st.st_size) or sha256_file(p) != meta["sha256"]:
                 raise EffdeployError(f"bundle {self.path}: {name} does not match its sha256 in the manifest (corrupt or edited); rebuild it")
+        for name in artifacts:
+            if not name.endswith(".onnx"):
+                continue
+            for location in onnx_external_data(self.path / name):
+                if location not in artifacts:
+                    raise EffdeployError(f"bundle {self.path}: {name} keeps tensor data in {location[:80]!r}, which is "
+                                         "not a file of the bundle; refusing it")
+
+
+# --- a bundle is a file from somewhere else: what a manifest may name and claim ----------------------
+#
+# Whoever made a bundle also wrote its manifest, so nothing in it is trusted: artifact names stay
+# plain file names in the bundle folder (no separators, no "..", no hidden files, no symlinks), ONNX
+# external data may only point at such an artifact (so it is hashed too), and sizes, dims, counts,
+# strings and nesting have bounds far above any real bundle. Each check fails in one line.
+
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_JSON_DEPTH = 32
+MAX_STRING = 1 << 16
+MAX_ARTIFACTS = 256
+MAX_ARTIFACT_BYTES = 1 << 40
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+
+def safe_artifact_name(name: Any) -> bool:
+    """A plain file name in the bundle folder: letters, digits and ``._+-``, not hidden, no separators."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
+
+
+def _json_shape_problem(obj: Any) -> str | None:
+    """Nesting deeper than MAX_JSON_DEPTH or a string longer than MAX_STRING, without recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            return f"holds a string of {len(value)} characters (at most {MAX_STRING})"
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _num_in(value: Any, lo: float, hi: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def manifest_problem(d: Any) -> str | None:
+    """Why a parsed manifest cannot be trusted to name files and size buffers, or None."""
+    if not isinstance(d, dict):
+        return "it is not a JSON object"
+    shape = _json_shape_problem(d)
+    if shape:
+        return f"it is {shape}"
+    artifacts = d.get("artifacts", {})
+    if not isinstance(artifacts, dict) or len(artifacts) > MAX_ARTIFACTS:
+        return f"its artifact list is not a mapping of at most {MAX_ARTIFACTS} files"
+    for name, meta in artifacts.items():
+        if not safe_artifact_name(name) or name == MANIFEST:
+            return f"it names the artifact {name[:80]!r}, which is not a plain file name inside the bundle"
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or len(meta["sha256"]) != 64 \
+                or not _int_in(meta.get("bytes", 0), 0, MAX_ARTIFACT_BYTES):
+            return f"its entry for {name} has no valid sha256 and byte count"
+    model = d.get("model")
+    if not isinstance(model, dict):
+        return "it has no model description"
+    pre = model.get("preprocessing")
+    checks = [("model.resolution", model.get("resolution"), _int_in, 8, 4096),
+              ("model.num_classes", model.get("num_classes", 1000), _int_in, 1, 100_000),
+              ("model.phi", model.get("phi"), _num_in, 0, 16), ("model.width", model.get("width"), _num_in, 0.01, 64),
+              ("model.depth", model.get("depth"), _num_in, 0.01, 64),
+              ("model.preprocessing.resize", pre.get("resize") if isinstance(pre, dict) else None, _int_in, 8, 8192)]
+    for what, value, ok, lo, hi in checks:
+        if not ok(value, lo, hi):
+            return f"{what} is {str(value)[:40]!r}, outside {lo}..{hi}"
+    frames = d.get("frames", [])
+    if not isinstance(frames, list) or len(frames) > 64:
+        return "its frame-in graph list is not a list of at most 64 entries"
+    for entry in frames:
+        if not isinstance(entry, dict) or entry.get("file") not in artifacts \
+                or not all(_int_in(entry.get(k), 1, 16384) for k in ("width", "height")):
+            return "a frame-in graph entry names no artifact of the bundle or has no sane frame size"
+    labels = d.get("labels")
+    if labels is not None and labels not in artifacts:
+        return f"its labels file {str(labels)[:80]!r} is not an artifact of the bundle"
+    return None
+
+
+def onnx_external_data(path: Path) -> list[str]:
+    """The external-data locations an ONNX file's tensors point at (initializers, node attributes
+    and subgraphs), read without loading that data."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise EffdeployError(f"{path} is not a readable ONNX file ({type(e).__name__}); rebuild the bundle") from None
+    out: list[str] = []
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        tensors = list(g.initializer)
+        for node in g.node:
+            for a in node.attribute:
+                tensors.extend([a.t] if a.HasField("t") else [])
+                tensors.extend(a.tensors)
+                graphs.extend([a.g] if a.HasField("g") else [])
+                graphs.extend(a.graphs)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                out.extend(e.value for e in t.external_data if e.key == "location")
+    return out
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -135,11 +264,19 @@ def load_bundle(path: str | Path, check: bool = True) -> Bundle:
         raise EffdeployError(f"{path} does not exist; pass a bundle directory written by 'effdeploy build'")
     if not is_bundle(path):
         raise EffdeployError(f"{path} is not a bundle (no {MANIFEST}); pass a directory written by 'effdeploy build'")
+    mpath = path / MANIFEST
+    if mpath.is_symlink() or mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise EffdeployError(f"{mpath} is a link or larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest "
+                             "'effdeploy build' writes; rebuild the bundle")
     try:
-        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+        problem = manifest_problem(data)
+        if problem:
+            raise EffdeployError(f"{mpath} is not a manifest effdeploy can trust: {problem}; rebuild the bundle")
         manifest = Manifest.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise EffdeployError(f"{path / MANIFEST} is not a valid effdeploy manifest ({e}); rebuild the bundle") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError,
+            RecursionError) as e:
+        raise EffdeployError(f"{mpath} is not a valid effdeploy manifest ({first_line(e, 120)}); rebuild the bundle") from None
     bundle = Bundle(path, manifest)
     if check:
         bundle.check()

@@ -59,7 +59,7 @@ def test_existing_bundle_replaced_only_when_complete(tmp_path):
             (tmp / "model.onnx").write_bytes(b"v2")
             raise KeyboardInterrupt
     assert (out / "model.onnx").read_bytes() == b"v1"
-    assert load_bundle(out).manifest.artifacts["model.onnx"]["bytes"] == 2
+    assert load_bundle(out, check=False).manifest.artifacts["model.onnx"]["bytes"] == 2  # (not real ONNX)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 

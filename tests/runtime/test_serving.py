@@ -67,10 +67,9 @@ def test_graphs_verified_unoptimised_are_served_unoptimised(tmp_path):
     manifest["quantization"] = {"ort_graph_optimization": "disabled"}
     (b / "labels.txt").write_text("".join(f"part {i}\n" for i in range(10)))
     manifest["labels"] = "labels.txt"
-    (b / "manifest.json").write_text(json.dumps(manifest))
-    from effdeploy.bundle import load_bundle, write_manifest
+    from effdeploy.bundle import Manifest, write_manifest
 
-    write_manifest(b, load_bundle(b, check=False).manifest)
+    write_manifest(b, Manifest.from_dict(manifest))  # hashes labels.txt in
     proc = run_cli("export", str(b), "--triton", str(tmp_path / "repo"), "--name", "parts", "--max-batch", "4")
     assert proc.returncode == 0, proc.stderr
     cfg = _config(tmp_path / "repo" / "parts")
