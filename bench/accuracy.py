@@ -9,6 +9,7 @@ Rows per model:
   fp16                     FP16 (jetson-orin)
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
   cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem in float by default)
+  trt-blocks / cpu-blocks  the default build with the conv fallback off (the block repair alone)
   cpu-int8-stem            cpu all-INT8 with the stem in INT8 too (the B family's default before)
   ort-minmax / ort-pct     anchors: ONNX Runtime quantize_static, S8S8 per-channel, MinMax / Percentile
   nncf / nncf-mixed        anchors: NNCF (pip install -c constraints.txt -e ".[bench]"), default / MIXED preset
@@ -35,13 +36,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DISTILLED_B = REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
-ROWS = ("fp16", "trt-int8", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-default", "ort-minmax", "ort-pct", "nncf",
-        "nncf-mixed")
+ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
+        "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
     "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
     "cpu-int8-stem": ("int8", "cpu", False, ("se",)), "cpu-default": ("int8", "cpu", True, None),
+    "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
 }
+NO_CONV_FALLBACK = ("trt-blocks", "cpu-blocks")  # the default build with the block repair alone
 # targets of the INT8 issue for the default builds, judged by the two folds on the 500 images
 TARGET_AGREEMENT, TARGET_DROP_PT = 0.98, 0.5
 
@@ -86,6 +89,8 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
     precision, profile, repair, parts = BUILD_ROWS[row]
     n = len(list(fold.calib.iterdir()))
     extra = {} if parts is None else {"int8_float_parts": parts}
+    if row in NO_CONV_FALLBACK:
+        extra["conv_fallback"] = False
     req = BuildRequest(**extra, phi=0, variant=flags["variant"], weights=flags["weights"], precision=precision,
                        profile=load_profile(profile), out=out, repair=repair, calib_data=str(fold.calib),
                        calib_images=n, verify_data=str(fold.judge), verify_images=len(fold.judge_names),

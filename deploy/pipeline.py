@@ -568,8 +568,8 @@ def fallback_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, 
     from .precision.sensitivity import SENSITIVITY_IMAGES, conv_sensitivity
     from .verify.repair import choice_twin, fallback_int8
 
-    if not selection_skip(req, int8.plan):  # too few calibration images to rank on others than the split
-        return int8, None
+    if not req.conv_fallback or not selection_skip(req, int8.plan):  # off, or too few calibration images to
+        return int8, None  # rank on others than the split
     t = time.perf_counter()
     images = calibration_subset(int8.plan, SENSITIVITY_IMAGES, spec.preprocessing).data
     sensitivity = conv_sensitivity(exported.fp32, choice_twin(exported.fp32, int8, int8.config), images,

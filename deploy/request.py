@@ -44,6 +44,7 @@ class BuildRequest:
     accuracy_budget: float | None = None  # percent top-1 disagreement allowed; enables repair
     repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
     max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
+    conv_fallback: bool = True  # with the repair: single convs out of INT8 by leave-one-out sensitivity, on evidence
     int8_float_parts: tuple[str, ...] | None = None  # parts kept out of INT8 (se, stem, classifier); None: precision.default_float_parts
     reconstruct: bool = True  # INT8: correct every layer's bias for the error in front of it
     reconstruct_images: int = RECONSTRUCT_IMAGES

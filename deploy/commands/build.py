@@ -55,6 +55,8 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--seed", type=int, default=default("seed"), show_default=True)
 @click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 % agreement.")
 @click.option("--repair/--no-repair", default=default("repair"), show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
+@click.option("--conv-fallback/--no-conv-fallback", default=default("conv_fallback"), show_default=True,
+              help="With the repair: rank the quantized convs by how much keeping each one alone out of INT8 helps (on 32 calibration images), and keep the 1-4 best (within 10 %% of the multiply-adds) in higher precision when the selection split shows a gain beyond its noise, whether or not the budget holds.")
 @click.option("--max-kept-macs", type=float, default=default("max_kept_macs"), show_default=True,
               help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
 @click.option("--max-abs", type=float, default=None, help="Budget: max abs logit error (default fp32 1e-3).")
@@ -73,7 +75,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               num_classes: int | None, labels: str | None, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
-              max_kept_macs: float, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
+              max_kept_macs: float, conv_fallback: bool, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
               reconstruct_images: int, device: str, frame_sizes: str | None, frame_format: str) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
@@ -112,7 +114,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
-        max_kept_macs=max_kept_macs, reconstruct=reconstruct, reconstruct_images=reconstruct_images, device=device, frames=frames,
+        max_kept_macs=max_kept_macs, conv_fallback=conv_fallback, reconstruct=reconstruct, reconstruct_images=reconstruct_images, device=device, frames=frames,
     )
     from ..bundle import status_warning
 

@@ -116,3 +116,15 @@ def run_outputs(model: onnx.ModelProto, names: Sequence[str], data: np.ndarray, 
     finally:
         runner.close()
     return {n: np.concatenate(v) for n, v in outs.items()}
+
+
+def per_image_kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL divergence of each image's candidate softmax from the reference one (nats): a continuous,
+    per-image measure, so two candidates can be compared image by image."""
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    logp = ref - ref.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    logq = cand - cand.max(1, keepdims=True)
+    logq -= np.log(np.exp(logq).sum(1, keepdims=True))
+    return (np.exp(logp) * (logp - logq)).sum(1)

@@ -182,7 +182,7 @@ def checkpoints(ops: list, input_name: str, outputs: list[str], const: Mapping[s
 
 def leave_one_out(t: Toggle, x: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Per conv unit, the mean KL of the graph with that unit alone in float."""
-    from ..verify.repair import per_image_kl
+    from ..export.logits import per_image_kl
 
     units = conv_units(t)
     index = {op.name: i for i, op in enumerate(t.ops)}
@@ -227,7 +227,7 @@ def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.nd
     from ..export.exporter import macs_per_node
     from ..export.logits import cached_logits
     from ..files import sha256_json, sha256_proto
-    from ..verify.repair import per_image_kl
+    from ..export.logits import per_image_kl
 
     key = sha256_json({"twin": sha256_proto(twin), "fp32": sha256_proto(fp32), "fp16_scales": fp16_scales,
                        "images": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),

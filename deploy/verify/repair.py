@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..export.exporter import block_of
-from ..export.logits import block_outputs, run_outputs
+from ..export.logits import block_outputs, per_image_kl, run_outputs  # noqa: F401 (per_image_kl: this module's API too)
 from .gate import Budget, VerifyReport, VerifySet, verify_candidate
 from ..precision.qdq import needs_unoptimized_ort
 from ..report import info
@@ -88,18 +88,6 @@ def choice_twin(fp32: Any, int8: Any, config: Any) -> Any:
     if config == int8.config and not config.fp16_rest:
         return int8.model
     return quantize(fp32, int8.artifact.ranges, replace(config, fp16_rest=False), initializers=int8.initializers)
-
-
-def per_image_kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """KL divergence of each image's candidate softmax from the reference one (nats): a continuous,
-    per-image measure, so two candidates can be compared image by image."""
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    logp = ref - ref.max(1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
-    logq = cand - cand.max(1, keepdims=True)
-    logq -= np.log(np.exp(logq).sum(1, keepdims=True))
-    return (np.exp(logp) * (logp - logq)).sum(1)
 
 
 @dataclass(frozen=True)

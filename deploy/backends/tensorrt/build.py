@@ -323,7 +323,8 @@ def compile_engine(trt: ModuleType, plan: CompilePlan, gpu: GpuInfo | None, quie
     with capture_log(log):
         serialized, reused, dla = _compile_serialized(trt, logger, plan, log, warnings, quiet)
         gc.collect()  # the builder's objects are unreferenced now; free them before the engine is loaded
-        runtime = new_runtime(trt, logger, plan.version_compatible, plan.dla_core)
+        runtime = new_runtime(trt, logger, plan.version_compatible, plan.dla_core,
+                              allow_host_code=True)  # the plan this build just wrote
         engine = runtime.deserialize_cuda_engine(serialized)
         if engine is None:
             raise EffdeployError("TensorRT built a plan it cannot deserialize; re-run compile (the plan was not written)")

@@ -198,15 +198,39 @@ def hardware_compat_level(trt: ModuleType, level: str) -> Any:
     return member
 
 
-def new_runtime(trt: ModuleType, logger: Any, version_compatible: bool, dla_core: int | None = None) -> Any:
+HOST_CODE_ENV = "EFFDEPLOY_ALLOW_ENGINE_HOST_CODE"
+
+
+def host_code_refusal(plan: Any, version_compatible: bool, allow: bool | None) -> str | None:
+    """Why a plan is not opened, or None. A version-compatible plan carries TensorRT's lean runtime
+    as host code that runs in this process; whoever made the plan also wrote its engine.json, so
+    effdeploy lets TensorRT run that code only when the person running it says they trust the
+    plan's source (``allow``; None reads ``$EFFDEPLOY_ALLOW_ENGINE_HOST_CODE=1``). A plan whose
+    engine.json hides that it is version-compatible still meets TensorRT's own default: host code
+    disallowed, so deserialization fails."""
+    import os
+
+    if allow is None:
+        allow = os.environ.get(HOST_CODE_ENV, "") == "1"
+    if version_compatible and not allow:
+        return (f"{plan} is version-compatible: it carries TensorRT's lean runtime as host code, which runs in this "
+                f"process; effdeploy runs it only for engines you trust: set {HOST_CODE_ENV}=1 (or "
+                "TensorRTRunner.open(..., allow_host_code=True)), or compile the bundle here without "
+                "--version-compatible")
+    return None
+
+
+def new_runtime(trt: ModuleType, logger: Any, version_compatible: bool, dla_core: int | None = None,
+                allow_host_code: bool = False) -> Any:
     """A ``trt.Runtime``; version-compatible plans embed a lean runtime (host code) that the
     runtime refuses unless ``engine_host_code_allowed`` is set (same attribute in 10.x and 11.x).
+    It is set only when ``allow_host_code`` (see :func:`host_code_refusal`).
 
     ``dla_core``: the core a DLA engine was built for. ``IRuntime.DLA_core`` defaults to -1 and must
     be set before deserializing a DLA engine (TensorRT's DLA samples do so; property in the 10.3 and
     11.x bindings)."""
     runtime = trt.Runtime(logger)
-    if version_compatible:
+    if version_compatible and allow_host_code:
         runtime.engine_host_code_allowed = True
     if dla_core is not None and dla_core >= 0:
         runtime.DLA_core = int(dla_core)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .. import Runner
-from .compat import LogCapture, MISSING_TENSORRT, capture_log, import_tensorrt, new_runtime, shared_logger
+from .compat import (LogCapture, MISSING_TENSORRT, capture_log, host_code_refusal, import_tensorrt, new_runtime,
+                     shared_logger)
 from ...errors import EffdeployError, first_line
 from .manifest import (
     EngineManifest, check_engine_runs_here, cuda_problem, cuda_runtime, load_engine_manifest, probe_cuda,
@@ -94,10 +95,15 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, plan_path: str | Path, cuda_graph: bool = False, check: bool = True) -> None:
+    def __init__(self, plan_path: str | Path, cuda_graph: bool = False, check: bool = True,
+                 allow_host_code: bool | None = None) -> None:
         plan = Path(plan_path)
         self.plan_path = plan
         self.manifest: EngineManifest = load_engine_manifest(plan, verify=True)  # hash before TensorRT
+        refusal = host_code_refusal(plan, self.manifest.version_compatible, allow_host_code)
+        if refusal:
+            raise EffdeployError(refusal)
+        self._allow_host_code = self.manifest.version_compatible
         trt = import_tensorrt()
         if trt is None:
             raise EffdeployError(f"{MISSING_TENSORRT} (needed to run {plan})")
@@ -121,17 +127,18 @@ class TensorRTRunner(Runner):
             raise
 
     @classmethod
-    def open(cls, plan_path: str | Path, cuda_graph: bool = False, check: bool = True) -> "TensorRTRunner":
+    def open(cls, plan_path: str | Path, cuda_graph: bool = False, check: bool = True,
+             allow_host_code: bool | None = None) -> "TensorRTRunner":
         """Load a plan after its manifest checks pass; ``check=False`` skips the version/GPU rule
-        (the hash check always runs)."""
-        return cls(plan_path, cuda_graph=cuda_graph, check=check)
+        (the hash check always runs); ``allow_host_code``: see ``compat.host_code_refusal``."""
+        return cls(plan_path, cuda_graph=cuda_graph, check=check, allow_host_code=allow_host_code)
 
     def _open(self, plan: Path, cuda_graph: bool) -> None:
         trt, cuda = self._trt, self._cuda
         log = LogCapture()
         with capture_log(log):  # the process's one logger (a second one would be ignored by TensorRT)
             self._runtime = new_runtime(trt, shared_logger(trt), self.manifest.version_compatible,
-                                        runtime_dla_core(self.manifest))
+                                        runtime_dla_core(self.manifest), allow_host_code=self._allow_host_code)
             self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
             detail = f" ({first_line(log.errors[-1])})" if log.errors else ""

@@ -74,3 +74,20 @@ def test_one_logger_routes_tensorrt_messages_to_the_active_build():
     assert build.errors == ["[network.cpp::validate] Error Code 4: bad input"]
     assert build.dla_layers == ["{ForeignNode[/stem/conv/Conv...Relu]}"] and build.gpu_layers == ["SHUFFLE: /head/flatten"]
     assert outer.errors[-1] == "after the build" and len(outer.errors) == 2
+
+
+def test_engine_host_code_runs_only_when_the_person_running_it_allows_it(monkeypatch):
+    """A version-compatible plan carries host code; its engine.json was written by whoever made it,
+    so the runner refuses it unless told the source is trusted (argument, or the environment)."""
+    from effdeploy.backends.tensorrt.compat import HOST_CODE_ENV, host_code_refusal
+
+    monkeypatch.delenv(HOST_CODE_ENV, raising=False)
+    assert host_code_refusal("e.plan", False, None) is None  # no host code: TensorRT's default stands
+    refusal = host_code_refusal("e.plan", True, None)
+    assert refusal and HOST_CODE_ENV in refusal and "\n" not in refusal
+    assert host_code_refusal("e.plan", True, True) is None
+    monkeypatch.setenv(HOST_CODE_ENV, "1")
+    assert host_code_refusal("e.plan", True, None) is None
+    assert host_code_refusal("e.plan", True, False) is not None  # an explicit no wins over the environment
+    monkeypatch.setenv(HOST_CODE_ENV, "yes")
+    assert host_code_refusal("e.plan", True, None) is not None  # only "1" opts in
