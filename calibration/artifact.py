@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from effdeploy.cache import cache_folder, cache_problem as folder_problem, warn_unusable
+from effdeploy.cache import cache_folder, cache_problem as folder_problem, load, store, warn_unusable
 from effdeploy.calibration.calibrators import (
     DEFAULT_BATCH_SIZE, DEFAULT_METHOD, DEFAULT_PERCENTILE, DEFAULT_SAMPLES_PER_IMAGE, METHODS,
     CalibrationResult, TensorRange, check_method, collect_statistics, method_parameters,
@@ -239,12 +239,12 @@ def cache_entry_path(key: str, cache_dir: str | Path | None = None) -> Path:
 
 def cache_lookup(key: str, cache_dir: str | Path | None = None) -> CalibrationArtifact | None:
     """The cached artifact for ``key``, or None (missing, unreadable or not matching the key)."""
-    path = cache_entry_path(key, cache_dir)
-    if not path.is_file():
+    data = load(cache_entry_path(key, cache_dir))
+    if data is None:
         return None
     try:
-        artifact = read_calibration_json(path)
-    except EffdeployError:
+        artifact = CalibrationArtifact.from_dict(json.loads(data))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return artifact if artifact.key == key else None
 
@@ -254,9 +254,7 @@ def cache_store(artifact: CalibrationArtifact, cache_dir: str | Path | None = No
     if not artifact.key:
         raise EffdeployError("cannot cache a calibration artifact without a key")
     path = cache_entry_path(artifact.key, cache_dir)
-    try:
-        write_calibration_json(path, artifact)
-    except OSError:
+    if not store(path, json.dumps(artifact.to_dict(), indent=1) + "\n"):
         return None
     return path
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 from .data.preprocess import Preprocessing
 from .errors import EffdeployError, first_line
-from .files import _owner_pid, atomic_write, process_alive, process_umask, sha256_file
+from .files import _owner_pid, atomic_write, fsync_dir, fsync_tree, process_alive, process_umask, sha256_file
 from .model.spec import ModelSpec
 
 
@@ -417,10 +417,27 @@ def staging_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = out.resolve().parent / f".{out.name}{OLD_MARKER}{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+    fsync_tree(tmp)  # every artifact and the manifest on disk before the rename makes them the bundle
+    with _swap_lock(out):  # two builds to one --out: each swap whole, the later one's bundle stays
+        old = None
+        if out.exists():
+            old = out.resolve().parent / f".{out.name}{OLD_MARKER}{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        fsync_dir(out.resolve().parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _swap_lock(out: Path) -> Iterator[None]:
+    """An advisory lock on ``out``'s parent folder (no lock file left behind), held only while one
+    build swaps its bundle into place; swaps into one folder are milliseconds, so sharing is cheap."""
+    import fcntl
+
+    fd = os.open(out.resolve().parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -49,14 +49,48 @@ def cache_folder(kind: str) -> Path:
     return cache_root() / kind
 
 
+# Every entry carries its own check: a header with the sha256 of what follows. Writes are atomic
+# and durable (files.atomic_write), so a reader never sees half an entry; the check catches what
+# the disk or a copy did to it afterwards (a bit flip, a truncation), and such an entry is removed
+# and recomputed, never used.
+ENTRY_MAGIC = b"effdeploy-cache-1 sha256="
+
+
 def store(path: Path, data: bytes | str) -> bool:
-    """Write one entry atomically; False when the cache cannot be written (that only costs the
-    computation next time, and the build says so once, see :func:`warn_unusable`)."""
+    """Write one entry atomically with its checksum; False when the cache cannot be written (that
+    only costs the computation next time, and the build says so once, see :func:`warn_unusable`)."""
+    import hashlib
+
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     try:
-        atomic_write(path, data)
+        atomic_write(path, ENTRY_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         return True
     except OSError:
         return False
+
+
+def load(path: Path, quiet: bool = False) -> bytes | None:
+    """One entry's payload, or None: missing, or damaged (then removed, with a note) or written in
+    an older format (removed quietly). Concurrent builds may race to write the same key; both write
+    whole entries of the same content, and the rename makes one of them the entry."""
+    import hashlib
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    head, sep, payload = raw.partition(b"\n")
+    if raw.startswith(ENTRY_MAGIC) and sep and hashlib.sha256(payload).hexdigest().encode() == head[len(ENTRY_MAGIC):]:
+        return payload
+    damaged = raw.startswith(ENTRY_MAGIC)
+    try:
+        Path(path).unlink()
+    except OSError:
+        pass
+    if damaged:
+        info(f"note: discarded a damaged cache entry ({Path(path).parent.name}/{Path(path).name}: its checksum does not "
+             "match, e.g. a bit flip or a truncation on disk); recomputing it", quiet)
+    return None
 
 
 def cache_problem(folder: str | Path | None = None) -> str | None:

@@ -1,5 +1,6 @@
-"""Content hashes and atomic writes: what every stage and the cache use to write a file that a
-reader never sees half-written and to key what it depends on.
+"""Content hashes and atomic, durable writes: what every stage and the cache use to write a file
+that a reader never sees half-written (nor, after a power cut, renamed but empty) and to key what
+it depends on.
 """
 
 from __future__ import annotations
@@ -65,6 +66,36 @@ def _owner_pid(name: str, marker: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (POSIX: the directory itself must be synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and Windows) cannot sync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Sync every file under ``folder`` and the folders themselves: a bundle renamed into place after
+    this survives a power cut whole (without it the rename may land before the data)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
 def atomic_write(path: str | Path, data: bytes | bytearray | memoryview | str) -> None:
     """Write through a temp file in the same folder and rename: readers (and caches) never see a
     half-written file. The temp file carries the writer's pid, so one left by a killed process
@@ -79,7 +110,10 @@ def atomic_write(path: str | Path, data: bytes | bytearray | memoryview | str) -
         os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename can be
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # and the rename itself
     except BaseException:
         try:
             os.unlink(tmp)

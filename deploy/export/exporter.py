@@ -130,12 +130,13 @@ def cached_export(model: Any, resolution: int, opset: int = OPSET, use_cache: bo
     every build, so a stale or corrupt entry cannot pass unnoticed; a corrupt one is re-exported."""
     import os
 
-    from ..cache import store
+    from ..cache import load, store
 
     path = export_cache_dir() / f"{export_key(model, resolution, opset)}.onnx" if use_cache else None
-    if path is not None and path.is_file():
+    data = load(path) if path is not None else None
+    if data is not None:
         try:
-            proto = onnx.load(str(path))
+            proto = onnx.load_from_string(data)
             onnx.checker.check_model(proto)
             os.utime(path)  # least recently used goes first when the cache is pruned
             return proto, True

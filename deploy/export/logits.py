@@ -48,7 +48,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     import onnxruntime
 
     from ..files import sha256_json, sha256_proto
-    from ..cache import cache_folder, store
+    from ..cache import cache_folder, load, store
 
     if not use_cache:
         return ort_logits(model, data, optimize=optimize), False
@@ -59,7 +59,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     })
     path = cache_folder("reference") / f"{key[:40]}.npy"
     try:
-        cached = np.load(path, allow_pickle=False)
+        cached = np.load(io.BytesIO(load(path) or b""), allow_pickle=False)
         if cached.shape[0] == len(data):
             return cached, True
     except (OSError, ValueError, EOFError):  # missing or corrupt: run again

@@ -115,15 +115,23 @@ def module_state_file(module: Any) -> Any:
     import torch
     from safetensors.torch import save
 
-    from ..cache import cache_folder, store
+    from ..cache import cache_folder
+    from ..files import atomic_write, sha256_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()
                if isinstance(v, torch.Tensor)}
     data = save(tensors, metadata={"module": describe(module)})
-    path = cache_folder("modules") / f"{hashlib.sha256(data).hexdigest()[:32]}.safetensors"
-    if not path.is_file() and not store(path, data):
+    # A plain safetensors file (the weights loader reads it by path), named by its sha256: an entry
+    # whose bytes no longer match its name (a bit flip, a truncation) is written again.
+    digest = hashlib.sha256(data).hexdigest()
+    path = cache_folder("modules") / f"{digest[:32]}.safetensors"
+    try:
+        if path.is_file() and sha256_file(path) == digest:
+            return path
+        atomic_write(path, data)
+    except OSError:
         raise EffdeployError(f"cannot write the module's weights to the cache ({path.parent}); set EFFDEPLOY_CACHE_DIR "
-                             "to a writable folder")
+                             "to a writable folder") from None
     return path
 
 

@@ -220,8 +220,10 @@ def _read_json(path: Path) -> Any:
     """A small cache record, or None when it is missing or unreadable."""
     import json
 
+    from ..cache import load
+
     try:
-        return json.loads(path.read_text())
+        return json.loads(load(path) or b"null")
     except (OSError, ValueError):
         return None
 

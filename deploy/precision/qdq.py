@@ -222,10 +222,13 @@ def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfi
 def _load_quantized(path: Path) -> onnx.ModelProto | None:
     from google.protobuf.message import DecodeError
 
+    from ..cache import load
+
+    data = load(path)
     try:
-        return onnx.load_from_string(path.read_bytes())
-    except (OSError, DecodeError):
-        return None  # missing or unreadable: quantize again
+        return onnx.load_from_string(data) if data is not None else None
+    except DecodeError:
+        return None  # unreadable: quantize again
 
 
 def _store_quantized(path: Path, model: onnx.ModelProto) -> None:

@@ -509,14 +509,14 @@ def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: 
     import time
     import zipfile
 
-    from ..cache import cache_folder, store
+    from ..cache import cache_folder, load, store
     from ..report import info
 
     images = images[: recipe.images]
     key = reconstruction_key(twin, fp32, images, recipe, fp16_scales)
     path = cache_folder("reconstruction") / f"{key[:40]}.npz"
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(load(path, quiet) or b""), allow_pickle=False) as z:
             meta = json.loads(str(z["__meta__"]))
             values = {k: z[k] for k in z.files if k != "__meta__"}
         return Reconstruction(meta["recipe"], values, tuple(LayerReport(**r) for r in meta["layers"]),

@@ -223,7 +223,7 @@ def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.nd
     pixels, same torch -> reused)."""
     import torch
 
-    from ..cache import cache_folder, store
+    from ..cache import cache_folder, load, store
     from ..export.exporter import macs_per_node
     from ..export.logits import cached_logits
     from ..files import sha256_json, sha256_proto
@@ -234,10 +234,10 @@ def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.nd
                        "shape": list(images.shape), "torch": torch.__version__, "code": _code_sha()})
     path = cache_folder("sensitivity") / f"{key[:40]}.json"
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(load(path) or b"null")
         return Sensitivity(d["all_int8_kl"], tuple(ConvSensitivity(**c) for c in d["convs"]), d["images"],
                            d["seconds"], cache_hit=True)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         pass
     t0 = time.perf_counter()
     reference, _ = cached_logits(fp32, images)

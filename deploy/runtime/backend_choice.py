@@ -34,8 +34,10 @@ def choice_key(model_path: Path, threads: int | None, precision: str) -> str:
 
 
 def _load(path: Path) -> dict[str, Any] | None:
+    from ..cache import load
+
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(load(path) or b"null")
         return record if record.get("choice") in CPU_BACKENDS else None
     except (OSError, ValueError, AttributeError):
         return None  # absent, corrupt or foreign: timed again

@@ -27,15 +27,17 @@ def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: n
     import onnxruntime
 
     from ..files import sha256_json, sha256_proto
-    from ..cache import cache_folder, store
+    from ..cache import cache_folder, load, store
 
     key = sha256_json({"reference": sha256_proto(reference), "candidate": sha256_proto(candidate),
                        "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(), "shape": list(data.shape),
                        "ort": onnxruntime.__version__})
     path = cache_folder("drift") / f"{key[:40]}.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        rows = json.loads(load(path) or b"null")
+        if isinstance(rows, list):
+            return rows
+    except ValueError:
         pass
     rows = _drift_rows(reference, candidate, data)
     store(path, json.dumps(rows))

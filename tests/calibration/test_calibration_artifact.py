@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import effdeploy.calibration.artifact as artifact_mod
+from effdeploy.calibration.artifact import cache_store
 from effdeploy.calibration import (
     CACHE_ENV, CalibrationArtifact, TensorRange, cache_lookup, calibration_key, default_cache_dir,
     load_calibration_set, model_sha256, plan_calibration, read_calibration_json, read_trt_calibration_cache,
@@ -216,10 +217,18 @@ def test_corrupt_or_foreign_cache_entries_are_misses(cache: Path) -> None:
     cache.mkdir()
     (cache / f"{a.key}.json").write_text("{truncated")
     assert cache_lookup(a.key, cache) is None
-    write_calibration_json(cache / f"{a.key}.json", _artifact(key="x" * 64))  # entry under the wrong name
+    write_calibration_json(cache / f"{a.key}.json", a)  # a calibration.json without the entry's own checksum
     assert cache_lookup(a.key, cache) is None
-    write_calibration_json(cache / f"{a.key}.json", a)
-    assert cache_lookup(a.key, cache) == a
+    foreign = _artifact(key="x" * 64)
+    cache_store(foreign, cache)
+    (cache / f"{foreign.key}.json").rename(cache / f"{a.key}.json")  # a whole entry under the wrong name
+    assert cache_lookup(a.key, cache) is None
+    path = cache_store(a, cache)
+    assert path is not None and cache_lookup(a.key, cache) == a
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0x04  # one bit flipped on disk after the write: a different number, still valid JSON
+    path.write_bytes(bytes(raw))
+    assert cache_lookup(a.key, cache) is None and not path.exists()  # discarded, recomputed next time
 
 
 def test_unwritable_cache_does_not_fail_the_build(model_path: Path, images: Path, tmp_path: Path) -> None:
