@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -169,3 +170,17 @@ def test_the_cli_refuses_a_path_trick_in_one_line(bundle, tmp_path):
     _write(bundle, m)
     proc = run_cli("inspect", str(bundle))
     assert proc.returncode == 2 and proc.stderr.startswith("effdeploy: error:") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_the_fuzz_script_is_green_in_its_short_form():
+    """bench/fuzz_bundles.py with 60 seeded mutations (the README's figure is its full 200): every
+    class ends in one-line refusals (or, where allowed, a normal run), nothing outside is opened."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import fuzz_bundles
+    finally:
+        sys.path.pop(0)
+    rows = fuzz_bundles.fuzz(60, seed=1, max_seconds=5.0, quiet=True)
+    assert sum(r.n for r in rows) == 60 and len(rows) >= 15
+    red = [(r.name, r.bad[:2], r.outside[:2], r.refused, r.n) for r in rows if not r.green(5.0)]
+    assert not red, red
