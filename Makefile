@@ -18,7 +18,7 @@ WEIGHTS_FLAG := $(if $(WEIGHTS),--weights $(WEIGHTS),)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[build,pretrained,test,openvino]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[build,pretrained,test,openvino,plot]"
 	# Triton's own ModelConfig schema for the export tests: its generated model_config_pb2 needs only
 	# protobuf; --no-deps keeps the HTTP/gRPC client's dependencies (which would move ml_dtypes) out.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tritonclient

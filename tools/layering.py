@@ -36,7 +36,7 @@ def layer(module: str) -> str:
     name = parts[1] if len(parts) > 1 else ""
     if name in ("backends", "profiles"):
         return "device"
-    if name in ("commands", "pipeline", "__main__"):
+    if name in ("commands", "pipeline", "__main__", "sweep"):
         return "top"
     if name in STAGES or name == "runtime":
         return name
