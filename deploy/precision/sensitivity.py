@@ -130,9 +130,10 @@ class Toggle:
     def logits(self, x: np.ndarray, acts: set[str], weights: set[str], batch: int = 16) -> np.ndarray:
         self.set_weights(weights)
         ops, xs = self.ops_with(acts), self.torch.from_numpy(x).to(self.g.device)
+        last = _last_uses(self.ops, self.g.output_names)
         with self.torch.no_grad():
-            return np.concatenate([self.g.run({self.g.input_name: xs[i:i + batch]}, ops)[self.g.output_names[0]].cpu().numpy()
-                                   for i in range(0, len(xs), batch)])
+            return np.concatenate([_run_freeing(self, {self.g.input_name: xs[i:i + batch]}, ops, 0, last)
+                                   [self.g.output_names[0]].cpu().numpy() for i in range(0, len(xs), batch)])
 
 
 def conv_units(t: Toggle) -> dict[str, tuple[set[str], set[str]]]:
@@ -180,37 +181,60 @@ def checkpoints(ops: list, input_name: str, outputs: list[str], const: Mapping[s
     return out
 
 
-def leave_one_out(t: Toggle, x: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Per conv unit, the mean KL of the graph with that unit alone in float."""
+def _last_uses(ops: list, outputs: list[str]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        for name in op.inputs:
+            last[name] = i
+    for name in outputs:
+        last[name] = len(ops)
+    return last
+
+
+def _run_freeing(t: Toggle, env: dict, ops: list, offset: int, last: dict[str, int],
+                 ckpt: dict[int, str] | None = None, saved: dict[int, Any] | None = None) -> dict:
+    """Run ``ops`` (the graph's ops from ``offset`` on), dropping each tensor after its last use
+    (a whole B0 at 224 px keeps ~100 MB per image otherwise); optionally keep the checkpoints."""
+    for j, op in enumerate(ops):
+        i = offset + j
+        if saved is not None and ckpt is not None and i in ckpt:
+            saved[i] = env[ckpt[i]]
+        t.g.run(env, [op])
+        for name in op.inputs:
+            if last.get(name) == i:
+                env.pop(name, None)
+    return env
+
+
+def leave_one_out(t: Toggle, x: np.ndarray, reference: np.ndarray, batch: int = 8) -> dict[str, float]:
+    """Per conv unit, the mean KL of the graph with that unit alone in float (``batch`` images at a
+    time: memory stays that of one batch's live tensors and checkpoints)."""
     from ..export.logits import per_image_kl
 
     units = conv_units(t)
     index = {op.name: i for i, op in enumerate(t.ops)}
     const = set(t.g.const) | set(t.g.biases)
     ckpt = checkpoints(t.ops, t.g.input_name, t.g.output_names, dict.fromkeys(const))
+    last = _last_uses(t.ops, t.g.output_names)
     all_acts, all_w = set(t.fake_quants), set(t.weights)
-    xs = t.torch.from_numpy(x).to(t.g.device)
+    starts = {node: max((s for s in ckpt if s <= min(index[a] for a in acts | {node})), default=0)
+              for node, (acts, _) in units.items()}
+    logits: dict[str, list[np.ndarray]] = {node: [] for node in units}
+    for b in range(0, len(x), batch):
+        xs = t.torch.from_numpy(x[b:b + batch]).to(t.g.device)
+        saved: dict[int, Any] = {}
+        t.set_weights(all_w)
+        with t.torch.no_grad():  # the all-INT8 run, keeping each checkpoint's tensor
+            _run_freeing(t, {t.g.input_name: xs}, t.ops, 0, last, ckpt, saved)
+        for node, (acts, ws) in units.items():
+            start = starts[node]
+            t.set_weights(all_w - ws)
+            with t.torch.no_grad():
+                env = {ckpt[start]: saved[start]} if start in saved else {t.g.input_name: xs}
+                env = _run_freeing(t, env, t.ops_with(all_acts - acts)[start:], start, last)
+            logits[node].append(env[t.g.output_names[0]].cpu().numpy())
     t.set_weights(all_w)
-    saved: dict[int, Any] = {}
-    with t.torch.no_grad():  # the all-INT8 run, keeping each checkpoint's tensor
-        env = {t.g.input_name: xs}
-        for i, op in enumerate(t.ops):
-            if i in ckpt:
-                saved[i] = env[ckpt[i]]
-            t.g.run(env, [op])
-    starts = sorted(saved)
-    out = {}
-    for node, (acts, ws) in units.items():
-        first = min(index[a] for a in acts | {node})
-        start = max((s for s in starts if s <= first), default=0)
-        ops = t.ops_with(all_acts - acts)[start:]
-        t.set_weights(all_w - ws)
-        with t.torch.no_grad():
-            env = {ckpt[start]: saved[start]} if start in saved else {t.g.input_name: xs}
-            logits = t.g.run(env, ops)[t.g.output_names[0]].cpu().numpy()
-        out[node] = float(per_image_kl(reference, logits).mean())
-    t.set_weights(all_w)
-    return out
+    return {node: float(per_image_kl(reference, np.concatenate(parts)).mean()) for node, parts in logits.items()}
 
 
 def _code_sha() -> str:
@@ -242,7 +266,7 @@ def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.nd
     t0 = time.perf_counter()
     reference, _ = cached_logits(fp32, images)
     toggle = Toggle(twin, fp32, fp16_scales, device)
-    all_int8 = toggle.logits(images, set(toggle.fake_quants), set(toggle.weights), batch=len(images))
+    all_int8 = toggle.logits(images, set(toggle.fake_quants), set(toggle.weights), batch=8)
     kl = leave_one_out(toggle, images, reference)
     macs = macs_per_node(fp32)
     total = sum(macs.values()) or 1.0
