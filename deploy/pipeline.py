@@ -537,27 +537,27 @@ def reference_stage(req: BuildRequest, model: Any, exported: Exported, verify: V
 def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, budget: Budget,
                  first: VerifyReport) -> tuple[Any, FallbackReport | None, RepairReport | None]:
     """Decide and choose on the selection split (calibration images the reconstruction did not fit
-    on), never on the verification images the gate judges: first the conv fallback (single convs
-    out of INT8, on evidence, whatever the budget), then, only where the budget still misses there,
-    the block repair."""
+    on), never on the verification images the gate judges. Where all-INT8 misses the budget there,
+    the block repair; where it holds, the conv fallback (single convs out of INT8, on evidence).
+    Measured on the distilled-b B0 (docs/int8.md): the block repair alone beat the fallback followed
+    by the block repair in both dialects (the fallback met part of the budget with fewer float
+    multiply-adds, and less accuracy), so the fallback is only the refinement of a graph that holds."""
     from .export.logits import reference_logits
-    from .verify.repair import choice_twin, drift_report, fallback_int8, repair_int8
+    from .verify.repair import choice_twin, drift_report, repair_int8
 
     selection = selection_set(req, int8.plan, spec.preprocessing)
     sel_reference, _ = reference_logits(exported.fp32, selection.data)
-    int8, fallback = fallback_stage(req, spec, exported, int8, sel_reference, selection)
-    if fallback is not None:
-        fallback = replace(fallback, initial_verification=first.outcome())
     sel_report, _ = verify_candidate(choice_twin(exported.fp32, int8, int8.config), sel_reference, selection,
                                      budget, optimize=False)
     if not sel_report.misses:
-        return int8, fallback, None
-    info(f"      {'all-INT8' if not int8.config.keep_nodes else 'the fallback'} misses the budget on the selection "
-         f"split ({selection.source}): {'; '.join(sel_report.misses)}; repairing", req.quiet)
+        int8, fallback = fallback_stage(req, spec, exported, int8, sel_reference, selection)
+        return int8, replace(fallback, initial_verification=first.outcome()) if fallback else None, None
+    info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
+         f"{'; '.join(sel_report.misses)}; repairing", req.quiet)
     sel_drift = drift_report(exported.fp32, int8.model, selection.data[:DRIFT_IMAGES])
     int8, repair = repair_int8(exported.fp32, int8, sel_reference, selection, budget, sel_drift, req.quiet,
                                sel_report, req.max_kept_macs)
-    return int8, fallback, replace(repair, initial_verification=first.outcome())
+    return int8, None, replace(repair, initial_verification=first.outcome())
 
 
 def fallback_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, sel_reference: np.ndarray,

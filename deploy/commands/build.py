@@ -56,7 +56,7 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--accuracy-budget", type=float, default=None, help="Allowed top-1 disagreement with eager in percent (and accuracy drop in points), e.g. 1 for 99 % agreement.")
 @click.option("--repair/--no-repair", default=default("repair"), show_default=True, help="When INT8 misses its budget, keep the most sensitive MBConv blocks in higher precision until it holds (1..8 blocks one by one, then doubling and bisection, within --max-kept-macs).")
 @click.option("--conv-fallback/--no-conv-fallback", default=default("conv_fallback"), show_default=True,
-              help="With the repair: rank the quantized convs by how much keeping each one alone out of INT8 helps (on 32 calibration images), and keep the 1-4 best (within 10 % of the multiply-adds) in higher precision when the selection split shows a gain beyond its noise, whether or not the budget holds.")
+              help="With the repair, where all-INT8 meets the budget on the selection split: rank the quantized convs by how much keeping each one alone out of INT8 helps (on 32 calibration images), and keep the 1-4 best (within 10 % of the multiply-adds) in higher precision when the split shows a gain beyond its noise.")
 @click.option("--max-kept-macs", type=float, default=default("max_kept_macs"), show_default=True,
               help="The repair keeps at most this percentage of the multiply-adds out of INT8 (beyond it the bundle is no longer mostly INT8).")
 @click.option("--max-abs", type=float, default=None, help="Budget: max abs logit error (default fp32 1e-3).")

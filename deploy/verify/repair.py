@@ -354,7 +354,7 @@ def fallback_int8(fp32: onnx.ModelProto, int8: Any, sensitivity: Any, reference_
     count with the lowest KL on the selection split, and only if it beats all-INT8 there by more
     than the images resolve (:func:`repair_evidence`). Where the INT8 error sits in a few convs (the
     B family's stem swish and SE-gated project inputs) this halves it for a few % of the
-    multiply-adds; where it is spread (Lite) no candidate resolves and all-INT8 stands."""
+    multiply-adds (docs/int8.md); the build runs it only where all-INT8 already meets the budget."""
     from ..export.logits import cached_logits
     from ..precision.qdq import quantize
 
