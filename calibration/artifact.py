@@ -244,7 +244,7 @@ def cache_lookup(key: str, cache_dir: str | Path | None = None) -> CalibrationAr
         return None
     try:
         artifact = CalibrationArtifact.from_dict(json.loads(data))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, EffdeployError):  # e.g. written by a newer effdeploy
         return None
     return artifact if artifact.key == key else None
 

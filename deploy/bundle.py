@@ -109,8 +109,8 @@ class Bundle:
 
     @property
     def reference_path(self) -> Path | None:
-        p = self.path / REFERENCE
-        return p if p.exists() else None
+        p = self.path / REFERENCE  # only a listed (so checked) artifact
+        return p if REFERENCE in self.manifest.artifacts and p.exists() else None
 
     @property
     def status(self) -> str:
@@ -133,9 +133,8 @@ class Bundle:
                                      "refusing it: a bundle's files live inside it; rebuild or copy it again")
             if st.st_size != meta.get("bytes", st.st_size) or sha256_file(p) != meta["sha256"]:
                 raise EffdeployError(f"bundle {self.path}: {name} does not match its sha256 in the manifest (corrupt or edited); rebuild it")
-        for name in artifacts:
-            if not name.endswith(".onnx"):
-                continue
+        graphs = {n for n in artifacts if n.endswith(".onnx")} | {str(f.get("file")) for f in self.manifest.frames}
+        for name in sorted(graphs & set(artifacts)):
             for location in onnx_external_data(self.path / name):
                 if location not in artifacts:
                     raise EffdeployError(f"bundle {self.path}: {name} keeps tensor data in {location[:80]!r}, which is "
@@ -203,15 +202,18 @@ def manifest_problem(d: Any) -> str | None:
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or len(meta["sha256"]) != 64 \
                 or not _int_in(meta.get("bytes", 0), 0, MAX_ARTIFACT_BYTES):
             return f"its entry for {name} has no valid sha256 and byte count"
+    if MODEL not in artifacts:
+        return f"it does not list {MODEL} among its artifacts (so nothing would check it)"
     model = d.get("model")
     if not isinstance(model, dict):
         return "it has no model description"
     pre = model.get("preprocessing")
-    checks = [("model.resolution", model.get("resolution"), _int_in, 8, 4096),
-              ("model.num_classes", model.get("num_classes", 1000), _int_in, 1, 100_000),
-              ("model.phi", model.get("phi"), _num_in, 0, 16), ("model.width", model.get("width"), _num_in, 0.01, 64),
-              ("model.depth", model.get("depth"), _num_in, 0.01, 64),
-              ("model.preprocessing.resize", pre.get("resize") if isinstance(pre, dict) else None, _int_in, 8, 8192)]
+    # far above anything a build accepts, so no bundle effdeploy writes is refused
+    checks = [("model.resolution", model.get("resolution"), _int_in, 1, 1 << 15),
+              ("model.num_classes", model.get("num_classes", 1000), _int_in, 1, 10 ** 7),
+              ("model.phi", model.get("phi"), _num_in, 0, 1000), ("model.width", model.get("width"), _num_in, 1e-3, 1e4),
+              ("model.depth", model.get("depth"), _num_in, 1e-3, 1e4),
+              ("model.preprocessing.resize", pre.get("resize") if isinstance(pre, dict) else None, _int_in, 1, 1 << 16)]
     for what, value, ok, lo, hi in checks:
         if not ok(value, lo, hi):
             return f"{what} is {str(value)[:40]!r}, outside {lo}..{hi}"
@@ -238,19 +240,22 @@ def onnx_external_data(path: Path) -> list[str]:
     except Exception as e:  # protobuf's DecodeError and friends
         raise EffdeployError(f"{path} is not a readable ONNX file ({type(e).__name__}); rebuild the bundle") from None
     out: list[str] = []
-    graphs = [model.graph]
+    graphs: list = [model.graph]
+    tensors = [t for f in model.functions for n in f.node for a in n.attribute for t in ([a.t] if a.HasField("t") else [])]
+    graphs += [a.g for f in model.functions for n in f.node for a in n.attribute if a.HasField("g")]
     while graphs:
         g = graphs.pop()
-        tensors = list(g.initializer)
+        tensors += list(g.initializer) + [s.values for s in g.sparse_initializer]
         for node in g.node:
             for a in node.attribute:
                 tensors.extend([a.t] if a.HasField("t") else [])
                 tensors.extend(a.tensors)
+                tensors.extend([a.sparse_tensor.values] if a.HasField("sparse_tensor") else [])
                 graphs.extend([a.g] if a.HasField("g") else [])
                 graphs.extend(a.graphs)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                out.extend(e.value for e in t.external_data if e.key == "location")
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.extend(e.value for e in t.external_data if e.key == "location")
     return out
 
 
@@ -265,11 +270,18 @@ def load_bundle(path: str | Path, check: bool = True) -> Bundle:
     if not is_bundle(path):
         raise EffdeployError(f"{path} is not a bundle (no {MANIFEST}); pass a directory written by 'effdeploy build'")
     mpath = path / MANIFEST
-    if mpath.is_symlink() or mpath.stat().st_size > MAX_MANIFEST_BYTES:
+    try:
+        too_big = mpath.is_symlink() or mpath.stat().st_size > MAX_MANIFEST_BYTES
+        text = None if too_big else mpath.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise EffdeployError(f"cannot read {mpath}: {e.strerror or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise EffdeployError(f"{mpath} is not a valid effdeploy manifest (not UTF-8 text); rebuild the bundle") from None
+    if too_big:
         raise EffdeployError(f"{mpath} is a link or larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest "
                              "'effdeploy build' writes; rebuild the bundle")
     try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
+        data = json.loads(text)
         problem = manifest_problem(data)
         if problem:
             raise EffdeployError(f"{mpath} is not a manifest effdeploy can trust: {problem}; rebuild the bundle")
@@ -417,14 +429,19 @@ def staging_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_tree(tmp)  # every artifact and the manifest on disk before the rename makes them the bundle
-    with _swap_lock(out):  # two builds to one --out: each swap whole, the later one's bundle stays
-        old = None
-        if out.exists():
-            old = out.resolve().parent / f".{out.name}{OLD_MARKER}{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_dir(out.resolve().parent)
+    try:
+        fsync_tree(tmp)  # every artifact and the manifest on disk before the rename makes them the bundle
+        with _swap_lock(out):  # two builds to one --out: each swap whole, the later one's bundle stays
+            old = None
+            if out.exists():
+                old = out.resolve().parent / f".{out.name}{OLD_MARKER}{os.getpid()}"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            fsync_dir(out.resolve().parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EffdeployError(f"cannot put the bundle in place at {out}: {e.strerror or type(e).__name__}; "
+                             "check the disk and permissions there") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -223,7 +223,8 @@ def selection_skip(req: BuildRequest, plan: Any) -> int:
     the conv sensitivity (both fit on the first ones); 0 where no image would be left."""
     from .precision.sensitivity import SENSITIVITY_IMAGES
 
-    skip = max(req.reconstruct_images if req.reconstruct else 0, SENSITIVITY_IMAGES)
+    skip = req.reconstruct_images if req.reconstruct else 0
+    skip = max(skip, SENSITIVITY_IMAGES) if req.conv_fallback else skip
     return skip if min(plan.count, len(plan.items)) > skip else 0
 
 
@@ -568,8 +569,8 @@ def fallback_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, 
     from .precision.sensitivity import SENSITIVITY_IMAGES, conv_sensitivity
     from .verify.repair import choice_twin, fallback_int8
 
-    if not req.conv_fallback or not selection_skip(req, int8.plan):  # off, or too few calibration images to
-        return int8, None  # rank on others than the split
+    if not req.conv_fallback or selection_skip(req, int8.plan) < SENSITIVITY_IMAGES:  # off, or too few
+        return int8, None  # calibration images to rank on others than the split
     t = time.perf_counter()
     images = calibration_subset(int8.plan, SENSITIVITY_IMAGES, spec.preprocessing).data
     sensitivity = conv_sensitivity(exported.fp32, choice_twin(exported.fp32, int8, int8.config), images,

@@ -59,7 +59,7 @@ def _refused(b, match: str):
     with pytest.raises(EffdeployError, match=match) as info:
         load_bundle(b)
     assert "\n" not in str(info.value)
-    assert not [p for p in reads.paths if "outside" in p], reads.paths
+    assert not [p for p in reads.paths if "outside" in os.path.realpath(p)], reads.paths
     return info
 
 
@@ -184,3 +184,31 @@ def test_the_fuzz_script_is_green_in_its_short_form():
     assert sum(r.n for r in rows) == 60 and len(rows) >= 15
     red = [(r.name, r.bad[:2], r.outside[:2], r.refused, r.n) for r in rows if not r.green(5.0)]
     assert not red, red
+
+
+def test_model_onnx_must_be_a_listed_artifact(bundle):
+    """Left out of the list, model.onnx would be opened unchecked (it could be a link to anything)."""
+    m = _manifest(bundle)
+    del m["artifacts"]["model.onnx"]
+    (bundle / "model.onnx").unlink()
+    (bundle / "model.onnx").symlink_to(bundle.parent / "outside.txt")
+    _write(bundle, m)
+    _refused(bundle, "does not list model.onnx")
+
+
+def test_a_frame_graph_under_any_name_has_its_external_data_checked(bundle):
+    """Frame-in graphs are opened by ONNX Runtime whatever their file name: a listed `frame.bin`
+    keeping its weights in ../outside.txt is refused like model.onnx would be."""
+    model = onnx.load(str(bundle / "model.onnx"))
+    t = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    n = len(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", "../outside.txt"), ("offset", "0"), ("length", str(n))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    onnx.save(model, str(bundle / "frame.bin"))
+    manifest = load_bundle(bundle, check=False).manifest
+    manifest = manifest.with_(frames=({"file": "frame.bin", "width": 64, "height": 48, "channel_order": "bgr"},))
+    write_manifest(bundle, manifest)
+    _refused(bundle, "keeps tensor data in '../outside.txt'")

@@ -108,7 +108,7 @@ def verify_cmd(artifact: Path, data: str | None, count: int, reference: str, max
     if report.coarse:
         info(f"warning: {report.coarse}", as_json)
     drift = []
-    if m.precision != "fp32" and (bundle.path / REFERENCE).is_file():
+    if m.precision != "fp32" and bundle.reference_path is not None:
         import onnx
 
         drift = drift_report(onnx.load(str(bundle.path / REFERENCE)), onnx.load(str(bundle.model_path)), images.data[:32])

@@ -238,7 +238,8 @@ def leave_one_out(t: Toggle, x: np.ndarray, reference: np.ndarray, batch: int = 
 
 
 def _code_sha() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """This module and the interpreter it runs (a change to either must not serve an old order)."""
+    return hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent / "reconstruct.py").read_bytes()).hexdigest()[:16]
 
 
 def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.ndarray, fp16_scales: bool,
@@ -255,7 +256,7 @@ def conv_sensitivity(fp32: onnx.ModelProto, twin: onnx.ModelProto, images: np.nd
 
     key = sha256_json({"twin": sha256_proto(twin), "fp32": sha256_proto(fp32), "fp16_scales": fp16_scales,
                        "images": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
-                       "shape": list(images.shape), "torch": torch.__version__, "code": _code_sha()})
+                       "shape": list(images.shape), "torch": torch.__version__, "code": _code_sha(), "device": device})
     path = cache_folder("sensitivity") / f"{key[:40]}.json"
     try:
         d = json.loads(load(path) or b"null")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -25,13 +26,15 @@ def parse_phis(text: str) -> tuple[float, ...]:
             if len(parts) not in (2, 3):
                 raise ValueError
             start, stop, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1.0
-            if step <= 0 or stop < start:
+            if not step > 0 or not stop >= start:
                 raise ValueError
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n > MAX_POINTS:
+                raise EffdeployError(f"--phi {text} gives {n} values; a sweep takes at most {MAX_POINTS}")
             phis = tuple(round(start + i * step, 6) for i in range(n))
         else:
             phis = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise EffdeployError(f"--phi takes a list (0,1,2) or a range START:STOP[:STEP] (0:4, 0:2:0.5); got {text!r}") from None
     if not phis or any(p < 0 or not math.isfinite(p) for p in phis):
         raise EffdeployError(f"--phi values must be numbers >= 0 (got {text!r})")
@@ -188,18 +191,21 @@ def read_points(folder: Path, settings: Mapping[str, Any]) -> dict[str, Point]:
             if d.get("settings") != dict(settings):
                 continue
             p = Point.from_dict(d["point"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # a line cut short, or not ours
             continue
-        done[p.key] = p
+        if p.error is None and (p.latency_p50_ms is not None or p.timed_on):  # failed points are tried again
+            done[p.key] = p
     return done
 
 
 def append_point(folder: Path, settings: Mapping[str, Any], point: Point) -> None:
     """One line per finished point, flushed and synced before the next point starts."""
-    import os
-
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / POINTS_FILE, "a", encoding="utf-8") as f:
+    path = folder / POINTS_FILE
+    with open(path, "a+b") as f:  # a line a kill cut short gets its own line end first
+        if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"settings": dict(settings), "point": point.to_dict()}) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -83,11 +83,14 @@ def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: 
 
     point = Point(phi=phi, precision=precision)
     out = folder / "bundles" / point.key
+    # FP32/FP16 points are judged on the same image folder the INT8 points calibrate on (INT8 on
+    # its images calibration did not use), so every point has a top-1 on labelled images
+    judge = settings.calib_data if precision != "int8" and settings.calib_data and Path(settings.calib_data).is_dir() else None
     t = time.perf_counter()
     try:
         result = build_bundle(BuildRequest(
             phi=phi, variant=settings.variant, weights=settings.weights, precision=precision, profile=profile, out=out,
-            resolution=settings.resolution,
+            resolution=settings.resolution, verify_data=judge,
             calib_data=settings.calib_data, calib_images=settings.calib_images, allow_parity_failure=True, quiet=True))
         build_s = time.perf_counter() - t
         m = result.bundle.manifest
@@ -111,6 +114,9 @@ def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: 
                        timed_on=f"{runtime} on the GPU" if profile.is_gpu else f"{runtime} on the CPU")
     except EffdeployError as e:
         return Point(phi=phi, precision=precision, error=first_line(e, 300), build_s=round(time.perf_counter() - t, 2))
+    except Exception as e:  # a bug, not bad input: still a row, never the end of the sweep
+        return Point(phi=phi, precision=precision, error=f"internal error: {type(e).__name__}: {first_line(e, 200)}",
+                     build_s=round(time.perf_counter() - t, 2))
 
 
 def run_sweep(settings: SweepSettings, profile: Any, phis: tuple[float, ...], precisions: tuple[str, ...],
@@ -140,6 +146,9 @@ def run_sweep(settings: SweepSettings, profile: Any, phis: tuple[float, ...], pr
     return points, reused
 
 
+MAX_PHI = 8.0  # --find-phi searches up to this phi (B7 is 6; beyond 8 the memory check refuses most machines)
+
+
 def median_ci(samples_ms: np.ndarray) -> tuple[float, float]:
     """A distribution-free 95 % interval of the median (order statistics n/2 +- 0.98 sqrt(n))."""
     s = np.sort(samples_ms)
@@ -158,7 +167,12 @@ def find_phi(settings: SweepSettings, profile: Any, precision: str, budget_ms: f
     tried: list[dict[str, Any]] = []
 
     def probe(phi: float) -> float:
-        p50, ci, spec = measure(phi)
+        try:
+            p50, ci, spec = measure(phi)
+        except EffdeployError as e:  # refused (e.g. does not fit in memory): the bracket's upper end
+            tried.append({"phi": round(phi, 3), "latency_p50_ms": math.inf, "error": first_line(e, 200)})
+            info(f"  candidate {len(tried)}: phi {phi:.3f}: refused ({first_line(e, 120)})", quiet)
+            return math.inf
         tried.append({"phi": round(phi, 3), "latency_p50_ms": p50, "p50_ci95_ms": list(ci), **(spec or {})})
         info(f"  candidate {len(tried)}: phi {phi:.3f}: p50 {p50:.2f} ms (95 % CI {ci[0]:.2f}-{ci[1]:.2f}), "
              f"{'fits' if p50 <= budget_ms else 'over'} {budget_ms:g} ms", quiet)
@@ -170,15 +184,17 @@ def find_phi(settings: SweepSettings, profile: Any, precision: str, budget_ms: f
         return {"found": False, "why": f"phi 0 already takes {lo_ms:.2f} ms > {budget_ms:g} ms", "tried": tried}
     step = 1.0
     while hi is None and len(tried) < max_candidates:
-        ms = probe(lo + step)
+        if lo >= MAX_PHI:
+            break
+        ms = probe(min(lo + step, MAX_PHI))
         if ms > budget_ms:
-            hi, hi_ms = lo + step, ms
+            hi, hi_ms = min(lo + step, MAX_PHI), ms
         else:
-            lo, lo_ms = lo + step, ms
+            lo, lo_ms = min(lo + step, MAX_PHI), ms
             step *= 2
     while hi is not None and len(tried) < max_candidates and lo_ms < 0.9 * budget_ms and hi - lo > 0.02:
         target = math.log(0.95 * budget_ms)
-        frac = (target - math.log(lo_ms)) / (math.log(hi_ms) - math.log(lo_ms))
+        frac = 0.5 if math.isinf(hi_ms) else (target - math.log(lo_ms)) / (math.log(hi_ms) - math.log(lo_ms))
         phi = lo + min(max(frac, 0.1), 0.9) * (hi - lo)
         ms = probe(phi)
         if ms > budget_ms:

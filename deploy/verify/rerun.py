@@ -28,7 +28,7 @@ def calibration_names(bundle: Any) -> set[str]:
     from ..calibration import CALIBRATION_JSON, read_calibration_json
 
     p = bundle.path / CALIBRATION_JSON
-    if not p.is_file():
+    if CALIBRATION_JSON not in bundle.manifest.artifacts or not p.is_file():  # only a listed, checked file
         return set()
     return {Path(n).name for n in read_calibration_json(p).images}
 

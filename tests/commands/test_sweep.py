@@ -26,7 +26,8 @@ def test_phi_lists_and_ranges():
     assert parse_phis("0:2:0.5") == (0.0, 0.5, 1.0, 1.5, 2.0)
     assert parse_phis("1:1.3:0.1") == (1.0, 1.1, 1.2, 1.3)  # float steps land on the end
     assert parse_phis("2,1,2") == (2.0, 1.0)  # order kept, repeats dropped
-    for bad in ("", "a", "0:", "2:1", "0:1:0", "0:1:-1", "-1", "0:1:2:3", "nan", "0:100:0.5"):
+    for bad in ("", "a", "0:", "2:1", "0:1:0", "0:1:-1", "-1", "0:1:2:3", "nan", "0:100:0.5", "0:1e300", "0:inf",
+                "0:1:nan"):
         with pytest.raises(EffdeployError, match="--phi"):
             parse_phis(bad)
 
