@@ -54,7 +54,9 @@ def test_auto_is_timed_once_per_graph_and_threads(tiny_bundle, tmp_path, monkeyp
     with pytest.warns(UserWarning), Runner.open(tiny_bundle, backend="auto", threads=2):
         pass
     assert timed == [1, 1]  # another thread count is another choice
-    (entry,) = [p for p in (tmp_path / "backend").glob("*.json") if json.loads(p.read_text())["threads"] == 1]
+    from effdeploy.cache import load
+
+    (entry,) = [p for p in (tmp_path / "backend").glob("*.json") if json.loads(load(p))["threads"] == 1]
     entry.write_text("{broken")
     with pytest.warns(UserWarning), Runner.open(tiny_bundle, backend="auto", threads=1):
         pass
