@@ -74,7 +74,7 @@ def _sweep(settings: Any, profile: Any, phis: tuple[float, ...], precisions: tup
     from ..backends.timing import machine_info
     from ..files import atomic_write
     from ..report import emit_json, info
-    from ..sweep.plot import PLOT_HINT, write_plot
+    from ..sweep.plot import PLOT_HINT, have_matplotlib, write_plot
     from ..sweep.points import csv_rows, latency_exponent, pareto, quality_measure, recommend
     from ..sweep.run import run_sweep
 
@@ -93,17 +93,11 @@ def _sweep(settings: Any, profile: Any, phis: tuple[float, ...], precisions: tup
     title = f"EfficientNet-{'Lite' if settings.variant == 'lite' else 'B'} on {profile.name} ({result['machine']['cpu']})"
     plotted = write_plot(points, folder / "sweep.png", title, budget)
     if not plotted:
-        info(f"note: no sweep.png: {PLOT_HINT}" if not _have_plot() else "note: no sweep.png: no point was timed", as_json)
+        info("note: no sweep.png: no point was timed" if have_matplotlib() else f"note: no sweep.png: {PLOT_HINT}", as_json)
     if as_json:
         emit_json(result)
         return
     _show(result, points, folder, plotted)
-
-
-def _have_plot() -> bool:
-    from ..sweep.plot import have_matplotlib
-
-    return have_matplotlib()
 
 
 def _show(result: dict[str, Any], points: list, folder: Path, plotted: bool) -> None:

@@ -102,14 +102,6 @@ class Point:
         return Point(**d)
 
 
-def quality(p: Point) -> tuple[str, float | None]:
-    """What "better" means for a point: top-1 accuracy where labels gave one, else MACs as the
-    quality proxy (compound scaling's premise: more compute, more accuracy)."""
-    if p.top1_accuracy is not None:
-        return "top-1 accuracy", p.top1_accuracy
-    return "multiply-adds (proxy)", float(p.macs) if p.macs is not None else None
-
-
 def quality_measure(points: Sequence[Point]) -> str:
     """One measure for the whole table: accuracy only if every timed point has it."""
     timed = [p for p in points if p.latency_p50_ms is not None]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -57,12 +58,12 @@ def compile_for(path: Path, profile: Any, batch: int) -> Path:
     return Path(result.plan.plan_path)
 
 
-def time_bundle(path: Path, batch: int, threads: int | None, iterations: int, profile: Any = None) -> tuple[Any, str]:
-    """Latency on the runtime `bench` uses: the bundle's graph on the CPU for CPU profiles, the
-    compiled engine for GPU profiles (batch ``batch``)."""
+@contextmanager
+def timing_runner(path: Path, batch: int, threads: int | None, profile: Any = None) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """The runtime `bench` uses for the bundle (its graph on the CPU for CPU profiles, the compiled
+    engine for GPU profiles), and one call of it on a random batch of ``batch``."""
     import warnings
 
-    from ..backends.timing import TimingPlan, summarize, time_callable
     from ..runtime.runner import Runner
 
     target = compile_for(path, profile, batch) if profile is not None and profile.is_gpu else path
@@ -72,8 +73,15 @@ def time_bundle(path: Path, batch: int, threads: int | None, iterations: int, pr
     with runner:
         r = runner.artifact.preprocessing.resolution
         x = np.random.default_rng(0).standard_normal((batch, 3, r, r)).astype(np.float32)
-        samples = time_callable(lambda: runner.infer(x), TimingPlan(warmup=10, iterations=iterations))
-        return summarize(samples, batch), runner.backend_name
+        yield runner, lambda: runner.infer(x)
+
+
+def time_bundle(path: Path, batch: int, threads: int | None, iterations: int, profile: Any = None) -> tuple[Any, str]:
+    """Latency statistics at batch ``batch`` and the runtime that measured them."""
+    from ..backends.timing import TimingPlan, summarize, time_callable
+
+    with timing_runner(path, batch, threads, profile) as (runner, call):
+        return summarize(time_callable(call, TimingPlan(warmup=10, iterations=iterations)), batch), runner.backend_name
 
 
 def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: str, folder: Path) -> Point:
@@ -210,11 +218,8 @@ def find_phi(settings: SweepSettings, profile: Any, precision: str, budget_ms: f
 def _timed_candidate(settings: SweepSettings, profile: Any, precision: str, phi: float, folder: Path,
                      budget_ms: float) -> tuple[float, tuple[float, float], dict[str, Any]]:
     """Build phi with random weights (benchmark-only) and time it until its p50 is known to 5 % of the budget."""
-    import warnings
-
     from ..backends.timing import TimingPlan, time_callable
     from ..pipeline import BuildRequest, build_bundle
-    from ..runtime.runner import Runner
 
     if _gpu_reason(profile):
         raise EffdeployError(f"--find-phi needs the target's runtime: {_gpu_reason(profile)}")
@@ -222,20 +227,14 @@ def _timed_candidate(settings: SweepSettings, profile: Any, precision: str, phi:
     m = build_bundle(BuildRequest(phi=round(phi, 3), variant=settings.variant, weights=None, precision=precision,
                                   profile=profile, out=out, quiet=True, allow_parity_failure=True,
                                   resolution=settings.resolution)).bundle.manifest
-    target = compile_for(out, profile, settings.batch) if profile.is_gpu else out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        runner = Runner.open(target, threads=settings.threads)
-    with runner:
-        r = m.model.resolution
-        x = np.random.default_rng(0).standard_normal((settings.batch, 3, r, r)).astype(np.float32)
-        samples = np.array(time_callable(lambda: runner.infer(x), TimingPlan(warmup=10, iterations=50))) * 1e3
+    with timing_runner(out, settings.batch, settings.threads, profile) as (_, call):
+        samples = np.array(time_callable(call, TimingPlan(warmup=10, iterations=50))) * 1e3
         while True:
             lo, hi = median_ci(samples)
             if hi - lo <= 0.05 * budget_ms or len(samples) >= 800:
                 break
-            more = time_callable(lambda: runner.infer(x), TimingPlan(warmup=0, iterations=len(samples)))
+            more = time_callable(call, TimingPlan(warmup=0, iterations=len(samples)))
             samples = np.concatenate([samples, np.array(more) * 1e3])
-    spec = {"depth": m.model.depth, "width": m.model.width, "resolution": r, "parameters": m.model.parameters,
+    spec = {"depth": m.model.depth, "width": m.model.width, "resolution": m.model.resolution, "parameters": m.model.parameters,
             "macs": m.graph.get("macs")}
     return float(np.median(samples)), (lo, hi), spec
