@@ -551,6 +551,10 @@ def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, bu
     sel_report, _ = verify_candidate(choice_twin(exported.fp32, int8, int8.config), sel_reference, selection,
                                      budget, optimize=False)
     if not sel_report.misses:
+        if budget.top1_agreement is None and budget.accuracy_drop_pt is None:  # random weights: no claim to refine
+            info("      conv fallback: skipped (no accuracy claim to refine; the KL of random weights means nothing)",
+                 req.quiet)
+            return int8, None, None
         int8, fallback = fallback_stage(req, spec, exported, int8, sel_reference, selection)
         return int8, replace(fallback, initial_verification=first.outcome()) if fallback else None, None
     info(f"      all-INT8 misses the budget on the selection split ({selection.source}): "
