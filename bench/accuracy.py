@@ -10,7 +10,10 @@ Rows per model:
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
   cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem in float by default)
   trt-blocks / cpu-blocks  the default build with the conv fallback off (the block repair alone)
-  cpu-int8-stem            cpu all-INT8 with the stem in INT8 too (the B family's default before)
+  cpu-int8-stem            cpu all-INT8 with only SE in float (--int8-float se: stem and depthwise convs INT8)
+  {trt,cpu}-dwq[-default]  the model's default float parts with the depthwise convs in INT8 (the B family's
+                           default before 2026-12-03), all-INT8 / default build; -dwf: with them in float
+                           (the B family's default since; for Lite the alternative). Not run by default.
   ort-minmax / ort-pct     anchors: ONNX Runtime quantize_static, S8S8 per-channel, MinMax / Percentile
   nncf / nncf-mixed        anchors: NNCF (pip install -c constraints.txt -e ".[bench]"), default / MIXED preset
 
@@ -37,12 +40,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DISTILLED_B = REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
 ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
+        "trt-dwq", "trt-dwq-default", "cpu-dwq", "cpu-dwq-default", "trt-dwf", "trt-dwf-default", "cpu-dwf",
+        "cpu-dwf-default",
         "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
     "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
     "cpu-int8-stem": ("int8", "cpu", False, ("se",)), "cpu-default": ("int8", "cpu", True, None),
     "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
+    # the model's default float parts with the depthwise convs in INT8 (dwq: the B family's default
+    # before 2026-12-03) or in float (dwf: the B family's default since; Lite's alternative)
+    **{f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 'q' else '+'}dw")
+       for d, profile in (("trt", "jetson-orin"), ("cpu", "cpu")) for k in "qf" for suffix in ("", "-default")},
 }
 NO_CONV_FALLBACK = ("trt-blocks", "cpu-blocks")  # the default build with the block repair alone
 # targets of the INT8 issue for the default builds, judged by the two folds on the 500 images
@@ -88,6 +97,11 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
 
     precision, profile, repair, parts = BUILD_ROWS[row]
     n = len(list(fold.calib.iterdir()))
+    if isinstance(parts, str):  # "+dw"/"-dw": the model's default parts with/without the depthwise convs
+        from effdeploy.precision.qdq import default_float_parts
+
+        default = [p for p in default_float_parts(flags["variant"], profile != "cpu") if p != "dw"]
+        parts = tuple(default + ["dw"] if parts == "+dw" else default)
     extra = {} if parts is None else {"int8_float_parts": parts}
     if row in NO_CONV_FALLBACK:
         extra["conv_fallback"] = False
@@ -243,7 +257,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--models", default="lite0,b0")
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(r for r in ROWS if "-dw" not in r),
+                    help="rows to run (default: all but the -dwq/-dwf variants)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", type=Path, help="Append each finished row to this file as a JSON line.")
     args = ap.parse_args()

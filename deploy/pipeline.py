@@ -438,7 +438,7 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
     if parts is None:
         parts = default_float_parts(spec.variant, req.profile.is_gpu)
     config = replace(config_for(req.profile.is_gpu), quantize_se="se" not in parts, quantize_stem="stem" not in parts,
-                     quantize_classifier="classifier" not in parts)
+                     quantize_classifier="classifier" not in parts, quantize_depthwise="dw" not in parts)
     info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None

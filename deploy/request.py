@@ -45,7 +45,7 @@ class BuildRequest:
     repair: bool = True  # INT8 missing its budget keeps sensitive blocks in higher precision
     max_kept_macs: float = MAX_KEPT_MACS_PCT  # ... at most this percentage of the multiply-adds
     conv_fallback: bool = True  # with the repair: single convs out of INT8 by leave-one-out sensitivity, on evidence
-    int8_float_parts: tuple[str, ...] | None = None  # parts kept out of INT8 (se, stem, classifier); None: precision.default_float_parts
+    int8_float_parts: tuple[str, ...] | None = None  # parts kept out of INT8 (se, stem, classifier, dw); None: precision.default_float_parts
     reconstruct: bool = True  # INT8: correct every layer's bias for the error in front of it
     reconstruct_images: int = RECONSTRUCT_IMAGES
     device: str = "auto"  # where torch runs the reconstruction: auto (cuda where torch sees one), cpu, cuda

@@ -41,8 +41,8 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--calib-images", type=int, default=default("calib_images"), show_default=True)
 @click.option("--calib-method", type=click.Choice(["auto", *CALIBRATION_METHODS]), default=default("calib_method"), show_default=True)
 @click.option("--int8-float", "int8_float", default="auto", show_default=True,
-              help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier; 'none' for none; "
-                   "auto: se, and the stem too for the B family on CPU profiles).")
+              help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
+                   "auto: se; for the B family se,dw on GPU profiles and se,stem,dw on CPU profiles).")
 @click.option("--reconstruct/--no-reconstruct", default=default("reconstruct"), show_default=True,
               help="INT8: correct every INT8 layer on calibration images, in order, for the error of its weights and "
                    "of the quantized activations before it (sequential bias correction); every layer stays INT8.")
@@ -100,9 +100,9 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     parts: tuple[str, ...] | None = None
     if int8_float.strip() != "auto":
         parts = tuple(p.strip() for p in int8_float.split(",") if p.strip() and p.strip() != "none")
-        bad = [p for p in parts if p not in ("se", "stem", "classifier")]
+        bad = [p for p in parts if p not in ("se", "stem", "classifier", "dw")]
         if bad:
-            raise EffdeployError(f"--int8-float takes se, stem, classifier, none or auto (got {', '.join(bad)})")
+            raise EffdeployError(f"--int8-float takes se, stem, classifier, dw, none or auto (got {', '.join(bad)})")
     given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
     overrides = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation,
                  "mean": _triple("--mean", mean), "std": _triple("--std", std)}

@@ -45,6 +45,7 @@ class QuantConfig:
     quantize_se: bool = False  # SE path (pool -> FC -> act -> FC -> sigmoid): tiny compute, fragile
     quantize_stem: bool = True
     quantize_classifier: bool = True
+    quantize_depthwise: bool = True  # the depthwise convs (and their input quantizers)
     keep_blocks: tuple[str, ...] = ()  # MBConv blocks kept in higher precision (sensitivity fallback)
     keep_nodes: tuple[str, ...] = ()  # single Conv/Gemm nodes kept in higher precision (the conv fallback)
     fp16_rest: bool = True  # tensorrt: non-INT8 ops in FP16
@@ -91,11 +92,15 @@ def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
     """The EfficientNet parts an INT8 build keeps in float unless ``--int8-float`` says otherwise.
 
     SE always: its convs run on [N, C, 1, 1] (nothing to gain) and INT8 there measured no better.
-    The stem too for the B family in the cpu dialect: there ORT's fused QLinearConv wants the stem's
-    output quantized before swish, the largest single quantizer of either dialect; kept float it
-    costs about 3 % of B0's multiply-adds (docs/int8.md has both measurements)."""
-    if variant == "b" and not profile_is_gpu:
-        return ("se", "stem")
+    For the B family the depthwise convs too (9 % of B0's multiply-adds): their inputs are swish
+    outputs, one per-tensor scale over channels of very different ranges, and keeping them in float
+    nearly halved the default build's KL on new images in both dialects (on the CPU it was faster
+    too). The stem as well in the cpu dialect: there ORT's fused QLinearConv wants the stem's output
+    quantized before swish, the largest single quantizer of either dialect; kept float it costs about
+    3 % of B0's multiply-adds. Lite keeps its depthwise convs in INT8: its all-INT8 build holds the
+    budget, and in the cpu dialect float depthwise convs measured worse (docs/int8.md has every figure)."""
+    if variant == "b":
+        return ("se", "dw") if profile_is_gpu else ("se", "stem", "dw")
     return ("se",)
 
 
@@ -130,6 +135,8 @@ def excluded_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
         elif not config.quantize_stem and name.startswith("/stem"):
             out.append(name)
         elif not config.quantize_classifier and name.startswith("/classifier"):
+            out.append(name)
+        elif not config.quantize_depthwise and ".dw." in name:
             out.append(name)
         elif block_of(name) in keep or name in nodes:
             out.append(name)

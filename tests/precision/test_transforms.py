@@ -13,7 +13,7 @@ import torch
 
 from effdeploy.precision.transforms import shift_skewed_inputs
 from effdeploy.export.logits import ort_logits
-from effdeploy.precision.qdq import calibration_tensors, config_for, excluded_nodes, quantize
+from effdeploy.precision.qdq import calibration_tensors, config_for, default_float_parts, excluded_nodes, quantize
 from effdeploy.verify.repair import per_image_kl
 from effdeploy.precision.reconstruct import GraphModule, _Op
 
@@ -86,6 +86,22 @@ def test_the_cpu_dialect_is_not_shifted(b0):
     cfg = config_for(False, method="max")
     assert not cfg.shift_skewed  # U8 activations have a zero point: nothing to gain
     assert not any(n.op_type == "Sub" for n in quantize(fp32, ranges, cfg).graph.node)
+
+
+def test_the_b_family_keeps_its_depthwise_convs_in_float(b0):
+    """The B family's default parts keep the 16 depthwise convs out of INT8 (weights and input
+    quantizer, so no shift or pad in front of them) and every expand/project conv in INT8."""
+    fp32, ranges, _ = b0
+    assert default_float_parts("b", True) == ("se", "dw") and default_float_parts("b", False) == ("se", "stem", "dw")
+    assert "dw" not in default_float_parts("lite", True) + default_float_parts("lite", False)
+    g = quantize(fp32, ranges, replace(config_for(True, method="max"), quantize_depthwise=False)).graph
+    dequantized = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    dw = [n for n in convs if ".dw." in n.name]
+    assert len(dw) == 16 and not any(set(n.input) & dequantized for n in dw)
+    assert not any(n.op_type == "Pad" for n in g.node)  # only a shifted depthwise input gets one
+    pointwise = [n for n in convs if (".expand" in n.name or ".project" in n.name) and ".se." not in n.name]
+    assert len(pointwise) == 31 and all(n.input[0] in dequantized and n.input[1] in dequantized for n in pointwise)
 
 
 @pytest.mark.slow
