@@ -75,6 +75,7 @@ def _sweep(settings: Any, profile: Any, phis: tuple[float, ...], precisions: tup
     from ..files import atomic_write
     from ..report import emit_json, info
     from ..sweep.plot import PLOT_HINT, have_matplotlib, write_plot
+    from ..sweep.breakdown import departures
     from ..sweep.points import csv_rows, latency_exponent, pareto, quality_measure, recommend
     from ..sweep.run import run_sweep
 
@@ -85,7 +86,8 @@ def _sweep(settings: Any, profile: Any, phis: tuple[float, ...], precisions: tup
     result = {"settings": settings.to_dict(), "phis": list(phis), "precisions": list(precisions),
               "latency_budget_ms": budget, "quality": quality_measure(points), "points": [p.to_dict() for p in points],
               "recommended": recommend(points, budget) if budget is not None else {},
-              "latency_vs_macs": latency_exponent(points), "reused_points": reused, "machine": machine_info()}
+              "latency_vs_macs": latency_exponent(points), "departures_from_macs": departures(points),
+              "reused_points": reused, "machine": machine_info()}
     buf = io.StringIO()
     csv.writer(buf).writerows(csv_rows(points))
     atomic_write(folder / "sweep.csv", buf.getvalue())
@@ -123,6 +125,10 @@ def _show(result: dict[str, Any], points: list, folder: Path, plotted: bool) -> 
     for precision, fit in result["latency_vs_macs"].items():
         click.echo(f"{precision}: latency grows as MACs^{fit['exponent']:.2f} across {fit['points']} points "
                    "(1.00 = like the multiply-adds, the paper's FLOPs rule)")
+    if result["departures_from_macs"]:
+        click.echo("where latency departs from the multiply-adds (ONNX Runtime's per-layer profile; kernel time):")
+        for line in result["departures_from_macs"]:
+            click.echo(f"  {line}")
     click.echo(f"wrote {folder / 'sweep.csv'}, {folder / 'sweep.json'}" + (f", {folder / 'sweep.png'}" if plotted else "")
                + (f" ({result['reused_points']} points reused from an earlier run)" if result["reused_points"] else ""))
 

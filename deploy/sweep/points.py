@@ -80,6 +80,8 @@ class Point:
     model_bytes: int | None = None
     build_s: float | None = None
     cache_hits: Mapping[str, bool] = field(default_factory=dict)
+    # per kind of layer: ms per call and multiply-adds, from ONNX Runtime's profiler (CPU points)
+    breakdown: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     bundle: str | None = None
     error: str | None = None
     pareto: bool = False
@@ -92,6 +94,7 @@ class Point:
         d = asdict(self)
         d["top1_agreement_ci95"] = list(self.top1_agreement_ci95) if self.top1_agreement_ci95 else None
         d["cache_hits"] = dict(self.cache_hits)
+        d["breakdown"] = {k: dict(v) for k, v in self.breakdown.items()}
         return d
 
     @staticmethod

@@ -84,6 +84,16 @@ def time_bundle(path: Path, batch: int, threads: int | None, iterations: int, pr
         return summarize(time_callable(call, TimingPlan(warmup=10, iterations=iterations)), batch), runner.backend_name
 
 
+def layer_breakdown(path: Path, manifest: Any, settings: SweepSettings) -> dict[str, dict[str, float]]:
+    """Where the point's CPU latency goes, by kind of layer (ONNX Runtime's profiler, the graph as
+    `bench` runs it); see :mod:`effdeploy.sweep.breakdown`."""
+    from ..backends.onnxrt import manifest_optimize
+    from ..bundle import MODEL
+    from .breakdown import profile_breakdown
+
+    return profile_breakdown(path / MODEL, manifest_optimize(manifest), settings.batch, settings.threads)
+
+
 def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: str, folder: Path) -> Point:
     """Build one point's bundle and time it; any refusal or failure becomes the point's error."""
     from ..bundle import MODEL
@@ -119,7 +129,8 @@ def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: 
             return replace(point, timed_on=reason)
         stats, runtime = time_bundle(out, settings.batch, settings.threads, settings.iterations, profile)
         return replace(point, latency_p50_ms=stats.p50_ms, latency_p90_ms=stats.p90_ms, throughput_ips=stats.throughput,
-                       timed_on=f"{runtime} on the GPU" if profile.is_gpu else f"{runtime} on the CPU")
+                       timed_on=f"{runtime} on the GPU" if profile.is_gpu else f"{runtime} on the CPU",
+                       breakdown={} if profile.is_gpu else layer_breakdown(out, result.bundle.manifest, settings))
     except EffdeployError as e:
         return Point(phi=phi, precision=precision, error=first_line(e, 300), build_s=round(time.perf_counter() - t, 2))
     except Exception as e:  # a bug, not bad input: still a row, never the end of the sweep

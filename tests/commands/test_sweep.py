@@ -17,6 +17,7 @@ import pytest
 
 from conftest import run_cli
 from effdeploy.errors import EffdeployError
+from effdeploy.sweep.breakdown import classify, departures
 from effdeploy.sweep.points import Point, latency_exponent, parse_latency, parse_phis, pareto, recommend
 
 
@@ -74,6 +75,37 @@ def test_latency_exponent_is_the_log_log_slope():
     assert latency_exponent(pts[:1]) == {}
 
 
+def test_executed_nodes_are_put_in_kinds_with_their_multiply_adds():
+    # ORT's NCHWc conv (logical NCHW shapes), its channels-last QLinearConv, the SE gate, the classifier
+    assert classify("Conv", {"group": 32, "kernel_shape": [3, 3]}, [[1, 32, 56, 56]], [1, 32, 56, 56]) == \
+        ("depthwise", 32 * 56 * 56 * 9)
+    assert classify("Conv", {"group": 1, "kernel_shape": [1, 1]}, [[1, 32, 56, 56]], [1, 96, 56, 56]) == \
+        ("pointwise", 96 * 56 * 56 * 32)
+    assert classify("QLinearConv", {"channels_last": 1, "group": 1}, [[1, 56, 56, 32]], [1, 56, 56, 96], [96, 32, 1, 1]) == \
+        ("pointwise", 96 * 56 * 56 * 32)
+    assert classify("Conv", {"kernel_shape": [3, 3]}, [[1, 3, 224, 224]], [1, 32, 112, 112])[0] == "stem"
+    assert classify("FusedConv", {"kernel_shape": [1, 1]}, [[1, 96, 1, 1]], [1, 4, 1, 1]) == ("se", 384)
+    assert classify("Mul", {}, [[1, 96, 56, 56], [1, 96, 1, 1]], [1, 96, 56, 56]) == ("se", 0)
+    assert classify("Mul", {}, [[1, 96, 56, 56], [1, 96, 56, 56]], [1, 96, 56, 56]) == ("elementwise", 0)
+    assert classify("Gemm", {}, [[1, 1280]], [1, 1000]) == ("classifier", 1280 * 1000)
+    assert classify("QuantizeLinear", {}, [[1, 8, 4, 4]], [1, 8, 4, 4]) == ("quantize", 0)
+    assert classify("ReorderOutput", {}, [[1, 8, 4, 4]], [1, 8, 4, 4]) == ("layout", 0)
+
+
+def test_departures_name_the_layers_whose_time_is_not_their_arithmetic():
+    def point(phi, macs, pw_ms, ew_ms, dw_ms):
+        return Point(phi=phi, precision="fp32", macs=macs, latency_p50_ms=pw_ms + ew_ms + dw_ms, breakdown={
+            "pointwise": {"ms": pw_ms, "macs": 0.9 * macs}, "depthwise": {"ms": dw_ms, "macs": 0.1 * macs},
+            "elementwise": {"ms": ew_ms, "macs": 0}})
+    lines = departures([point(0, 100, 4.0, 4.0, 1.0), point(1, 200, 8.0, 12.0, 2.2)])
+    text = "\n".join(lines)
+    assert len(lines) == 2 and "depthwise" not in text  # 11 % of the time for 10 % of the MACs: like its arithmetic
+    assert "fp32 1x1 convs" in text and "90.0 % of the multiply-adds, 44 % of the time at phi 0, 36 % at phi 1 (0.5x" in text
+    assert "elementwise" in text and "no multiply-adds, 44 % of the time at phi 0, 54 % at phi 1" in text
+    assert departures([point(0, 100, 9.0, 0.0, 1.0)]) == []  # time where the arithmetic is: nothing to say
+    assert "MACs^1.58" in text  # elementwise time x3 for MACs x2: log 3 / log 2
+
+
 def test_find_phi_on_a_latency_curve(tmp_path):
     """Latency 2 ms x 2^phi with 3 % noise: the search must land within 10 % under a 5 ms budget in
     <= 8 candidates (the answer is phi ~ 1.32)."""
@@ -111,6 +143,12 @@ def test_a_sweep_writes_its_table_files_and_a_failing_point_as_a_row(tmp_path):
         assert p["status"] == "verified" or p["status"] == "checked"
         assert p["latency_p50_ms"] > 0 and p["resolution"] == 32 and p["macs"] > 0 and p["top1_agreement"] == 1.0
     assert rows[1.0]["macs"] > rows[0.0]["macs"] and d["quality"] == "multiply-adds (proxy)"
+    for phi in (0.0, 1.0):  # ONNX Runtime's profile of the graph, by kind of layer
+        b = rows[phi]["breakdown"]
+        assert {"depthwise", "pointwise", "stem", "classifier"} <= set(b) and all(v["ms"] >= 0 for v in b.values())
+        # multiply-adds as ORT runs them: its blocked layout may pad channels, never drop any
+        assert rows[phi]["macs"] <= sum(v["macs"] for v in b.values()) <= 1.5 * rows[phi]["macs"]
+    assert isinstance(d["departures_from_macs"], list)
     assert d["recommended"]["fp32"]["phi"] in (0.0, 1.0) and d["machine"]["cpu"]
     assert (out / "sweep.csv").read_text().splitlines()[0].startswith("phi,precision,")
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
