@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import Runner
+from .ort_safety import DISABLED_OPTIMIZERS
 from ..errors import EffdeployError, first_line
 
 
@@ -49,9 +50,11 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3
         for key, value in (session_config or {}).items():
             opts.add_session_config_entry(key, value)
+        # the graph decides each conv's precision; ORT must not quantize float convs itself (ort_safety)
         try:
             self.session = ort.InferenceSession(
-                source, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
+                source, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]),
+                disabled_optimizers=list(DISABLED_OPTIMIZERS) if optimize else None,
             )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise EffdeployError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from None

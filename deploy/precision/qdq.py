@@ -455,7 +455,10 @@ def precision_summary(model: onnx.ModelProto) -> dict[str, Any]:
         if n.op_type in ("Conv", "Gemm", "MatMul"):
             counts["int8" if n.input and n.input[0] in quantized_inputs else "float"] += 1
     fp16_inits = sum(1 for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT16)
+    from ..backends.ort_safety import float_convs_between_qdq
+
     return {
+        "float_convs_between_qdq": float_convs_between_qdq(model),
         "shifted_inputs": sum(1 for n in model.graph.node if n.op_type == "Sub" and n.name.endswith("_shift")),
         "conv_gemm_int8": counts["int8"],
         "conv_gemm_float": counts["float"],

@@ -101,7 +101,10 @@ def profile_breakdown(model_path: Path, optimize: bool, batch: int, threads: int
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        from ..backends.ort_safety import DISABLED_OPTIMIZERS
+
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(DISABLED_OPTIMIZERS) if optimize else None)
         inp = session.get_inputs()[0]
         x = np.random.default_rng(0).standard_normal([batch, *inp.shape[1:]]).astype(np.float32)
         for _ in range(3 + runs):

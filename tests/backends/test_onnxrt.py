@@ -61,3 +61,36 @@ def test_missing_model_is_one_line(tmp_path: Path):
     with pytest.raises(EffdeployError) as e:
         OnnxRuntimeRunner(bad)
     assert "ONNX Runtime cannot load" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_convs_kept_in_float_stay_float_under_the_optimiser(tmp_path: Path):
+    """A cpu-dialect bundle with convs kept in float inside its Q/DQ graph (Lite0's depthwise convs,
+    --int8-float se,dw): ONNX Runtime's WeightBiasQuantization would quantize their weights behind
+    the graph's back. effdeploy's runner runs without it, so its optimised session computes what the
+    graph says (the unoptimised one), and the manifest and `inspect` tell other ONNX Runtime users."""
+    import onnxruntime as ort
+
+    from conftest import read_manifest, run_cli
+    from effdeploy.data.datasets import builtin_image_paths
+    from effdeploy.data.preprocess import preprocess_files
+    from effdeploy.bundle import load_bundle
+
+    out = tmp_path / "lite0-dw"
+    proc = run_cli("build", "--phi", "0", "--variant", "lite", "--weights", "pretrained", "--resolution", "128",
+                   "--precision", "int8", "--profile", "cpu", "--calib-images", "12", "--calib-method", "max",
+                   "--int8-float", "se,dw", "--no-repair", "--no-reconstruct", "--allow-parity-failure",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    m = read_manifest(out)
+    assert m["quantization"]["ort_graph_optimization"] == "all"
+    assert m["quantization"]["precision_summary"]["float_convs_between_qdq"] == 16  # Lite0's depthwise convs
+    assert "disabled_optimizers=['WeightBiasQuantization']" in run_cli("inspect", str(out)).stdout
+    bundle = load_bundle(out)
+    x = preprocess_files(builtin_image_paths(), bundle.manifest.preprocessing)
+    ours = OnnxRuntimeRunner(bundle.model_path, optimize=True).infer(x)
+    written = OnnxRuntimeRunner(bundle.model_path, optimize=False).infer(x)
+    plain = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    theirs = plain.run(None, {plain.get_inputs()[0].name: x})[0]
+    scale = np.abs(written).max()
+    assert np.abs(ours - written).max() <= 0.05 * scale  # quantizer ties only
+    assert np.abs(theirs - written).max() > 4 * np.abs(ours - written).max()  # the transform's damage, told apart
