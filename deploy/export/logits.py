@@ -47,6 +47,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
 
     import onnxruntime
 
+    from ..backends.ort_safety import DISABLED_OPTIMIZERS
     from ..files import sha256_json, sha256_proto
     from ..cache import cache_folder, load, store
 
@@ -56,6 +57,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
         "model": sha256_proto(model),
         "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
         "shape": list(data.shape), "ort": onnxruntime.__version__, "optimize": optimize,
+        "disabled_optimizers": list(DISABLED_OPTIMIZERS) if optimize else [],
     })
     path = cache_folder("reference") / f"{key[:40]}.npy"
     try:
