@@ -8,7 +8,8 @@ distilled-b B0 of ../shared/models (trained on *other* ImageNet images; its accu
 Rows per model:
   fp16                     FP16 (jetson-orin)
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
-  cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem in float by default)
+                           (the default float parts: SE; for the B family also its depthwise convs)
+  cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem and depthwise convs in float)
   trt-blocks / cpu-blocks  the default build with the conv fallback off (the block repair alone)
   cpu-int8-stem            cpu all-INT8 with only SE in float (--int8-float se: stem and depthwise convs INT8)
   {trt,cpu}-dwq[-default]  the model's default float parts with the depthwise convs in INT8 (the B family's

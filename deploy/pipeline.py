@@ -487,7 +487,8 @@ def verify_stage(req: BuildRequest, model: Any, exported: Exported, candidate: C
     drift = drift_report(exported.fp32, candidate.model, verify.data[:DRIFT_IMAGES]) if req.precision != "fp32" else []
     repair = fallback = None
     if candidate.int8 is not None and req.repair:
-        int8, fallback, repair = repair_stage(req, model.spec, exported, candidate.int8, budget, report)
+        int8, fallback, repair = repair_stage(req, model.spec, exported, candidate.int8, budget, report,
+                                              claim=accuracy_claim(model.weights_info))
         if int8.config != candidate.int8.config:
             candidate = replace(candidate, model=int8.model, int8=int8)
             write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
@@ -536,7 +537,7 @@ def reference_stage(req: BuildRequest, model: Any, exported: Exported, verify: V
 
 
 def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, budget: Budget,
-                 first: VerifyReport) -> tuple[Any, FallbackReport | None, RepairReport | None]:
+                 first: VerifyReport, claim: bool = True) -> tuple[Any, FallbackReport | None, RepairReport | None]:
     """Decide and choose on the selection split (calibration images the reconstruction did not fit
     on), never on the verification images the gate judges. Where all-INT8 misses the budget there,
     the block repair; where it holds, the conv fallback (single convs out of INT8, on evidence).
@@ -551,7 +552,7 @@ def repair_stage(req: BuildRequest, spec: Any, exported: Exported, int8: Any, bu
     sel_report, _ = verify_candidate(choice_twin(exported.fp32, int8, int8.config), sel_reference, selection,
                                      budget, optimize=False)
     if not sel_report.misses:
-        if budget.top1_agreement is None and budget.accuracy_drop_pt is None:  # random weights: no claim to refine
+        if not claim:  # random weights or an untrained head: no accuracy to refine
             info("      conv fallback: skipped (no accuracy claim to refine; the KL of random weights means nothing)",
                  req.quiet)
             return int8, None, None

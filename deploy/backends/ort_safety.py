@@ -52,7 +52,10 @@ def fp16_qdq_layers(model: onnx.ModelProto) -> int:
 
 def ort_hint_for_graph(model: onnx.ModelProto) -> str | None:
     n = fp16_qdq_layers(model)
-    return f"{n} Conv/Gemm with FP16 Q/DQ inputs: {SESSION_HINT}" if n else None
+    if n:
+        return f"{n} Conv/Gemm with FP16 Q/DQ inputs: {SESSION_HINT}"
+    n = float_convs_between_qdq(model)
+    return FLOAT_CONV_HINT.format(n=n) if n else None
 
 
 FLOAT_CONV_HINT = (
@@ -62,16 +65,29 @@ FLOAT_CONV_HINT = (
 
 
 def float_convs_between_qdq(model: onnx.ModelProto) -> int:
-    """Float Conv/Gemm (weights a float initializer) fed by a DequantizeLinear: convs kept out of
-    INT8 inside a Q/DQ graph, which the transform would quantize behind the graph's back."""
-    inits = {i.name for i in model.graph.initializer}
+    """Float Conv/Gemm (FP32 weights) fed by a DequantizeLinear and feeding a QuantizeLinear, directly
+    or through a Relu/Clip ORT folds into it: convs kept out of INT8 inside a Q/DQ graph, which the
+    transform would quantize behind the graph's back (one followed by swish it leaves alone)."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def reaches_q(tensor: str, through: int = 1) -> bool:
+        for c in consumers.get(tensor, []):
+            if c.op_type == "QuantizeLinear" or (through and c.op_type in ("Relu", "Clip") and reaches_q(c.output[0], 0)):
+                return True
+        return False
+
     count = 0
     for n in model.graph.node:
         if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(n.input) < 2:
             continue
         dq = producer.get(n.input[0])
-        if dq is not None and dq.op_type == "DequantizeLinear" and n.input[1] in inits:
+        if dq is not None and dq.op_type == "DequantizeLinear" and inits.get(n.input[1]) == onnx.TensorProto.FLOAT \
+                and reaches_q(n.output[0]):
             count += 1
     return count
 

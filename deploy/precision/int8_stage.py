@@ -268,8 +268,10 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     except (OSError, StopIteration):
         pass
     cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
+    from ..backends.ort_safety import DISABLED_OPTIMIZERS
+
     key = sha256_json({"calibration": calibration_key, "config": cfg, "ort": onnxruntime.__version__,
-                       "cpu": cpu, "cores": os.cpu_count()})
+                       "cpu": cpu, "cores": os.cpu_count(), "disabled_optimizers": list(DISABLED_OPTIMIZERS)})
     return cache_folder("dialect") / f"{key[:32]}.json"
 
 

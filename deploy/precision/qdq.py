@@ -97,8 +97,9 @@ def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
     nearly halved the default build's KL on new images in both dialects (on the CPU it was faster
     too). The stem as well in the cpu dialect: there ORT's fused QLinearConv wants the stem's output
     quantized before swish, the largest single quantizer of either dialect; kept float it costs about
-    3 % of B0's multiply-adds. Lite keeps its depthwise convs in INT8: its all-INT8 build holds the
-    budget, and in the cpu dialect float depthwise convs measured worse (docs/int8.md has every figure)."""
+    3 % of B0's multiply-adds. Lite keeps its depthwise convs in INT8: its default builds hold the
+    budget, and float depthwise convs gained less there (cpu dialect: KL 0.0156 -> 0.0134, one image
+    fewer in agreement) for a device cost not measured yet (docs/int8.md has every figure)."""
     if variant == "b":
         return ("se", "dw") if profile_is_gpu else ("se", "stem", "dw")
     return ("se",)

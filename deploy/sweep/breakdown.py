@@ -56,12 +56,12 @@ def classify(op: str, attrs: Mapping[str, Any], inputs: Sequence[Sequence[int]],
     out_n = int(np.prod(output)) if output else 0
     if op in CONV_OPS:
         last = bool(attrs.get("channels_last"))  # ORT's NHWC QLinearConv (com.microsoft) says so
-        channels, spatial = (x[-1], x[1:-1]) if last else (x[1], x[2:]) if len(x) >= 3 else (0, [])
+        channels, spatial = (x[-1], x[1:-1]) if last and len(x) >= 3 else (x[1], x[2:]) if len(x) >= 3 else (0, [])
         group = int(attrs.get("group", 1))
         kernel = list(attrs.get("kernel_shape") or (weight[2:] if weight is not None else [1]))
         macs = out_n * (channels // max(group, 1)) * int(np.prod(kernel)) if channels else 0
-        if spatial and all(s == 1 for s in spatial):
-            return "se", macs
+        if group == 1 and spatial and all(s == 1 for s in spatial):  # SE's convs run on pooled [N, C, 1, 1]
+            return "se", macs  # (at tiny resolutions a last stage on 1x1 maps counts here too)
         if group > 1:
             return "depthwise", macs
         if channels and channels <= 4:
@@ -162,7 +162,8 @@ def departures(points: Sequence[Any], min_share: float = 0.05) -> list[str]:
             if 1 / 1.5 < ratio < 1.5:
                 continue
             growth = ""
-            if hi is not lo and lo.macs and hi.macs and lo.breakdown.get(kind, {}).get("ms") and hi.breakdown.get(kind, {}).get("ms"):
+            if (hi is not lo and lo.macs and hi.macs and hi.macs != lo.macs and lo.breakdown.get(kind, {}).get("ms")
+                    and hi.breakdown.get(kind, {}).get("ms")):
                 e = math.log(hi.breakdown[kind]["ms"] / lo.breakdown[kind]["ms"]) / math.log(hi.macs / lo.macs)
                 growth = f"; its time grew as MACs^{e:.2f} from phi {lo.phi:g} to {hi.phi:g}"
             where = (f"{100 * t_lo:.0f} % of the time at phi {lo.phi:g}" +
