@@ -40,19 +40,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DISTILLED_B = REPO.parent / "shared" / "models" / "efficientnet-b0-distilled-b.pth"
+# the model's default float parts with the depthwise convs in INT8 (dwq: the B family's default
+# before 2026-12-03) or in float (dwf: the B family's default since; Lite's alternative)
+DW_ROWS = {f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 'q' else '+'}dw")
+           for d, profile in (("trt", "jetson-orin"), ("cpu", "cpu")) for k in "qf" for suffix in ("", "-default")}
 ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
-        "trt-dwq", "trt-dwq-default", "cpu-dwq", "cpu-dwq-default", "trt-dwf", "trt-dwf-default", "cpu-dwf",
-        "cpu-dwf-default",
-        "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
+        *DW_ROWS, "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
     "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
     "cpu-int8-stem": ("int8", "cpu", False, ("se",)), "cpu-default": ("int8", "cpu", True, None),
     "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
-    # the model's default float parts with the depthwise convs in INT8 (dwq: the B family's default
-    # before 2026-12-03) or in float (dwf: the B family's default since; Lite's alternative)
-    **{f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 'q' else '+'}dw")
-       for d, profile in (("trt", "jetson-orin"), ("cpu", "cpu")) for k in "qf" for suffix in ("", "-default")},
+    **DW_ROWS,
 }
 NO_CONV_FALLBACK = ("trt-blocks", "cpu-blocks")  # the default build with the block repair alone
 # targets of the INT8 issue for the default builds, judged by the two folds on the 500 images
@@ -258,7 +257,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--models", default="lite0,b0")
-    ap.add_argument("--rows", default=",".join(r for r in ROWS if "-dw" not in r),
+    ap.add_argument("--rows", default=",".join(r for r in ROWS if r not in DW_ROWS),
                     help="rows to run (default: all but the -dwq/-dwf variants)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", type=Path, help="Append each finished row to this file as a JSON line.")

@@ -26,8 +26,10 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, model_path: "str | Path | Any", threads: int | None = None,
                  providers: Sequence[str] | None = None, optimize: bool = True,
-                 session_config: Mapping[str, str] | None = None):
-        """``model_path``: a file, or an in-memory ``onnx.ModelProto`` (build stages, no temp files)."""
+                 session_config: Mapping[str, str] | None = None, profile_dir: Path | None = None):
+        """``model_path``: a file, or an in-memory ``onnx.ModelProto`` (build stages, no temp files).
+        ``profile_dir``: ONNX Runtime's per-node profiler on, its optimised graph saved there as
+        ``optimized.onnx`` (the sweep's per-layer breakdown; ``session.end_profiling()`` gives the file)."""
         import onnxruntime as ort
 
         if hasattr(model_path, "SerializeToString"):
@@ -50,6 +52,9 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3
         for key, value in (session_config or {}).items():
             opts.add_session_config_entry(key, value)
+        if profile_dir is not None:
+            opts.enable_profiling, opts.profile_file_prefix = True, str(Path(profile_dir) / "profile")
+            opts.optimized_model_filepath = str(Path(profile_dir) / "optimized.onnx")
         # the graph decides each conv's precision; ORT must not quantize float convs itself (ort_safety)
         try:
             self.session = ort.InferenceSession(

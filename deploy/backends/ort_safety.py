@@ -28,6 +28,13 @@ import onnx
 UNSAFE_TRANSFORM = "WeightBiasQuantization"
 DISABLED_OPTIMIZERS = (UNSAFE_TRANSFORM,)  # every optimised effdeploy session runs without it
 
+
+def session_key(optimize: bool = True) -> dict[str, Any]:
+    """What an effdeploy ONNX Runtime session computes depends on, for cache keys of its results."""
+    import onnxruntime
+
+    return {"ort": onnxruntime.__version__, "disabled_optimizers": list(DISABLED_OPTIMIZERS) if optimize else []}
+
 SESSION_HINT = (
     "run it in ONNX Runtime with graph optimisation off (SessionOptions.graph_optimization_level = "
     "ORT_DISABLE_ALL) or with InferenceSession(..., disabled_optimizers=['WeightBiasQuantization']); "

@@ -100,9 +100,11 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
     parts: tuple[str, ...] | None = None
     if int8_float.strip() != "auto":
         parts = tuple(p.strip() for p in int8_float.split(",") if p.strip() and p.strip() != "none")
-        bad = [p for p in parts if p not in ("se", "stem", "classifier", "dw")]
+        from ..precision.qdq import FLOAT_PARTS
+
+        bad = [p for p in parts if p not in FLOAT_PARTS]
         if bad:
-            raise EffdeployError(f"--int8-float takes se, stem, classifier, dw, none or auto (got {', '.join(bad)})")
+            raise EffdeployError(f"--int8-float takes {', '.join(FLOAT_PARTS)}, none or auto (got {', '.join(bad)})")
     given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
     overrides = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation,
                  "mean": _triple("--mean", mean), "std": _triple("--std", std)}

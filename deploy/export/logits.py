@@ -45,9 +45,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     import hashlib
     import io
 
-    import onnxruntime
-
-    from ..backends.ort_safety import DISABLED_OPTIMIZERS
+    from ..backends.ort_safety import session_key
     from ..files import sha256_json, sha256_proto
     from ..cache import cache_folder, load, store
 
@@ -56,8 +54,7 @@ def cached_logits(model: onnx.ModelProto, data: np.ndarray, optimize: bool = Tru
     key = sha256_json({
         "model": sha256_proto(model),
         "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
-        "shape": list(data.shape), "ort": onnxruntime.__version__, "optimize": optimize,
-        "disabled_optimizers": list(DISABLED_OPTIMIZERS) if optimize else [],
+        "shape": list(data.shape), "optimize": optimize, **session_key(optimize),
     })
     path = cache_folder("reference") / f"{key[:40]}.npy"
     try:

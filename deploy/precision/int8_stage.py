@@ -256,8 +256,6 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     import os
     import platform
 
-    import onnxruntime
-
     from ..files import sha256_json
     from ..cache import cache_folder
 
@@ -268,10 +266,10 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     except (OSError, StopIteration):
         pass
     cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
-    from ..backends.ort_safety import DISABLED_OPTIMIZERS
+    from ..backends.ort_safety import session_key
 
-    key = sha256_json({"calibration": calibration_key, "config": cfg, "ort": onnxruntime.__version__,
-                       "cpu": cpu, "cores": os.cpu_count(), "disabled_optimizers": list(DISABLED_OPTIMIZERS)})
+    key = sha256_json({"calibration": calibration_key, "config": cfg, "cpu": cpu, "cores": os.cpu_count(),
+                       **session_key()})
     return cache_folder("dialect") / f"{key[:32]}.json"
 
 

@@ -88,6 +88,9 @@ DIALECTS: dict[str, Dialect] = {
 }
 
 
+FLOAT_PARTS = ("se", "stem", "classifier", "dw")  # what --int8-float names (QuantConfig.quantize_*)
+
+
 def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
     """The EfficientNet parts an INT8 build keeps in float unless ``--int8-float`` says otherwise.
 

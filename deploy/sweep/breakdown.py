@@ -89,28 +89,16 @@ def profile_breakdown(model_path: Path, optimize: bool, batch: int, threads: int
     """Per kind: mean milliseconds per call (kernel time, summed over its nodes) and multiply-adds,
     from ``runs`` profiled calls after 3 unprofiled warm-up calls of the same session."""
     import onnx
-    import onnxruntime as ort
+
+    from ..backends.onnxrt import OnnxRuntimeRunner
 
     with tempfile.TemporaryDirectory(prefix="effdeploy-profile-") as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        if threads:
-            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
-        opts.log_severity_level = 3
-        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        from ..backends.ort_safety import DISABLED_OPTIMIZERS
-
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(DISABLED_OPTIMIZERS) if optimize else None)
-        inp = session.get_inputs()[0]
-        x = np.random.default_rng(0).standard_normal([batch, *inp.shape[1:]]).astype(np.float32)
+        runner = OnnxRuntimeRunner(model_path, threads=threads, optimize=optimize, profile_dir=Path(tmp))
+        x = np.random.default_rng(0).standard_normal([batch, *runner.input_shape[1:]]).astype(np.float32)
         for _ in range(3 + runs):
-            session.run(None, {inp.name: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
-        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+            runner.infer(x)
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
+        graph = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False).graph
     nodes = {n.name: n for n in graph.node}
     inits = {i.name: list(i.dims) for i in graph.initializer}
     kernel = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]

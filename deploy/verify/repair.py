@@ -24,15 +24,13 @@ def drift_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, data: n
     import hashlib
     import json
 
-    import onnxruntime
-
-    from ..backends.ort_safety import DISABLED_OPTIMIZERS
+    from ..backends.ort_safety import session_key
     from ..files import sha256_json, sha256_proto
     from ..cache import cache_folder, load, store
 
     key = sha256_json({"reference": sha256_proto(reference), "candidate": sha256_proto(candidate),
                        "data": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(), "shape": list(data.shape),
-                       "ort": onnxruntime.__version__, "disabled_optimizers": list(DISABLED_OPTIMIZERS)})
+                       **session_key()})
     path = cache_folder("drift") / f"{key[:40]}.json"
     try:
         rows = json.loads(load(path) or b"null")
