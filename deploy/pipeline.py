@@ -81,6 +81,10 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
             f"profile {req.profile.name} has no fast {req.precision} kernels "
             f"(supported: {', '.join(req.profile.precisions)}); choose one of those"
         )
+    from .precision.reconstruct import MODES
+
+    if req.reconstruct_mode != "auto" and req.reconstruct_mode not in MODES:
+        raise EffdeployError(f"--reconstruct takes auto, {', '.join(MODES)} (got {req.reconstruct_mode!r})")
     if req.calib_images < 1 or req.verify_images < 1 or req.reconstruct_images < 1:
         raise EffdeployError("--calib-images, --verify-images and --reconstruct-images must be at least 1")
     if req.accuracy_budget is not None and not (0 < req.accuracy_budget < 100):
@@ -443,9 +447,10 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None
     if req.reconstruct:
-        from .precision.reconstruct import Recipe, resolve_device
+        from .precision.reconstruct import Recipe, default_mode, resolve_device
 
-        recipe = Recipe(images=req.reconstruct_images, device=resolve_device(req.device))
+        mode = default_mode(spec.variant) if req.reconstruct_mode == "auto" else req.reconstruct_mode
+        recipe = Recipe(images=req.reconstruct_images, mode=mode, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,
                     lambda: calibration_subset(plan, SELECTION_IMAGES, pre).data, req.quiet, recipe=recipe,

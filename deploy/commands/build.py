@@ -43,9 +43,13 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--int8-float", "int8_float", default="auto", show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
                    "auto: se; for the B family se,dw on GPU profiles and se,stem,dw on CPU profiles).")
-@click.option("--reconstruct/--no-reconstruct", default=default("reconstruct"), show_default=True,
-              help="INT8: correct every INT8 layer on calibration images, in order, for the error of its weights and "
-                   "of the quantized activations before it (sequential bias correction); every layer stays INT8.")
+@click.option("--reconstruct", "reconstruct_mode", type=click.Choice(["auto", "bias", "thorough"]),
+              default=default("reconstruct_mode"), show_default=True,
+              help="INT8: correct the INT8 layers on calibration images, in order, for the error of their weights and "
+                   "of the quantized activations before them; every layer stays INT8. bias: sequential bias "
+                   "correction (seconds); thorough: the project convs also learn how their weights round (AdaRound; "
+                   "about half a minute on two cores); auto: thorough for Lite, bias for the B family (measured, docs/int8.md).")
+@click.option("--no-reconstruct", "no_reconstruct", is_flag=True, help="INT8: no reconstruction (the quantizer's rounding).")
 @click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=default("device"), show_default=True,
@@ -75,7 +79,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
               num_classes: int | None, labels: str | None, out: Path | None, calib_data: str | None, calib_images: int, calib_method: str,
               verify_data: str | None, verify_images: int, seed: int, accuracy_budget: float | None,
               max_abs: float | None, min_agreement: float | None, max_drop: float | None, int8_float: str, repair: bool,
-              max_kept_macs: float, conv_fallback: bool, allow_parity_failure: bool, as_json: bool, reconstruct: bool,
+              max_kept_macs: float, conv_fallback: bool, allow_parity_failure: bool, as_json: bool, reconstruct_mode: str, no_reconstruct: bool,
               reconstruct_images: int, device: str, frame_sizes: str | None, frame_format: str) -> None:
     """Build and verify a bundle (ONNX + manifest) for a profile.
 
@@ -116,7 +120,7 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         calib_method=calib_method,
         verify_data=verify_data, verify_images=verify_images, seed=seed, accuracy_budget=accuracy_budget,
         budget=budget, allow_parity_failure=allow_parity_failure, quiet=as_json, int8_float_parts=parts, repair=repair,
-        max_kept_macs=max_kept_macs, conv_fallback=conv_fallback, reconstruct=reconstruct, reconstruct_images=reconstruct_images, device=device, frames=frames,
+        max_kept_macs=max_kept_macs, conv_fallback=conv_fallback, reconstruct=not no_reconstruct, reconstruct_mode=reconstruct_mode, reconstruct_images=reconstruct_images, device=device, frames=frames,
     )
     from ..bundle import status_warning
 
@@ -196,7 +200,8 @@ def _reconstruction_line(r: dict[str, Any] | None) -> str | None:
     layers = r.get("layers") or []
     mse = r.get("logit_relative_mse")
     err = f", logit relative MSE {mse[0]:.2e} -> {mse[1]:.2e}" if mse else ""
-    used = (f" at strength {r['strength']:g}" if r.get("accepted", True) and "strength" in r
+    thorough = r["recipe"].get("mode") == "thorough"  # learned integers: all or nothing
+    used = (f" at strength {r['strength']:g}" if r.get("accepted", True) and "strength" in r and not thorough
             else "" if r.get("accepted", True) else " (not better on its images: not used)")
     on = r["recipe"].get("device", "cpu")
     return f"{r['recipe']['name']}: {len(layers)} layers on {r['images']} calibration images{err}{used}, {_seconds(r)} on {on}"

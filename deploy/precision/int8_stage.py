@@ -180,7 +180,8 @@ def reconstruct_int8(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranges: Mapp
     before, after = rec.logit_rel_mse
     info(f"      reconstruction ({rec.recipe['name']}, {rec.images} calibration images, {len(rec.layers)} layers, "
          f"{rec.recipe.get('device', 'cpu')}): logit relative MSE {before:.3e} -> {after:.3e}"
-         + (f" at strength {rec.strength:g}" if rec.accepted else " - no strength better, not used")
+         + ((f" at strength {rec.strength:g}" if recipe.mode == "bias" else ", used") if rec.accepted
+            else " - not better on its images, not used")
          + " (" + ", ".join(f"{a:g}: {v:.2e}" for a, v in scores.items()) + ")"
          + (", cache hit" if rec.cache_hit else f", {rec.seconds:.1f} s"), quiet)
     if not rec.accepted:
@@ -199,10 +200,12 @@ def choose_strength(fp32: onnx.ModelProto, twin: onnx.ModelProto, rec: Any, imag
 
     ref, _ = cached_logits(fp32, images)
     plain_values = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer if i.name in rec.initializers}
-    values = {a: at_strength(plain_values, rec.initializers, a) for a in STRENGTHS}
+    # learned integers are all or nothing: halfway between two roundings is neither
+    grid = STRENGTHS if rec.recipe.get("mode", "bias") == "bias" else (0.0, 1.0)
+    values = {a: at_strength(plain_values, rec.initializers, a) for a in grid}
     scores = {a: relative_mse(ref, cached_logits(twin if a == 0 else apply_initializers(twin, values[a]), images,
-                                                 optimize=False)[0]) for a in STRENGTHS}
-    best = min(STRENGTHS, key=lambda a: (scores[a], a))
+                                                 optimize=False)[0]) for a in grid}
+    best = min(grid, key=lambda a: (scores[a], a))
     return replace(rec, initializers=values[best], strength=best,
                    strength_scores=scores, logit_rel_mse=(scores[0.0], scores[best]), accepted=best > 0)
 

@@ -155,7 +155,42 @@ def test_deployed_graph_carries_the_corrected_biases(lite0):
 
 
 def test_recipe_is_recorded():
-    assert Recipe(images=16).to_dict() == {"name": "sequential bias correction", "images": 16, "device": "cpu"}
+    assert Recipe(images=16).to_dict() == {"name": "sequential bias correction", "mode": "bias", "images": 16,
+                                           "device": "cpu"}
+    assert Recipe(mode="thorough", steps=300).to_dict()["steps"] == 300
+
+
+@pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
+def test_learned_rounding_writes_what_it_learned(lite0, gpu):
+    """--reconstruct thorough: only the convs with a linear output (Lite0's 16 project convs; the
+    cpu dialect's ReLU6 lives in its U8 quantizers) learn their rounding; every learned integer is the quantizer's or its neighbour, inside the dialect's
+    range (7-bit weights on ort-cpu); the graph carries them (ONNX Runtime computes what the
+    interpreter learned), and on images it did not fit on the logits move closer to FP32."""
+    from effdeploy.precision.reconstruct import learn_rounding
+
+    fp32, ranges, images = lite0
+    twin, cfg = _twin(lite0, gpu)
+    fit, held = images[:10], images[10:]
+    q, layers = learn_rounding(twin, fp32, fit, steps=150)
+    assert [r.layer for r in layers if "project" not in r.layer] == ["/classifier/Gemm"] and len(layers) == 17
+    assert all(r.relative_error_after <= r.relative_error_before + 1e-6 for r in layers)
+    # the classifier sees 10 rows for 1281 features: left as the quantizer rounded it
+    assert layers[-1].bias_shift == 0 and layers[-1].relative_error_after == layers[-1].relative_error_before
+    values = learned_initializers(q)
+    plain = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer}
+    ints = {k: v for k, v in values.items() if v.dtype == np.int8}
+    assert len(ints) >= 4  # at 96 px the last stages have too few positions (3x3 x 10 images) to choose on
+    limit = 64 if not gpu else 127
+    for k, v in ints.items():
+        assert v.shape == plain[k].shape and int(np.abs(v.astype(int) - plain[k]).max()) <= 1
+        assert int(np.abs(v.astype(int)).max()) <= limit
+    assert sum(int((v != plain[k]).sum()) for k, v in ints.items()) > 50
+    learned = apply_initializers(twin, values)
+    got = q(torch.from_numpy(held[:2])).numpy()
+    want = ort_logits(learned, held[:2], optimize=False)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    ref = ort_logits(fp32, held, optimize=False)
+    assert relative_mse(ref, ort_logits(learned, held, optimize=False)) < relative_mse(ref, ort_logits(twin, held, optimize=False))
 
 
 def test_corrections_at_a_strength():
@@ -269,6 +304,7 @@ def test_reconstruction_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypat
         raise _Recomputed()
 
     monkeypatch.setattr(R, "correct_biases", recompute)
+    monkeypatch.setattr(R, "learn_rounding", recompute)
     other_pixels = images.copy()
     other_pixels[0, 0, 0, 0] += 1e-3
     other_twin = quantize(fp32, ranges["tensorrt"], replace(config_for(True, method="max"), fp16_rest=False,
@@ -279,7 +315,7 @@ def test_reconstruction_cache_hit_miss_and_corruption(lite0, tmp_path, monkeypat
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(1e-3), w.name))  # one weight
     for args, kw in [((other_twin, fp32, images, recipe), {}), ((twin, other_fp32, images, recipe), {}),
                      ((twin, fp32, other_pixels, recipe), {}), ((twin, fp32, images, replace(recipe, images=3)), {}),
-                     ((twin, fp32, images, replace(recipe, name="other")), {}),
+                     ((twin, fp32, images, replace(recipe, mode="thorough")), {}),
                      ((twin, fp32, images, recipe), {"fp16_scales": True})]:
         with pytest.raises(_Recomputed):
             R.cached_reconstruction(*args, quiet=True, **kw)
