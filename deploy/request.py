@@ -47,7 +47,7 @@ class BuildRequest:
     conv_fallback: bool = True  # with the repair: single convs out of INT8 by leave-one-out sensitivity, on evidence
     int8_float_parts: tuple[str, ...] | None = None  # parts kept out of INT8 (se, stem, classifier, dw); None: precision.default_float_parts
     reconstruct: bool = True  # INT8: correct every layer's bias for the error in front of it
-    reconstruct_mode: str = "auto"  # bias (sequential bias correction) | thorough (learned rounding too) | auto (by family)
+    reconstruct_mode: str = "auto"  # bias (sequential bias correction) | thorough (learned rounding) | auto (by family)
     reconstruct_images: int = RECONSTRUCT_IMAGES
     device: str = "auto"  # where torch runs the reconstruction: auto (cuda where torch sees one), cpu, cuda
     allow_parity_failure: bool = False

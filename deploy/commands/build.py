@@ -44,11 +44,13 @@ from ..request import CALIBRATION_METHODS, default
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
                    "auto: se; for the B family se,dw on GPU profiles and se,stem,dw on CPU profiles).")
 @click.option("--reconstruct", "reconstruct_mode", type=click.Choice(["auto", "bias", "thorough"]),
-              default=default("reconstruct_mode"), show_default=True,
+              default=default("reconstruct_mode"), show_default=True, is_flag=False, flag_value="auto",
               help="INT8: correct the INT8 layers on calibration images, in order, for the error of their weights and "
-                   "of the quantized activations before them; every layer stays INT8. bias: sequential bias "
-                   "correction (seconds); thorough: the project convs also learn how their weights round (AdaRound; "
-                   "about half a minute on two cores); auto: thorough for Lite, bias for the B family (measured, docs/int8.md).")
+                   "of the quantized activations before them; every layer stays INT8. bias: every layer's bias "
+                   "(sequential bias correction, seconds); thorough: the convs with a linear output (the project "
+                   "convs) learn how their weights round and their bias, the others stay as quantized (AdaRound; "
+                   "about half a minute more on two cores); auto: thorough for Lite, bias for the B family "
+                   "(measured, docs/int8.md).")
 @click.option("--no-reconstruct", "no_reconstruct", is_flag=True, help="INT8: no reconstruction (the quantizer's rounding).")
 @click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")
@@ -109,7 +111,10 @@ def build_cmd(phi: str, variant: str, precision: str, profile_name: str, weights
         bad = [p for p in parts if p not in FLOAT_PARTS]
         if bad:
             raise EffdeployError(f"--int8-float takes {', '.join(FLOAT_PARTS)}, none or auto (got {', '.join(bad)})")
-    given = click.get_current_context().get_parameter_source("calib_images") != click.core.ParameterSource.DEFAULT
+    source = click.get_current_context().get_parameter_source
+    if no_reconstruct and source("reconstruct_mode") != click.core.ParameterSource.DEFAULT:
+        raise EffdeployError("--no-reconstruct and --reconstruct contradict each other; pass one of them")
+    given = source("calib_images") != click.core.ParameterSource.DEFAULT
     overrides = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation,
                  "mean": _triple("--mean", mean), "std": _triple("--std", std)}
     req = BuildRequest(

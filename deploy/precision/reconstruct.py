@@ -13,8 +13,8 @@ corrected layers before it produce on calibration images; the mean of its output
 the FP32 layer on FP32 inputs (per output channel) moves into its bias. So each layer absorbs the
 systematic part of its own weight rounding *and* of the activation quantization in front of it;
 every Conv/Gemm stays INT8 and the integers stay the quantizer's. ``--reconstruct thorough``
-(:func:`learn_rounding`, effdeploy.precision.rounding) also learns how the weights of the layers
-with a linear output round. The changed integers and biases are written into the
+(:func:`learn_rounding`, effdeploy.precision.rounding) instead learns the integers and bias of the
+layers with a linear output and leaves the others as quantized. What changed is written into the
 graph (float for the tensorrt dialect, INT32 at scale s_in * s_w for ort-cpu), never float weights
 rounded again by a quantizer.
 """
@@ -332,7 +332,7 @@ class Recipe:
 
 
 MODES = {"bias": "sequential bias correction",
-         "thorough": "learned rounding (AdaRound per layer on quantized inputs) and bias"}
+         "thorough": "learned rounding of the convs with a linear output (AdaRound per layer on quantized inputs)"}
 
 
 def default_mode(variant: str) -> str:
@@ -539,35 +539,34 @@ def _block_target(q: GraphModule, ref: GraphModule, op: _Op, ref_op: _Op, env_q:
 
 def _round_layer(torch: Any, q: GraphModule, op: _Op, w_fp32: Any, x: Any, y_f: Any, limit: int,
                  steps: int) -> LayerReport:
-    """Learn one layer's integers and bias and write them into ``q`` (its consts, biases, learned_ints)."""
+    """Learn one layer's integers and bias; where they beat the graph's, write them into ``q``."""
     from .rounding import grouped, learn_layer, normal_equations
 
     qw, scale = q.weights[op.inputs[1]]
     w_q = q.const[op.inputs[1]]
-    if tuple(w_fp32.shape) != tuple(w_q.shape):
-        raise EffdeployError(f"learned rounding: {op.name}'s weights are {list(w_q.shape)} in the INT8 graph, "
-                             f"{list(w_fp32.shape)} in the FP32 one")
-    groups = int(op.attrs.get("group", 1)) if op.kind == "Conv" else 1
     trans_b = bool(op.attrs.get("transB", 0))
-    w_g = grouped(w_fp32, groups, op.kind, trans_b)
-    per_out = scale.reshape(-1)
-    if per_out.numel() == 1:
-        per_out = per_out.expand(w_g.shape[0] * w_g.shape[1])
-    scale_g = per_out.reshape(w_g.shape[0], w_g.shape[1], 1)
+    if tuple(w_fp32.shape) != tuple(w_q.shape) or qw.axis != (0 if op.kind == "Conv" or trans_b else 1):
+        raise EffdeployError(f"learned rounding: {op.name}'s weights are {list(w_q.shape)} (axis {qw.axis}) in the "
+                             f"INT8 graph, {list(w_fp32.shape)} in the FP32 one")
+    groups = int(op.attrs.get("group", 1)) if op.kind == "Conv" else 1
+    shape = [1] * w_q.dim()
+    shape[qw.axis] = -1
+    per_out = scale.reshape(-1).expand(w_q.shape[qw.axis]).reshape(shape).double()  # per-tensor or per-channel
+    as_grouped = lambda t: grouped(t, groups, op.kind, trans_b)
+    w_g = as_grouped(w_fp32)
+    scale_g = as_grouped(per_out.expand(w_q.shape))[..., :1]
+    graph_ints = as_grouped(torch.round(w_q.double() / per_out))  # the quantizer's integers, as deployed
     bias = q.biases[op.inputs[2]]
-    ne = normal_equations(torch, op, x, y_f)
-    r = learn_layer(torch, ne, w_g, scale_g, bias.reshape(w_g.shape[0], w_g.shape[1]), limit, steps)
-    ints = r.ints.reshape(-1, r.ints.shape[-1]) if op.kind == "Gemm" else r.ints.reshape(w_q.shape)
-    if op.kind == "Gemm" and not trans_b:
-        ints = ints.t()
-    ints = ints.reshape(w_q.shape)
+    r = learn_layer(torch, normal_equations(torch, op, x, y_f, kernel=tuple(w_q.shape[2:])), w_g, graph_ints, scale_g,
+                    bias.reshape(w_g.shape[0], w_g.shape[1]), limit, steps)
     if r.learned:
+        ints = r.ints.reshape(-1, r.ints.shape[-1])
+        ints = (ints.t() if op.kind == "Gemm" and not trans_b else ints).reshape(w_q.shape)
         q.learned_ints[qw.int_name] = ints.cpu().numpy().astype(np.int8)
-    q.const[op.inputs[1]] = (ints * (per_out.double().reshape(-1, *[1] * (ints.dim() - 1)) if (op.kind == "Conv" or trans_b)
-                                     else per_out.double().reshape(1, -1))).to(w_q.dtype)
-    new_bias = r.bias.reshape(-1).to(bias.dtype)
+        q.const[op.inputs[1]] = (ints * per_out).to(w_q.dtype)
+        q.biases[op.inputs[2]] = r.bias.reshape(-1).to(bias.dtype)
+    new_bias = q.biases[op.inputs[2]]
     shift = float((new_bias - bias).norm() / new_bias.norm().clamp(min=1e-30))
-    q.biases[op.inputs[2]] = new_bias
     return LayerReport(op.name, unit_of(op.name), r.error_before, r.error_after, shift)
 
 
@@ -616,7 +615,9 @@ class Reconstruction:
                 "strength": self.strength,
                 "strength_logit_relative_mse": ({f"{a:g}": v for a, v in self.strength_scores.items()}
                                                 if self.strength_scores else None),
-                "biases_corrected": len(self.layers) if self.accepted else 0,
+                "biases_corrected": sum(r.bias_shift > 0 for r in self.layers) if self.accepted else 0,
+                "weights_learned": (sum(1 for v in self.initializers.values() if np.asarray(v).dtype == np.int8)
+                                    if self.accepted else 0),
                 "units": units, "layers": [asdict(r) for r in self.layers]}
 
 
@@ -661,7 +662,8 @@ def reconstruction_key(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: np.
 
 def cached_reconstruction(twin: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, recipe: Recipe,
                           fp16_scales: bool = False, quiet: bool = False) -> Reconstruction:
-    """:func:`correct_biases` with its result cached under the build cache (same inputs -> reused)."""
+    """:func:`correct_biases` (or, thorough, :func:`learn_rounding`) with its result cached under the
+    build cache (same inputs -> reused)."""
     import io
     import json
     import time

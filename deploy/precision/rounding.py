@@ -26,9 +26,7 @@ mean output error, i.e. bias correction), set every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from ..errors import EffdeployError
 
@@ -38,7 +36,7 @@ LAMBDA = 0.01  # the regulariser's weight against the per-row output error (AdaR
 BETA = (20.0, 2.0)  # the regulariser's exponent, annealed
 LR = 1e-2  # Adam on V; h moves from its start (the exact fraction) to 0 or 1 in a few hundred steps
 DAMPING = 1e-2  # of the mean diagonal: directions the images do not see stay near the float weights
-MIN_ROWS_PER_FEATURE = 2  # fewer output positions than this x features: nearest rounding, bias only
+MIN_ROWS_PER_FEATURE = 2  # fewer output positions than this x features: the layer is left as rounded
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,11 @@ class Normal:
     rows: int  # output positions (images x pixels)
 
 
-def _unfold(torch: Any, op: Any, x: Any) -> Any:
+def _unfold(torch: Any, op: Any, x: Any, kernel: tuple[int, ...]) -> Any:
     """The Conv's input as (N, features, positions): what each output position multiplies."""
     F = torch.nn.functional
     a = op.attrs
-    k = tuple(a.get("kernel_shape") or ())
+    k = tuple(a.get("kernel_shape") or kernel)  # ONNX allows it absent: the weight's spatial shape
     pads = list(a.get("pads", [0, 0, 0, 0]))
     half = len(pads) // 2
     if pads[:half] != pads[half:]:
@@ -67,9 +65,10 @@ def _unfold(torch: Any, op: Any, x: Any) -> Any:
     return F.unfold(x, k, dilation=dil, padding=tuple(pads[:half]), stride=strides)
 
 
-def normal_equations(torch: Any, op: Any, x: Any, y: Any, chunk: int = 4) -> Normal:
+def normal_equations(torch: Any, op: Any, x: Any, y: Any, chunk: int = 4, kernel: tuple[int, ...] = ()) -> Normal:
     """Accumulate G and C of a Conv (or Gemm) over the images, ``chunk`` images at a time (the
-    unfolded input of a 3x3 conv at 112 px is 9x the activation)."""
+    unfolded input of a 3x3 conv at 112 px is 9x the activation); ``kernel`` the weight's spatial
+    shape."""
     groups = int(op.attrs.get("group", 1)) if op.kind == "Conv" else 1
     if op.kind == "Gemm":
         if op.attrs.get("transA", 0) or op.attrs.get("alpha", 1.0) != 1.0 or op.attrs.get("beta", 1.0) != 1.0:
@@ -79,7 +78,7 @@ def normal_equations(torch: Any, op: Any, x: Any, y: Any, chunk: int = 4) -> Nor
     for i in range(0, x.shape[0], chunk):
         # in float64: the error is the small difference of large sums (W G W^T - 2 W C + T), which
         # float32 sums over 10^5 rows do not resolve
-        u = (_unfold(torch, op, x[i:i + chunk]) if op.kind == "Conv" else x[i:i + chunk]).double()
+        u = (_unfold(torch, op, x[i:i + chunk], kernel) if op.kind == "Conv" else x[i:i + chunk]).double()
         n, feat, pos = u.shape
         u = u.reshape(n, groups, feat // groups, pos)
         u = torch.cat([u, torch.ones_like(u[:, :, :1])], dim=2)  # the bias's feature
@@ -114,42 +113,56 @@ def _best_bias(w: Any, ne: Normal) -> Any:
 class Rounded:
     ints: Any  # (groups, out, F-1) integers on the quantizer's grid
     bias: Any  # (groups, out)
-    error_before: float  # relative output error, nearest rounding with the graph's bias
-    error_after: float  # ... learned rounding and its bias
-    learned: bool  # False: too few rows for the features; nearest rounding, bias only
+    error_before: float  # relative output error, the graph's integers and bias
+    error_after: float  # ... the returned integers and bias
+    learned: bool  # False: the graph's integers and bias, unchanged (too few rows, or learning did not help)
 
 
-def learn_layer(torch: Any, ne: Normal, w: Any, scale: Any, bias: Any, limit: int, steps: int,
-                progress: Callable[[int], None] | None = None) -> Rounded:
-    """AdaRound one layer: ``w`` the FP32 weights (groups, out, F-1), ``scale`` (groups, out, 1) the
-    quantizer's per-channel scales, ``bias`` the graph's bias (groups, out), ``limit`` the integer
-    range's bound (weights stay in [-limit, limit])."""
-    w, scale, bias = w.double(), scale.double(), bias.double()
+def learn_layer(torch: Any, ne: Normal, w: Any, ints: Any, scale: Any, bias: Any, limit: int, steps: int) -> Rounded:
+    """AdaRound one layer: ``w`` the FP32 weights (groups, out, F-1), ``ints`` the graph's integers
+    for them, ``scale`` (groups, out, 1) the quantizer's per-channel scales as deployed, ``bias`` the
+    graph's bias (groups, out), ``limit`` the integer range's bound (weights stay in [-limit, limit]).
+    The graph's own values come back unless the learned ones have a lower error on these rows."""
+    w, ints, scale, bias = w.double(), ints.double(), scale.double(), bias.double()
+    before = _relative(torch, ints * scale, bias, ne)
+    unchanged = Rounded(ints, bias, before, before, False)
+    if ne.rows < MIN_ROWS_PER_FEATURE * (ne.gram.shape[-1] - 1) or steps <= 0:
+        return unchanged  # too few rows to choose on: as the quantizer rounded it
+    learned = _optimise(torch, _damped(ne, w), w / scale, scale, limit, steps, ne.rows)
+    best = _best_bias(learned * scale, ne)
+    after = _relative(torch, learned * scale, best, ne)
+    return Rounded(learned, best, before, after, True) if after < before else unchanged
+
+
+def _relative(torch: Any, w: Any, b: Any, ne: Normal) -> float:
+    """Relative output error ||y_q - y|| / ||y|| of weights ``w`` and bias ``b`` on the rows of ``ne``."""
+    return float(_error(torch.cat([w, b.unsqueeze(-1)], -1), ne).clamp(min=0).sqrt()) / max(ne.energy, 1e-30) ** 0.5
+
+
+def _damped(ne: Normal, w: Any) -> Normal:
+    """The normal equations of error + d ||W - W_fp32||^2 (d a small share of the mean diagonal): in
+    directions the images do not see, the weights stay near the float ones."""
     feats = ne.gram.shape[-1] - 1
-    nearest = torch.clamp(torch.round(w / scale), -limit, limit)
-    rel = lambda ints, b: float(torch.sqrt(torch.clamp(_error(torch.cat([ints * scale, b.unsqueeze(-1)], -1), ne), min=0)
-                                           / max(ne.energy, 1e-30)))
-    before = rel(nearest, bias)
-    if ne.rows < MIN_ROWS_PER_FEATURE * feats:  # too few rows to choose on: as the quantizer rounded it
-        return Rounded(nearest, bias, before, before, False)
-    if steps <= 0:
-        return Rounded(nearest, _best_bias(nearest * scale, ne), before, rel(nearest, _best_bias(nearest * scale, ne)), False)
-    diag = torch.diagonal(ne.gram, dim1=1, dim2=2)[:, :-1]
-    gram = ne.gram.clone()
-    idx = torch.arange(feats)
-    gram[:, idx, idx] += DAMPING * diag.mean(dim=1, keepdim=True)
-    damped = Normal(gram, ne.cross, ne.energy, ne.rows)
-    floor = torch.floor(w / scale)
-    frac = (w / scale - floor).clamp(1e-4, 1 - 1e-4)
-    v = torch.log((frac - GAMMA) / (ZETA - frac)).float().requires_grad_(True)  # h(v) = frac at the start
+    d = DAMPING * ne.gram.diagonal(dim1=1, dim2=2)[:, :feats].mean(dim=1, keepdim=True)  # (groups, 1)
+    gram, cross = ne.gram.clone(), ne.cross.clone()
+    idx = list(range(feats))
+    gram[:, idx, idx] += d
+    cross[:, :-1, :] += d.unsqueeze(-1) * w.transpose(1, 2)
+    return Normal(gram, cross, ne.energy, ne.rows)
+
+
+def _optimise(torch: Any, ne: Normal, ratio: Any, scale: Any, limit: int, steps: int, rows: int) -> Any:
+    """Adam on AdaRound's V from h(V) = the exact fraction of ``ratio`` (= w / s); the hard integers."""
+    floor = torch.floor(ratio)
+    frac = (ratio - floor).clamp(1e-4, 1 - 1e-4)
+    v = torch.log((frac - GAMMA) / (ZETA - frac)).float().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=LR)
     for step in range(steps):
         h = (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
         wq = torch.clamp(floor + h.double(), -limit, limit) * scale
-        b = _best_bias(wq.detach(), damped)
-        w_aug = torch.cat([wq, b.unsqueeze(-1)], -1)
+        w_aug = torch.cat([wq, _best_bias(wq.detach(), ne).unsqueeze(-1)], -1)  # the bias at its optimum
         with torch.no_grad():  # the exact gradient of the quadratic form, one matrix product
-            grad = 2 * (w_aug @ damped.gram - damped.cross.transpose(1, 2))[..., :-1] / ne.rows
+            grad = 2 * (w_aug @ ne.gram - ne.cross.transpose(1, 2))[..., :-1] / rows
         loss = (wq * grad).sum()  # d loss / d wq == grad
         if step >= WARMUP * steps:
             t = (step - WARMUP * steps) / max(1.0, (1 - WARMUP) * steps)
@@ -158,11 +171,4 @@ def learn_layer(torch: Any, ne: Normal, w: Any, scale: Any, bias: Any, limit: in
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if progress and (step + 1) % max(1, steps // 4) == 0:
-            progress(step + 1)
-    ints = torch.clamp(floor + (v.detach() >= 0).double(), -limit, limit)  # h >= 0.5
-    best = _best_bias(ints * scale, ne)
-    after = rel(ints, best)
-    if after >= rel(nearest, _best_bias(nearest * scale, ne)):  # never worse than bias correction on its rows
-        return Rounded(nearest, _best_bias(nearest * scale, ne), before, rel(nearest, _best_bias(nearest * scale, ne)), False)
-    return Rounded(ints, best, before, after, True)
+    return torch.clamp(floor + (v.detach() >= 0).double(), -limit, limit)  # h >= 0.5

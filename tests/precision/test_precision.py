@@ -124,10 +124,16 @@ def test_rebuild_hits_calibration_cache_and_reconstruction_stays_on_the_grid(gpu
     assert bool(changed) is rec["accepted"] and (bool(weights) or not rec["accepted"])
 
 
-def test_unknown_reconstruction_mode_is_refused_in_one_line():
-    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", "--reconstruct", "fast")
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr and "thorough" in proc.stderr
+def test_reconstruction_flags_refused_in_one_line_before_anything_runs():
+    """An unknown mode, and --no-reconstruct beside --reconstruct, are refused in one line; a bare
+    --reconstruct (the old on/off flag) means auto and reaches the request checks."""
+    for extra, says in ((["--reconstruct", "fast"], "'auto', 'bias', 'thorough'"),
+                        (["--no-reconstruct", "--reconstruct", "thorough"], "contradict each other"),
+                        (["--reconstruct", "--calib-images", "0"], "--calib-images")):
+        proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "cpu", *extra)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("effdeploy: error:") and says in lines[0], proc.stderr
 
 
 def test_cpu_dialect_chosen_by_timing(tmp_path):

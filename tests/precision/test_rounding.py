@@ -78,8 +78,8 @@ def test_learned_rounding_beats_nearest_and_stays_on_the_grid(name):
     scale = (w.reshape(w.shape[0], -1).abs().amax(1) / 7).reshape(groups, -1, 1)  # a coarse 4-bit grid
     wg = grouped(w, groups, op.kind, True)
     ne = normal_equations(torch, op, x_q.float(), y.float())
-    r = learn_layer(torch, ne, wg, scale, b.reshape(groups, -1), limit=7, steps=300)
     ratio = wg / scale
+    r = learn_layer(torch, ne, wg, torch.round(ratio), scale, b.reshape(groups, -1), limit=7, steps=300)
     assert r.learned
     assert bool(((r.ints == torch.floor(ratio)) | (r.ints == torch.floor(ratio) + 1)).all())
     assert int(r.ints.abs().max()) <= 7
@@ -95,8 +95,94 @@ def test_too_few_rows_leave_the_layer_as_rounded():
     x = x[:10]  # 10 rows < 2 x 13 features
     y = _run(op, x, w, b) + 1.0
     scale = (w.abs().amax(1) / 127).reshape(1, -1, 1)
-    r = learn_layer(torch, normal_equations(torch, op, x.float(), y.float()), grouped(w, 1, "Gemm", True), scale,
-                    b.reshape(1, -1), limit=127, steps=100)
+    ints = torch.round(grouped(w, 1, "Gemm", True) / scale)
+    r = learn_layer(torch, normal_equations(torch, op, x.float(), y.float()), grouped(w, 1, "Gemm", True), ints,
+                    scale, b.reshape(1, -1), limit=127, steps=100)
     assert not r.learned
-    assert torch.equal(r.ints, torch.round(grouped(w, 1, "Gemm", True).double() / scale))
+    assert torch.equal(r.ints, ints.double())
     assert torch.equal(r.bias, b.reshape(1, -1).double()) and r.error_after == r.error_before
+
+
+def test_the_step_gradient_is_the_error_gradient_at_the_best_bias():
+    """The optimiser's hand-written gradient 2 (W G - C^T), bias at its optimum, is autograd's
+    gradient of the squared error through the closed-form bias (8-bit grid, large integers)."""
+    op, x, w, b, groups = _layer("3x3 stride 2, TF-style asymmetric pads", seed=3)
+    ne = normal_equations(torch, op, x.float(), (_run(op, x, w, b) + 0.1).float())
+    wg = grouped(w, groups, op.kind, True).clone().requires_grad_(True)
+    err = _error(torch.cat([wg, _best_bias(wg, ne).unsqueeze(-1)], -1), ne)
+    err.backward()
+    with torch.no_grad():
+        w_aug = torch.cat([wg, _best_bias(wg, ne).unsqueeze(-1)], -1)
+        hand = 2 * (w_aug @ ne.gram - ne.cross.transpose(1, 2))[..., :-1]
+    np.testing.assert_allclose(hand.numpy(), wg.grad.numpy(), rtol=1e-6, atol=1e-6 * float(hand.abs().max()))
+
+
+def test_damping_pulls_towards_the_float_weights():
+    """The damped equations add d ||W - W_fp32||^2 (up to a constant), not d ||W||^2: the float
+    weights stay the continuous optimum's anchor, and an 8-bit layer's large integers are not
+    pulled towards zero."""
+    from effdeploy.precision.rounding import DAMPING, _damped
+
+    op, x, w, b, groups = _layer("1x1", seed=4)
+    ne = normal_equations(torch, op, x.float(), _run(op, x, w, b).float())
+    wg = grouped(w, groups, op.kind, True)
+    damped = _damped(ne, wg)
+    d = DAMPING * float(ne.gram.diagonal(dim1=1, dim2=2)[:, :-1].mean())
+    for trial in range(3):
+        w2 = wg + 0.1 * torch.randn_like(wg)
+        aug = torch.cat([w2, torch.randn(groups, wg.shape[1], 1, dtype=torch.float64)], -1)
+        extra = float(_error(aug, damped) - _error(aug, ne))
+        want = d * float(((w2 - wg) ** 2).sum() - (wg ** 2).sum())
+        assert extra == pytest.approx(want, rel=1e-6)
+
+
+def _gemm_graphs(trans_b: bool, rows: int = 64, n_in: int = 8, n_out: int = 5):
+    """A Q/DQ twin (per-channel INT8 weights on the output axis) and its FP32 graph, one Gemm."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    stored = w if trans_b else w.T.copy()
+    scale = (np.abs(w).max(1) / 127).astype(np.float32)
+    ints = np.clip(np.round(stored / (scale[:, None] if trans_b else scale[None, :])), -127, 127).astype(np.int8)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32) @ rng.standard_normal((n_in, n_in)).astype(np.float32)
+    bias = numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "B")
+    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_in])],
+          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", n_out])])
+    gemm = lambda a, b: helper.make_node("Gemm", [a, b, "B"], ["Y"], name="g", transB=int(trans_b))
+    fp32 = helper.make_model(helper.make_graph([gemm("X", "W")], "f", *io, [numpy_helper.from_array(stored, "W"), bias]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+    inits = [numpy_helper.from_array(ints, "W_q"), numpy_helper.from_array(scale, "W_s"),
+             numpy_helper.from_array(np.zeros(n_out, np.int8), "W_z"), bias,
+             numpy_helper.from_array(np.float32(np.abs(x).max() / 127), "X_s"), numpy_helper.from_array(np.int8(0), "X_z")]
+    nodes = [helper.make_node("QuantizeLinear", ["X", "X_s", "X_z"], ["X_q"]),
+             helper.make_node("DequantizeLinear", ["X_q", "X_s", "X_z"], ["X_dq"]),
+             helper.make_node("DequantizeLinear", ["W_q", "W_s", "W_z"], ["W_dq"], axis=0 if trans_b else 1),
+             gemm("X_dq", "W_dq")]
+    twin = helper.make_model(helper.make_graph(nodes, "q", *io, inits), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(twin)
+    return twin, fp32, x, ints
+
+
+@pytest.mark.parametrize("trans_b", [True, False], ids=["transB", "plain"])
+def test_learned_gemm_integers_are_written_where_the_graph_keeps_them(trans_b):
+    """The learned integers go back into the INT8 initializer in its own layout (Gemm's weight is
+    (out, in) with transB, (in, out) without; its scales on the output axis): ONNX Runtime computes
+    what the interpreter learned, every integer within one step of the quantizer's."""
+    from effdeploy.export.logits import ort_logits
+    from effdeploy.precision.qdq import apply_initializers
+    from effdeploy.precision.reconstruct import learn_rounding, learned_initializers
+
+    twin, fp32, x, ints = _gemm_graphs(trans_b)
+    q, reports = learn_rounding(twin, fp32, x, steps=200)
+    assert len(reports) == 1 and reports[0].relative_error_after < reports[0].relative_error_before
+    values = learned_initializers(q)
+    assert values["W_q"].dtype == np.int8 and values["W_q"].shape == ints.shape
+    assert 0 < int((values["W_q"] != ints).sum()) and int(np.abs(values["W_q"].astype(int) - ints).max()) <= 1
+    learned = apply_initializers(twin, values)
+    got = q(torch.from_numpy(x)).numpy()
+    want = ort_logits(learned, x, optimize=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    ref = ort_logits(fp32, x, optimize=False)
+    assert np.abs(want - ref).mean() < np.abs(ort_logits(twin, x, optimize=False) - ref).mean()
