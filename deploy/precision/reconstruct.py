@@ -405,13 +405,34 @@ def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
                     progress: Callable[[LayerReport, int, int], None] | None,
                     device: str) -> tuple[GraphModule, list[LayerReport]]:
     q, ref = GraphModule(qdq, fp16_scales=fp16_scales, device=device), GraphModule(fp32, device=device)
-    ref_index = {op.name: i for i, op in enumerate(ref.ops)}
-    layers = [i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
-              and op.inputs[2] in q.biases and op.name in ref_index]
-    last_q = {t: i for i, op in enumerate(q.ops) for t in op.inputs}
-    last_f = {t: i for i, op in enumerate(ref.ops) for t in op.inputs}
+    ref_names = {op.name for op in ref.ops}
+    layers = {i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
+              and op.inputs[2] in q.biases and op.name in ref_names}
+
+    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any], env_f: dict[str, Any]) -> LayerReport:
+        y_f, y_q = env_f[ref_op.outputs[0]], env_q[op.outputs[0]]
+        delta = (y_f - y_q).mean(dim=(0, 2, 3) if y_q.dim() == 4 else (0,))
+        bias = op.inputs[2]
+        before = _rel(y_q, y_f)
+        q.biases[bias] = q.biases[bias] + delta
+        y_new = q.run(dict(inputs), [op])[op.outputs[0]]  # bias rounded as deployed
+        return LayerReport(op.name, unit_of(op.name), before, _rel(y_new, y_f),
+                           float(delta.norm() / q.biases[bias].norm().clamp(min=1e-30)))
+
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
     x = x.contiguous(memory_format=torch.channels_last)  # torch's fast depthwise kernels want NHWC
+    return q, _sequential(torch, q, ref, x, layers, fit, progress)
+
+
+def _sequential(torch: Any, q: GraphModule, ref: GraphModule, x: Any, layers: set[int],
+                fit: Callable[..., LayerReport],
+                progress: Callable[[LayerReport, int, int], None] | None) -> list[LayerReport]:
+    """Run the Q/DQ graph and the FP32 graph side by side on ``x``; at each of ``layers`` (indices
+    into q.ops) call ``fit(op, ref_op, inputs, env_q, env_f)``, which changes ``q``, then run the
+    layer again so the layers after it see the changed output. Tensors no later op reads are dropped."""
+    ref_index = {op.name: i for i, op in enumerate(ref.ops)}
+    last_q = {t: i for i, op in enumerate(q.ops) for t in op.inputs}
+    last_f = {t: i for i, op in enumerate(ref.ops) for t in op.inputs}
     env_q: dict[str, Any] = {q.input_name: x}
     env_f: dict[str, Any] = {ref.input_name: x}
     pos, reports = 0, []
@@ -424,19 +445,12 @@ def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
                 ref.run(env_f, ref.ops[pos:j + 1])
                 pos = j + 1
                 env_f = {t: v for t, v in env_f.items() if last_f.get(t, -1) >= pos or t == ref.ops[j].outputs[0]}
-                y_f, y_q = env_f[ref.ops[j].outputs[0]], env_q[op.outputs[0]]
-                axes = (0, 2, 3) if y_q.dim() == 4 else (0,)
-                delta = (y_f - y_q).mean(dim=axes)
-                bias = op.inputs[2]
-                before = _rel(y_q, y_f)
-                q.biases[bias] = q.biases[bias] + delta
-                env_q[op.outputs[0]] = q.run(dict(inputs), [op])[op.outputs[0]]  # bias rounded as deployed
-                reports.append(LayerReport(op.name, unit_of(op.name), before, _rel(env_q[op.outputs[0]], y_f),
-                                           float(delta.norm() / q.biases[bias].norm().clamp(min=1e-30))))
+                reports.append(fit(op, ref.ops[j], inputs, env_q, env_f))
+                env_q[op.outputs[0]] = q.run(dict(inputs), [op])[op.outputs[0]]
                 if progress:
                     progress(reports[-1], len(reports), len(layers))
             env_q = {t: v for t, v in env_q.items() if last_q.get(t, -1) > i}
-    return q, reports
+    return reports
 
 
 def learn_rounding(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarray, fp16_scales: bool = False,
@@ -481,40 +495,23 @@ def _learn_rounding(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
                     steps: int) -> tuple[GraphModule, list[LayerReport]]:
     q, ref = GraphModule(qdq, fp16_scales=fp16_scales, device=device), GraphModule(fp32, device=device)
     limit = _weight_limit(qdq)
-    ref_index = {op.name: i for i, op in enumerate(ref.ops)}
+    ref_names = {op.name for op in ref.ops}
     # A layer whose output goes through a nonlinearity is left as the quantizer rounded it: its
     # linear output error is the wrong objective there (B0's head: the fit lowered the conv's error
     # and raised the pooled swish features' error 0.116 -> 0.148; learning every layer's rounding
     # took B0's KL on new images from 0.0115 to 0.136, docs/int8.md).
     activated = _activated(q)
-    layers = [i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
-              and op.inputs[2] in q.biases and op.inputs[1] in q.weights and op.name in ref_index
-              and op.outputs[0] not in activated]
-    last_q = {t: i for i, op in enumerate(q.ops) for t in op.inputs}
-    last_f = {t: i for i, op in enumerate(ref.ops) for t in op.inputs}
+    layers = {i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
+              and op.inputs[2] in q.biases and op.inputs[1] in q.weights and op.name in ref_names
+              and op.outputs[0] not in activated}
+
+    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any], env_f: dict[str, Any]) -> LayerReport:
+        y_f = _block_target(q, ref, op, ref_op, env_q, env_f)
+        with torch.enable_grad():
+            return _round_layer(torch, q, op, ref.value(ref_op.inputs[1], {}), inputs[op.inputs[0]], y_f, limit, steps)
+
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
-    env_q: dict[str, Any] = {q.input_name: x}
-    env_f: dict[str, Any] = {ref.input_name: x}
-    pos, reports = 0, []
-    with torch.no_grad():
-        for i, op in enumerate(q.ops):
-            inputs = {t: env_q[t] for t in op.inputs if t in env_q}
-            q.run(env_q, [op])
-            if i in layers:
-                j = ref_index[op.name]
-                ref.run(env_f, ref.ops[pos:j + 1])
-                pos = j + 1
-                env_f = {t: v for t, v in env_f.items() if last_f.get(t, -1) >= pos or t == ref.ops[j].outputs[0]}
-                y_f = _block_target(q, ref, op, ref.ops[j], env_q, env_f)
-                with torch.enable_grad():
-                    r = _round_layer(torch, q, op, ref.value(ref.ops[j].inputs[1], {}), inputs[op.inputs[0]], y_f,
-                                     limit, steps)
-                env_q[op.outputs[0]] = q.run(dict(inputs), [op])[op.outputs[0]]
-                reports.append(r)
-                if progress:
-                    progress(r, len(reports), len(layers))
-            env_q = {t: v for t, v in env_q.items() if last_q.get(t, -1) > i}
-    return q, reports
+    return q, _sequential(torch, q, ref, x, layers, fit, progress)
 
 
 def _block_target(q: GraphModule, ref: GraphModule, op: _Op, ref_op: _Op, env_q: dict[str, Any],
