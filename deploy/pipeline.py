@@ -449,7 +449,8 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
     if req.reconstruct:
         from .precision.reconstruct import Recipe, default_mode, resolve_device
 
-        mode = default_mode(spec.variant) if req.reconstruct_mode == "auto" else req.reconstruct_mode
+        images = min(req.reconstruct_images, plan.count)
+        mode = default_mode(spec.variant, images) if req.reconstruct_mode == "auto" else req.reconstruct_mode
         recipe = Recipe(images=req.reconstruct_images, mode=mode, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,

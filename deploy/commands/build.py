@@ -49,8 +49,8 @@ from ..request import CALIBRATION_METHODS, default
                    "of the quantized activations before them; every layer stays INT8. bias: every layer's bias "
                    "(sequential bias correction, seconds); thorough: the convs with a linear output (the project "
                    "convs) learn how their weights round and their bias, the others stay as quantized (AdaRound; "
-                   "about half a minute more on two cores); auto: thorough for Lite, bias for the B family "
-                   "(measured, docs/int8.md).")
+                   "about half a minute more on two cores); auto: thorough for Lite given at least 32 reconstruction "
+                   "images, else bias (measured, docs/int8.md).")
 @click.option("--no-reconstruct", "no_reconstruct", is_flag=True, help="INT8: no reconstruction (the quantizer's rounding).")
 @click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")

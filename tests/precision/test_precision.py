@@ -58,10 +58,10 @@ def test_tensorrt_dialect_graph(gpu_int8):
     assert q_info["ort_graph_optimization"] == "disabled"
     assert q_info["precision_summary"]["conv_gemm_int8"] >= 40
     assert [r["block"] for r in q_info["drift"]][:2] == ["blocks.0.0", "blocks.1.0"]
-    rec = q_info["reconstruction"]  # on by default (Lite: thorough): the 16 project convs and the classifier
-    assert rec["recipe"]["name"].startswith("learned rounding") and len(rec["layers"]) == 17
-    assert set(rec["strength_logit_relative_mse"]) == {"0", "1"}  # learned integers: all or nothing
-    assert 0 < rec["images"] <= 12 and set(rec["units"]) >= {"blocks.0.0", "blocks.6.0", "head"}
+    rec = q_info["reconstruction"]  # on by default (auto: bias on 12 images): every Conv/Gemm corrected, still INT8
+    assert rec["recipe"]["name"] == "sequential bias correction" and len(rec["layers"]) == 50
+    assert set(rec["strength_logit_relative_mse"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert 0 < rec["images"] <= 12 and set(rec["units"]) >= {"stem", "blocks.0.0", "head"}
     assert all(r["relative_error_after"] <= r["relative_error_before"] + 1e-6 for r in rec["layers"])
 
 
@@ -93,12 +93,10 @@ def test_coarse_verification_warning():
     assert coarse_verification(3, Budget.for_precision("fp32")) is None  # max-abs budget: no agreement to resolve
 
 
-def test_rebuild_hits_calibration_cache_and_reconstruction_stays_on_the_grid(gpu_int8, tmp_path):
-    """The same build without the reconstruction reuses the calibration. Lite's default
-    reconstruction is thorough (recorded with its steps): against the plain bundle only conv biases
-    and the INT8 weights of project convs changed, each integer by at most one step (scales and
-    every other integer are the quantizer's), and some changed exactly when the manifest says the
-    result was used."""
+def test_rebuild_hits_calibration_cache_and_reconstruction_moves_only_biases(gpu_int8, tmp_path):
+    """The same build without the reconstruction reuses the calibration; against it, the reconstructed
+    bundle differs in float biases only (every INT8 integer and scale is the quantizer's), and in
+    some of them exactly when the manifest says the correction was accepted."""
     out = tmp_path / "again"
     proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
                    "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair",
@@ -107,11 +105,37 @@ def test_rebuild_hits_calibration_cache_and_reconstruction_stays_on_the_grid(gpu
     assert read_manifest(out)["quantization"]["calibration"]["cache_hit"] is True
     first = json.loads((gpu_int8[0] / "calibration.json").read_text())["tensors"]
     assert json.loads((out / "calibration.json").read_text())["tensors"] == first
-    rec = read_manifest(gpu_int8[0])["quantization"]["reconstruction"]
+    _, plain = _initializers(out / "model.onnx")
+    _, corrected = _initializers(gpu_int8[0] / "model.onnx")
+    assert plain.keys() == corrected.keys()
+    changed = [k for k in plain if numpy_helper.to_array(plain[k]).tobytes() != numpy_helper.to_array(corrected[k]).tobytes()]
+    conv_biases = {n.input[2] for n in onnx.load(str(out / "model.onnx")).graph.node
+                   if n.op_type in ("Conv", "Gemm") and len(n.input) > 2}
+    assert set(changed) <= conv_biases, set(changed) - conv_biases
+    accepted = read_manifest(gpu_int8[0])["quantization"]["reconstruction"]["accepted"]
+    assert bool(changed) is accepted
+
+
+def test_thorough_reconstruction_stays_on_the_grid(gpu_int8, tmp_path):
+    """--reconstruct thorough (recorded with its steps): against the plain bundle only conv biases
+    and the INT8 weights of project convs changed, each integer by at most one step (scales and
+    every other integer are the quantizer's), and some changed exactly when the manifest says the
+    result was used."""
+    out = tmp_path / "thorough"
+    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
+                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair",
+                   "--reconstruct", "thorough")
+    assert proc.returncode == 0, proc.stderr
+    rec = read_manifest(out)["quantization"]["reconstruction"]
     assert rec["recipe"]["mode"] == "thorough" and rec["recipe"]["steps"] > 0
+    assert set(rec["strength_logit_relative_mse"]) == {"0", "1"}  # learned integers: all or nothing
     assert all("project" in r["layer"] or "Gemm" in r["layer"] for r in rec["layers"])
-    m, plain = _initializers(out / "model.onnx")
-    _, learned = _initializers(gpu_int8[0] / "model.onnx")
+    plain_out = tmp_path / "plain"
+    assert run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
+                   "--calib-method", "max", "--out", str(plain_out), "--allow-parity-failure", "--no-repair",
+                   "--no-reconstruct").returncode == 0
+    m, plain = _initializers(plain_out / "model.onnx")
+    _, learned = _initializers(out / "model.onnx")
     assert plain.keys() == learned.keys()
     changed = [k for k in plain if numpy_helper.to_array(plain[k]).tobytes() != numpy_helper.to_array(learned[k]).tobytes()]
     weights = [k for k in changed if learned[k].data_type == onnx.TensorProto.INT8]
@@ -122,6 +146,13 @@ def test_rebuild_hits_calibration_cache_and_reconstruction_stays_on_the_grid(gpu
         diff = numpy_helper.to_array(learned[k]).astype(int) - numpy_helper.to_array(plain[k]).astype(int)
         assert int(np.abs(diff).max()) <= 1
     assert bool(changed) is rec["accepted"] and (bool(weights) or not rec["accepted"])
+
+
+def test_auto_reconstruction_by_family_and_image_count():
+    from effdeploy.precision.reconstruct import THOROUGH_MIN_IMAGES, default_mode
+
+    assert default_mode("lite", THOROUGH_MIN_IMAGES) == "thorough" and default_mode("lite", 12) == "bias"
+    assert default_mode("b", 256) == "bias"
 
 
 def test_reconstruction_flags_refused_in_one_line_before_anything_runs():
@@ -318,21 +349,8 @@ def test_residual_adds_keep_qdq_on_the_shortcut_only(gpu_int8):
     assert np.all(tiny >= 1e-7)  # refitted: exact FP16 values above the converter's 1e-7 clamp
 
 
-@pytest.fixture(scope="module")
-def bias_int8(tmp_path_factory):
-    """Lite0 INT8 (tensorrt dialect) with the bias reconstruction: a graph whose corrected FP16 biases
-    ONNX Runtime's optimiser changes (Lite's default, thorough, corrects fewer of them and here
-    leaves none it changes)."""
-    out = tmp_path_factory.mktemp("int8") / "lite0-orin-bias"
-    proc = run_cli("build", *LITE, "--precision", "int8", "--profile", "jetson-orin", "--calib-images", "12",
-                   "--calib-method", "max", "--out", str(out), "--json", "--allow-parity-failure", "--no-repair",
-                   "--reconstruct", "bias")
-    assert proc.returncode == 0, proc.stderr
-    return out, json.loads(proc.stdout)
-
-
 @pytest.mark.parametrize("kind", ["int8", "fp16"])
-def test_runner_classify_and_bench_run_these_graphs_unoptimised(kind, bias_int8, fp16_bundle):
+def test_runner_classify_and_bench_run_these_graphs_unoptimised(kind, gpu_int8, fp16_bundle):
     """The Runner, `classify` and `bench` must run INT8 (tensorrt dialect) and FP16 graphs as the
     gate did, with ONNX Runtime's optimiser off: it breaks the FP16 Q/DQ graph
     (docs/ort_fp16_qdq_repro.py). The optimised logits are computed too, so the test shows it could
@@ -342,7 +360,7 @@ def test_runner_classify_and_bench_run_these_graphs_unoptimised(kind, bias_int8,
     from effdeploy.export.logits import ort_logits
     from effdeploy.data.preprocess import load_image
 
-    out = (bias_int8 if kind == "int8" else fp16_bundle)[0]
+    out = (gpu_int8 if kind == "int8" else fp16_bundle)[0]
     paths = builtin_image_paths()[:6]
     with Runner.open(out) as runner:
         x = runner.preprocess([load_image(p) for p in paths])
