@@ -48,10 +48,10 @@ DW_ROWS = {f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 
            for d, profile in (("trt", "jetson-orin"), ("cpu", "cpu")) for k in "qf" for suffix in ("", "-default")}
 # the same builds with --reconstruct thorough (learned rounding of the project convs) or bias (the
 # sequential bias correction); the plain rows take the default (auto: thorough for Lite, bias for B)
-THOROUGH_ROWS = {f"{d}-{kind}-{mode}": (d, kind, mode) for d in ("trt", "cpu") for kind in ("int8", "default")
+RECONSTRUCT_ROWS = {f"{d}-{kind}-{mode}": (d, kind, mode) for d in ("trt", "cpu") for kind in ("int8", "default")
                  for mode in ("thorough", "bias")}
 ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
-        *DW_ROWS, *THOROUGH_ROWS, "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
+        *DW_ROWS, *RECONSTRUCT_ROWS, "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
     "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
@@ -59,7 +59,7 @@ BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: 
     "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
     **DW_ROWS,
 }
-BUILD_ROWS.update({row: BUILD_ROWS[f"{d}-{kind}"] for row, (d, kind, _) in THOROUGH_ROWS.items()})
+BUILD_ROWS.update({row: BUILD_ROWS[f"{d}-{kind}"] for row, (d, kind, _) in RECONSTRUCT_ROWS.items()})
 NO_CONV_FALLBACK = ("trt-blocks", "cpu-blocks")  # the default build with the block repair alone
 # targets of the INT8 issue for the default builds, judged by the two folds on the 500 images
 TARGET_AGREEMENT, TARGET_DROP_PT = 0.98, 0.5
@@ -112,8 +112,8 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
     extra = {} if parts is None else {"int8_float_parts": parts}
     if row in NO_CONV_FALLBACK:
         extra["conv_fallback"] = False
-    if row in THOROUGH_ROWS:
-        extra["reconstruct_mode"] = THOROUGH_ROWS[row][2]
+    if row in RECONSTRUCT_ROWS:
+        extra["reconstruct_mode"] = RECONSTRUCT_ROWS[row][2]
     req = BuildRequest(**extra, phi=0, variant=flags["variant"], weights=flags["weights"], precision=precision,
                        profile=load_profile(profile), out=out, repair=repair, calib_data=str(fold.calib),
                        calib_images=n, verify_data=str(fold.judge), verify_images=len(fold.judge_names),
@@ -266,7 +266,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--models", default="lite0,b0")
-    ap.add_argument("--rows", default=",".join(r for r in ROWS if r not in DW_ROWS and r not in THOROUGH_ROWS),
+    ap.add_argument("--rows", default=",".join(r for r in ROWS if r not in DW_ROWS and r not in RECONSTRUCT_ROWS),
                     help="rows to run (default: all but the -dwq/-dwf, -thorough and -bias variants)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", type=Path, help="Append each finished row to this file as a JSON line.")

@@ -25,7 +25,7 @@ from .model.spec import check_fits_memory, extrapolation_warning, model_spec
 from .model.weights import accuracy_claim, no_claim_reason
 from .profiles import PRECISIONS, Profile
 from .report import info
-from .request import BuildRequest, REPAIR_SELECTION_IMAGES
+from .request import BuildRequest, RECONSTRUCT_MODES, REPAIR_SELECTION_IMAGES
 from .verify.gate import (
     REFERENCE_GRAPH, Budget, VerifyReport, VerifySet, agreement_text, coarse_verification, verify_candidate,
     verify_images_needed,
@@ -81,10 +81,8 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
             f"profile {req.profile.name} has no fast {req.precision} kernels "
             f"(supported: {', '.join(req.profile.precisions)}); choose one of those"
         )
-    from .precision.reconstruct import MODES
-
-    if req.reconstruct_mode != "auto" and req.reconstruct_mode not in MODES:
-        raise EffdeployError(f"--reconstruct takes auto, {', '.join(MODES)} (got {req.reconstruct_mode!r})")
+    if req.reconstruct_mode not in RECONSTRUCT_MODES:
+        raise EffdeployError(f"--reconstruct takes {', '.join(RECONSTRUCT_MODES)} (got {req.reconstruct_mode!r})")
     if req.calib_images < 1 or req.verify_images < 1 or req.reconstruct_images < 1:
         raise EffdeployError("--calib-images, --verify-images and --reconstruct-images must be at least 1")
     if req.accuracy_budget is not None and not (0 < req.accuracy_budget < 100):

@@ -12,6 +12,7 @@ CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse")  # effdeploy.calib
 # is mostly an FP16/FP32 model under an INT8 label (random B1 "verified" with all 23 blocks kept
 # in FP16 is what an uncapped repair produced); --max-kept-macs raises it deliberately.
 MAX_KEPT_MACS_PCT = 50.0
+RECONSTRUCT_MODES = ("auto", "bias", "thorough")  # --reconstruct (effdeploy.precision.reconstruct.MODES + auto)
 RECONSTRUCT_IMAGES = 32  # calibration images the INT8 reconstruction fits on (a subset of them)
 REPAIR_SELECTION_IMAGES = 256  # calibration images the repair chooses kept blocks on (never the gate's)
 

@@ -10,7 +10,7 @@ import click
 from . import cli
 from ..profiles import PRECISIONS
 from ..report import emit_json, info, kv_table, table
-from ..request import CALIBRATION_METHODS, default
+from ..request import CALIBRATION_METHODS, RECONSTRUCT_MODES, default
 
 
 @cli.command("build")
@@ -43,7 +43,7 @@ from ..request import CALIBRATION_METHODS, default
 @click.option("--int8-float", "int8_float", default="auto", show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
                    "auto: se; for the B family se,dw on GPU profiles and se,stem,dw on CPU profiles).")
-@click.option("--reconstruct", "reconstruct_mode", type=click.Choice(["auto", "bias", "thorough"]),
+@click.option("--reconstruct", "reconstruct_mode", type=click.Choice(RECONSTRUCT_MODES),
               default=default("reconstruct_mode"), show_default=True, is_flag=False, flag_value="auto",
               help="INT8: correct the INT8 layers on calibration images, in order, for the error of their weights and "
                    "of the quantized activations before them; every layer stays INT8. bias: every layer's bias "

@@ -413,7 +413,8 @@ def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
     layers = {i for i, op in enumerate(q.ops) if op.kind in ("Conv", "Gemm") and len(op.inputs) > 2
               and op.inputs[2] in q.biases and op.name in ref_names}
 
-    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any], env_f: dict[str, Any]) -> LayerReport:
+    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any],
+            env_f: dict[str, Any]) -> tuple[LayerReport, Any]:
         y_f, y_q = env_f[ref_op.outputs[0]], env_q[op.outputs[0]]
         delta = (y_f - y_q).mean(dim=(0, 2, 3) if y_q.dim() == 4 else (0,))
         bias = op.inputs[2]
@@ -421,7 +422,7 @@ def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
         q.biases[bias] = q.biases[bias] + delta
         y_new = q.run(dict(inputs), [op])[op.outputs[0]]  # bias rounded as deployed
         return LayerReport(op.name, unit_of(op.name), before, _rel(y_new, y_f),
-                           float(delta.norm() / q.biases[bias].norm().clamp(min=1e-30)))
+                           float(delta.norm() / q.biases[bias].norm().clamp(min=1e-30))), y_new
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
     x = x.contiguous(memory_format=torch.channels_last)  # torch's fast depthwise kernels want NHWC
@@ -429,11 +430,11 @@ def _correct_biases(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
 
 
 def _sequential(torch: Any, q: GraphModule, ref: GraphModule, x: Any, layers: set[int],
-                fit: Callable[..., LayerReport],
+                fit: Callable[..., tuple[LayerReport, Any]],
                 progress: Callable[[LayerReport, int, int], None] | None) -> list[LayerReport]:
     """Run the Q/DQ graph and the FP32 graph side by side on ``x``; at each of ``layers`` (indices
-    into q.ops) call ``fit(op, ref_op, inputs, env_q, env_f)``, which changes ``q``, then run the
-    layer again so the layers after it see the changed output. Tensors no later op reads are dropped."""
+    into q.ops) ``fit(op, ref_op, inputs, env_q, env_f)`` changes ``q`` and returns its report and
+    the layer's new output, which the layers after it see. Tensors no later op reads are dropped."""
     ref_index = {op.name: i for i, op in enumerate(ref.ops)}
     last_q = {t: i for i, op in enumerate(q.ops) for t in op.inputs}
     last_f = {t: i for i, op in enumerate(ref.ops) for t in op.inputs}
@@ -449,8 +450,8 @@ def _sequential(torch: Any, q: GraphModule, ref: GraphModule, x: Any, layers: se
                 ref.run(env_f, ref.ops[pos:j + 1])
                 pos = j + 1
                 env_f = {t: v for t, v in env_f.items() if last_f.get(t, -1) >= pos or t == ref.ops[j].outputs[0]}
-                reports.append(fit(op, ref.ops[j], inputs, env_q, env_f))
-                env_q[op.outputs[0]] = q.run(dict(inputs), [op])[op.outputs[0]]
+                report, env_q[op.outputs[0]] = fit(op, ref.ops[j], inputs, env_q, env_f)
+                reports.append(report)
                 if progress:
                     progress(reports[-1], len(reports), len(layers))
             env_q = {t: v for t, v in env_q.items() if last_q.get(t, -1) > i}
@@ -509,10 +510,12 @@ def _learn_rounding(torch: Any, qdq: onnx.ModelProto, fp32: onnx.ModelProto, ima
               and op.inputs[2] in q.biases and op.inputs[1] in q.weights and op.name in ref_names
               and op.outputs[0] not in activated}
 
-    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any], env_f: dict[str, Any]) -> LayerReport:
+    def fit(op: _Op, ref_op: _Op, inputs: dict[str, Any], env_q: dict[str, Any],
+            env_f: dict[str, Any]) -> tuple[LayerReport, Any]:
         y_f = _block_target(q, ref, op, ref_op, env_q, env_f)
         with torch.enable_grad():
-            return _round_layer(torch, q, op, ref.value(ref_op.inputs[1], {}), inputs[op.inputs[0]], y_f, limit, steps)
+            report = _round_layer(torch, q, op, ref.value(ref_op.inputs[1], {}), inputs[op.inputs[0]], y_f, limit, steps)
+        return report, q.run(dict(inputs), [op])[op.outputs[0]]
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
     return q, _sequential(torch, q, ref, x, layers, fit, progress)
