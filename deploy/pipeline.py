@@ -420,11 +420,12 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
     )
 
     int8 = int8_stage(req, spec, exported, steps)
-    for w in int8.warnings:
+    speed = (int8.speed_note,) if int8.speed_note else ()
+    for w in (*int8.warnings, *speed):
         info(f"warning: {w}", req.quiet)
     write_calibration_json(tmp / CALIBRATION_JSON, int8.artifact)
     write_trt_calibration_cache(tmp / TRT_CALIBRATION_CACHE, int8.artifact)
-    return Candidate(int8.model, int8, tuple(int8.calibration_ids), tuple(int8.warnings))
+    return Candidate(int8.model, int8, tuple(int8.calibration_ids), (*int8.warnings, *speed))
 
 
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
@@ -448,7 +449,7 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
         from .precision.reconstruct import Recipe, default_mode, resolve_device
 
         images = min(req.reconstruct_images, plan.count)
-        mode = default_mode(spec.variant, images) if req.reconstruct_mode == "auto" else req.reconstruct_mode
+        mode = default_mode(spec.variant, images, req.profile.is_gpu) if req.reconstruct_mode == "auto" else req.reconstruct_mode
         recipe = Recipe(images=req.reconstruct_images, mode=mode, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,

@@ -28,7 +28,8 @@ class Int8Result:
     method_scores: Mapping[str, float] = field(default_factory=dict)
     dialect_timings_ms: Mapping[str, float] = field(default_factory=dict)
     dialect_timed_before: bool = False  # the timings come from an earlier build on this machine
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the calibration's
+    speed_note: str | None = None  # where FP32 ran faster than all-INT8 here (fp32_faster_note)
     seconds: float = 0.0
     reconstruction: Any = None  # effdeploy.precision.reconstruct.Reconstruction, or None (--no-reconstruct)
     plan: Any = None  # the calibration plan (the repair's selection split is drawn from it)
@@ -90,7 +91,7 @@ def run_int8(
     return Int8Result(
         model=model, config=config, artifact=out.artifact, cache_hit=out.cache_hit,
         calibration_ids=tuple(out.ids), method_scores=scores, dialect_timings_ms=timings,
-        dialect_timed_before=timed_before,
+        dialect_timed_before=timed_before, speed_note=fp32_faster_note(timings, config),
         warnings=tuple(out.warnings), seconds=time.perf_counter() - t0, reconstruction=rec, plan=plan,
     )
 
@@ -132,6 +133,18 @@ def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> fl
         return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
     finally:
         r.close()
+
+
+def fp32_faster_note(timings: Mapping[str, float], config: QuantConfig) -> str | None:
+    """Where the dialect timing found the FP32 graph faster than the chosen all-INT8 one on this CPU,
+    a line saying so and by how much (the B family on ONNX Runtime's CPU kernels: Q/DQ around swish
+    and SE costs more than the INT8 convs save); None where INT8 is faster or nothing was timed."""
+    fp32, int8 = timings.get("fp32"), timings.get(_form(config))
+    if fp32 is None or int8 is None or int8 <= fp32:
+        return None
+    return (f"on this CPU ONNX Runtime runs the FP32 graph faster than all-INT8 ({_form(config)} {int8:.1f} ms, FP32 "
+            f"{fp32:.1f} ms at batch 1: INT8 takes {int8 / fp32:.2f}x FP32's time); for speed here build --precision "
+            "fp32, or compare runtimes with effdeploy bench BUNDLE --backend auto")
 
 
 def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig,

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,22 @@ def test_thorough_reconstruction_stays_on_the_grid(gpu_int8, tmp_path):
 def test_auto_reconstruction_by_family_and_image_count():
     from effdeploy.precision.reconstruct import THOROUGH_MIN_IMAGES, default_mode
 
-    assert default_mode("lite", THOROUGH_MIN_IMAGES) == "thorough" and default_mode("lite", 12) == "bias"
-    assert default_mode("b", 256) == "bias"
+    for gpu in (True, False):
+        assert default_mode("lite", THOROUGH_MIN_IMAGES, gpu) == "thorough"
+        assert default_mode("lite", THOROUGH_MIN_IMAGES - 1, gpu) == "bias"
+    assert default_mode("b", 256, gpu=True) == "thorough" and default_mode("b", 12, gpu=True) == "bias"
+    assert default_mode("b", 256, gpu=False) == "bias"
+
+
+def test_the_build_says_when_fp32_is_faster_than_int8_here_and_by_how_much():
+    from effdeploy.precision.int8_stage import fp32_faster_note
+    from effdeploy.precision.qdq import config_for
+
+    u8 = replace(config_for(False), activations="uint8")
+    note = fp32_faster_note({"U8S8": 29.1, "S8S8": 31.0, "fp32": 20.9}, u8)
+    assert "FP32 graph faster than all-INT8 (U8S8 29.1 ms, FP32 20.9 ms" in note and "1.39x" in note
+    assert fp32_faster_note({"U8S8": 2.1, "S8S8": 2.4, "fp32": 3.3}, u8) is None  # INT8 pays: nothing to say
+    assert fp32_faster_note({}, config_for(True)) is None  # not timed (the tensorrt dialect)
 
 
 def test_reconstruction_flags_refused_in_one_line_before_anything_runs():
