@@ -70,3 +70,12 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+class OpenVinoFrameRunner(OpenVinoRunner):
+    """A bundle's frame-in graph on OpenVINO: ``infer(frames NHWC uint8) -> logits``, the frames
+    handed over as they are (the float cast of :meth:`OpenVinoRunner.infer` would be wrong for them)."""
+
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: np.ascontiguousarray(frames)})
+        return np.asarray(result[self.compiled.outputs[0]])

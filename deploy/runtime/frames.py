@@ -67,9 +67,12 @@ class FrameRouter:
         self._routes = {}
 
 
-def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True) -> FrameRouter:
-    """The verified frame-in graphs of a bundle (ONNX Runtime) or the frame engines beside an
-    ``engine.plan`` (TensorRT); an empty router for anything else."""
+def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True,
+                      openvino_precision: str | None = None) -> FrameRouter:
+    """The verified frame-in graphs of a bundle or the frame engines beside an ``engine.plan``
+    (TensorRT); an empty router for anything else. A bundle's graphs run where its model runs:
+    ONNX Runtime, or OpenVINO (``openvino_precision``), whose resize and MatMul kernels give ONNX
+    Runtime's pixels (tests/backends/test_openvino.py)."""
     kind = getattr(art, "kind", None)
     if kind == "bundle" and art.manifest is not None:
         from ..backends.onnxrt import manifest_optimize
@@ -80,8 +83,13 @@ def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True) -
             if not usable_frame_graph(entry) or not path.is_file():
                 continue
             frame = FrameInput(int(entry["width"]), int(entry["height"]), str(entry.get("channel_order", "bgr")))
-            session = FrameSession(path, threads=threads, optimize=manifest_optimize(art.manifest),
-                                   session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
+            if openvino_precision is not None:
+                from ..backends.openvino import OpenVinoFrameRunner
+
+                session: Any = OpenVinoFrameRunner(path, threads=threads, precision=openvino_precision)
+            else:
+                session = FrameSession(path, threads=threads, optimize=manifest_optimize(art.manifest),
+                                       session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
             routes.append(_Route(frame, session, path.name))
         return FrameRouter(routes)
     if kind == "engine":

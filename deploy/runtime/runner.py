@@ -368,8 +368,9 @@ class Runner:
             warnings.warn(f"{art.path}: {warning}", stacklevel=2)
         from .frames import open_frame_routes
 
-        return cls(open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision), art,
-                   frames=open_frame_routes(art, threads, spin))
+        runner = open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision)
+        on_openvino = getattr(runner, "name", "") == "openvino"  # by name or auto's choice: frames run there too
+        return cls(runner, art, frames=open_frame_routes(art, threads, spin, ov_precision if on_openvino else None))
 
     # --- properties ------------------------------------------------------------------------------
 

@@ -95,3 +95,27 @@ def test_an_engine_is_not_run_on_a_cpu_runtime(tmp_path):
     plan, _ = engine_manifest(tmp_path)
     with pytest.raises(EffdeployError, match="is a TensorRT engine; --backend openvino runs the bundle it came from"):
         open_backend(resolve_artifact(plan), backend="openvino")
+
+
+def test_a_frame_in_graph_runs_on_openvino_as_on_onnxruntime(tmp_path):
+    """A frame-in graph takes uint8 frames as they are (no float cast) and OpenVINO's resize and
+    MatMul kernels give ONNX Runtime's pixels: what bench/runtime_perf.py times frame-in with."""
+    import onnx
+
+    from effdeploy.backends.onnxrt import FrameSession
+    from effdeploy.backends.openvino import OpenVinoFrameRunner
+    from effdeploy.data.frames import FrameInput
+    from effdeploy.data.preprocess import Preprocessing
+    from effdeploy.export.frames import preprocessing_model
+    from effdeploy.runtime.benchmark import synthetic_frame
+
+    spec = Preprocessing(resolution=224, resize=256)
+    for frame in (FrameInput(640, 480, "bgr"), FrameInput(320, 200, "rgb")):
+        path = tmp_path / f"{frame}.onnx"
+        onnx.save(preprocessing_model(frame, spec), str(path))
+        f = synthetic_frame(frame.width, frame.height, seed=3)[None]
+        want = FrameSession(path).infer(f)
+        with OpenVinoFrameRunner(path, threads=1) as r:
+            got = r.infer(f)
+        assert got.shape == want.shape == (1, 3, 224, 224)
+        assert float(np.abs(got - want).max()) <= 1e-5, frame

@@ -275,3 +275,19 @@ def test_compile_writes_frame_engines_with_tensorrt(frame_bundle: Path, tmp_path
     assert dict(m.frame) == {"width": 1920, "height": 1080, "channel_order": "bgr"}
     with Runner.open(copy / "engine.plan") as r:
         assert [str(f) for f in r.frame_sizes] == ["1920x1080 bgr", "1280x720 bgr"]
+
+
+def test_on_openvino_the_frame_graphs_run_there_too(frame_bundle: Path, frames_1080: list[np.ndarray]) -> None:
+    """A Runner on OpenVINO hands matching frames to the frame-in graph compiled by OpenVINO, with the
+    same top-1 and logits as ONNX Runtime's frame graph and the CPU path."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'effdeploy[openvino]')")
+    from effdeploy.runtime.runner import Runner
+
+    with Runner.open(frame_bundle, threads=2) as ort, Runner.open(frame_bundle, threads=2, backend="openvino") as ov:
+        assert ov.backend_name == "openvino"
+        assert "(openvino)" in ov.frames.describe(frames_1080[0], bgr=True)
+        assert "(onnxruntime)" in ort.frames.describe(frames_1080[0], bgr=True)
+        np.testing.assert_allclose(ov.frame_logits(frames_1080, bgr=True), ort.frame_logits(frames_1080, bgr=True),
+                                   atol=1e-3)
+        top1 = [[p.class_id for p in preds] for preds in ov.classify(frames_1080, top_k=1, bgr=True)]
+        assert top1 == [[p.class_id for p in preds] for preds in ort.classify(frames_1080, top_k=1, bgr=True, frame_graph=False)]
