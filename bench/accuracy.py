@@ -10,6 +10,8 @@ Rows per model:
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
                            (the default float parts: SE; for the B family also its depthwise convs)
   cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem and depthwise convs in float)
+  ov-int8 / ov-default     the same for the openvino dialect (cpu-openvino: the tensorrt placement in FP32); judge
+                           them as OpenVINO runs them with --openvino (the @openvino rows)
   trt-blocks / cpu-blocks  the default build with the conv fallback off (the block repair alone)
   cpu-int8-stem            cpu all-INT8 with only SE in float (--int8-float se: stem and depthwise convs INT8)
   {trt,cpu}-dwq[-default]  the model's default float parts with the depthwise convs in INT8 (the B family's
@@ -20,11 +22,16 @@ Rows per model:
   ort-minmax / ort-pct     anchors: ONNX Runtime quantize_static, S8S8 per-channel, MinMax / Percentile
   nncf / nncf-mixed        anchors: NNCF (pip install -c constraints.txt -e ".[bench]"), default / MIXED preset
 
+With ``--openvino`` every effdeploy row's bundle is also run by OpenVINO (f32 pinned, the CPU plugin's
+own fusions) on the same images and printed as a second row, ``ROW@openvino``, with a check that its
+agreement lies in the ONNX Runtime row's interval (the anchors run on ONNX Runtime only).
+
 Columns: top-1 agreement with eager (the FP32 graph, eager's function by export parity) with its
 Wilson 95 % interval, top-1 drop against the labels, and the two low-variance measures techniques
 are compared by: the mean KL divergence of the softmax from FP32, and the logit relative MSE.
 
-    python bench/accuracy.py [--models lite0,b0] [--rows trt-int8,trt-default,...] [--json] [--save rows.jsonl]
+    python bench/accuracy.py [--models lite0,b0] [--rows trt-int8,trt-default,...] [--openvino] [--json]
+                             [--save rows.jsonl]
 """
 
 from __future__ import annotations
@@ -51,12 +58,14 @@ DW_ROWS = {f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 
 RECONSTRUCT_ROWS = {f"{d}-{kind}-{mode}": (d, kind, mode) for d in ("trt", "cpu") for kind in ("int8", "default")
                  for mode in ("thorough", "bias")}
 ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
+        "ov-int8", "ov-default",
         *DW_ROWS, *RECONSTRUCT_ROWS, "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
     "trt-default": ("int8", "jetson-orin", True, None), "cpu-int8": ("int8", "cpu", False, None),
     "cpu-int8-stem": ("int8", "cpu", False, ("se",)), "cpu-default": ("int8", "cpu", True, None),
     "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
+    "ov-int8": ("int8", "cpu-openvino", False, None), "ov-default": ("int8", "cpu-openvino", True, None),
     **DW_ROWS,
 }
 BUILD_ROWS.update({row: BUILD_ROWS[f"{d}-{kind}"] for row, (d, kind, _) in RECONSTRUCT_ROWS.items()})
@@ -95,8 +104,10 @@ def model_for(name: str):
     return build_model(0, "b", weights=str(DISTILLED_B)), {"variant": "b", "weights": str(DISTILLED_B)}
 
 
-def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path) -> tuple[np.ndarray, dict]:
-    """One effdeploy build on the calibration half; its deployed graph's logits on the judging half."""
+def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path,
+              openvino: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """One effdeploy build on the calibration half; its deployed graph's logits on the judging half,
+    per runtime (ONNX Runtime as the bundle was verified; OpenVINO too where asked)."""
     from effdeploy.backends.onnxrt import manifest_optimize
     from effdeploy.export.logits import ort_logits
     from effdeploy.pipeline import BuildRequest, build_bundle
@@ -107,7 +118,8 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
     if isinstance(parts, str):  # "+dw"/"-dw": the model's default parts with/without the depthwise convs
         from effdeploy.precision.qdq import default_float_parts
 
-        default = [p for p in default_float_parts(flags["variant"], profile != "cpu") if p != "dw"]
+        default = [p for p in default_float_parts(flags["variant"], load_profile(profile).target_runtime != "onnxruntime")
+                   if p != "dw"]
         parts = tuple(default + ["dw"] if parts == "+dw" else default)
     extra = {} if parts is None else {"int8_float_parts": parts}
     if row in NO_CONV_FALLBACK:
@@ -128,7 +140,22 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path)
             "fallback_evidence": fallback.get("evidence"),
             "shifted_inputs": (q.get("precision_summary") or {}).get("shifted_inputs"),
             "strength": (q.get("reconstruction") or {}).get("strength")}
-    return ort_logits(bundle.model_path, x_judge, optimize=manifest_optimize(m)), info
+    logits = {"onnxruntime": ort_logits(bundle.model_path, x_judge, optimize=manifest_optimize(m))}
+    if openvino:
+        logits["openvino"] = openvino_logits(bundle.model_path, x_judge)
+    return logits, info
+
+
+def openvino_logits(path: Path, x: np.ndarray, batch: int = 25) -> np.ndarray:
+    """The graph as OpenVINO's CPU plugin runs it, FP32 pinned (not its bf16 default on AMX CPUs)."""
+    from effdeploy.backends import infer_in_batches_of
+    from effdeploy.backends.openvino import OpenVinoRunner
+
+    runner = OpenVinoRunner(path, precision="f32")
+    try:
+        return np.concatenate([infer_in_batches_of(runner, x[i:i + batch]) for i in range(0, len(x), batch)])
+    finally:
+        runner.close()
 
 
 def anchor_row(row: str, fp32_path: Path, x_calib: np.ndarray, x_judge: np.ndarray, tmp: Path) -> np.ndarray | None:
@@ -188,7 +215,8 @@ def measures(ref: np.ndarray, cand: np.ndarray, labels: np.ndarray) -> dict:
             "rel_mse": float(((cand - r64) ** 2).mean() / (r64 ** 2).mean())}
 
 
-def bench_model(name: str, rows: list[str], data: Path, tmp: Path, save: Path | None = None) -> list[dict]:
+def bench_model(name: str, rows: list[str], data: Path, tmp: Path, save: Path | None = None,
+                openvino: bool = False) -> list[dict]:
     """Every row of one model over both folds, pooled over the 500 images."""
     import onnx
 
@@ -215,27 +243,34 @@ def bench_model(name: str, rows: list[str], data: Path, tmp: Path, save: Path | 
         try:
             for k, (fold, x_calib, x_judge, y, ref) in enumerate(prepared):
                 if row in BUILD_ROWS:
-                    lg, info = build_row(row, fold, flags, x_judge, tmp / f"{name}-{row}-{k}")
+                    lg, info = build_row(row, fold, flags, x_judge, tmp / f"{name}-{row}-{k}", openvino)
                 else:
-                    lg, info = anchor_row(row, fp32_path, x_calib, x_judge, tmp), {}
+                    lg = anchor_row(row, fp32_path, x_calib, x_judge, tmp)
+                    lg, info = (None if lg is None else {"onnxruntime": lg}), {}
                 if lg is None:
                     break
                 logits.append(lg), refs.append(ref), labels.append(y), infos.append(info)
         except Exception as e:  # an anchor library failing must not lose the other rows
             print(f"{name} {row} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
             continue
-        if len(logits) == len(prepared):
-            m = measures(np.concatenate(refs), np.concatenate(logits), np.concatenate(labels))
-            out.append({"model": name, "row": row, **m, "folds": infos, "seconds": round(time.perf_counter() - t, 1)})
+        if len(logits) != len(prepared):
+            print(f"{name} {row}: skipped (its library is not installed)", file=sys.stderr, flush=True)
+            continue
+        seconds = round(time.perf_counter() - t, 1)
+        for runtime in logits[0]:  # onnxruntime first, then openvino where run
+            m = measures(np.concatenate(refs), np.concatenate([lg[runtime] for lg in logits]), np.concatenate(labels))
+            label = row if runtime == "onnxruntime" else f"{row}@{runtime}"
+            out.append({"model": name, "row": label, "runtime": runtime, **m, "folds": infos, "seconds": seconds})
+            if runtime != "onnxruntime":  # images whose top-1 the two runtimes disagree on
+                out[-1]["flips_vs_onnxruntime"] = int(sum((lg[runtime].argmax(1) != lg["onnxruntime"].argmax(1)).sum()
+                                                          for lg in logits))
             lo, hi = m["agreement_ci95"]
-            print(f"done {name} {row}: agreement {100 * m['agreement']:.2f} % ({100 * lo:.1f}-{100 * hi:.1f}), KL "
-                  f"{m['kl']:.4f}, rel. MSE {m['rel_mse']:.2e}, drop {m['drop_pt']:.2f} pt ({out[-1]['seconds']} s)",
+            print(f"done {name} {label}: agreement {100 * m['agreement']:.2f} % ({100 * lo:.1f}-{100 * hi:.1f}), KL "
+                  f"{m['kl']:.4f}, rel. MSE {m['rel_mse']:.2e}, drop {m['drop_pt']:.2f} pt ({seconds} s)",
                   file=sys.stderr, flush=True)
             if save is not None:  # a long run keeps what it finished
                 with save.open("a") as f:
                     f.write(json.dumps(out[-1]) + "\n")
-        else:
-            print(f"{name} {row}: skipped (its library is not installed)", file=sys.stderr, flush=True)
     return out
 
 
@@ -255,8 +290,17 @@ def show(results: list[dict]) -> None:
                   kept(r), r["seconds"]) for r in results],
                 ["model", "row", "images", "eager top-1 %", "top-1 %", "drop pt", "agreement %", "95 % CI",
                  "KL (nats)", "logit rel. MSE", "kept blocks+convs (fold 1/2)", "s (both folds)"]))
+    by_row = {(r["model"], r["row"]): r for r in results}
     for r in results:
-        if r["row"] in ("trt-default", "cpu-default"):
+        base = by_row.get((r["model"], r["row"].split("@")[0]))
+        if r.get("runtime", "onnxruntime") != "onnxruntime" and base is not None:
+            lo, hi = base["agreement_ci95"]
+            ok = lo <= r["agreement"] <= hi
+            print(f"check {r['model']} {r['row']}: agreement {100 * r['agreement']:.2f} % against ONNX Runtime's "
+                  f"{100 * base['agreement']:.2f} % ({100 * lo:.1f}-{100 * hi:.1f}); same-image flips "
+                  f"{r.get('flips_vs_onnxruntime', '?')}: {'WITHIN' if ok else 'OUTSIDE'} its interval")
+    for r in results:
+        if r["row"] in ("trt-default", "cpu-default", "ov-default", "ov-default@openvino"):
             ok = r["agreement"] >= TARGET_AGREEMENT and r["drop_pt"] <= TARGET_DROP_PT
             print(f"target {r['model']} {r['row']}: agreement {100 * r['agreement']:.2f} % (>= {100 * TARGET_AGREEMENT:g}), "
                   f"drop {r['drop_pt']:.2f} pt (<= {TARGET_DROP_PT}) on {r['images']} images: {'MET' if ok else 'MISSED'}")
@@ -268,6 +312,8 @@ def main() -> int:
     ap.add_argument("--models", default="lite0,b0")
     ap.add_argument("--rows", default=",".join(r for r in ROWS if r not in DW_ROWS and r not in RECONSTRUCT_ROWS),
                     help="rows to run (default: all but the -dwq/-dwf, -thorough and -bias variants)")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also run every effdeploy row's bundle by OpenVINO (pip install 'effdeploy[openvino]')")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", type=Path, help="Append each finished row to this file as a JSON line.")
     args = ap.parse_args()
@@ -280,13 +326,19 @@ def main() -> int:
         print(f"unknown rows {bad}; choose from {', '.join(ROWS)}", file=sys.stderr)
         return 2
     models = [m for m in args.models.split(",") if m]
+    if args.openvino:
+        from effdeploy.backends.openvino import MISSING_OPENVINO, import_openvino
+
+        if import_openvino() is None:
+            print(f"--openvino: {MISSING_OPENVINO}", file=sys.stderr)
+            return 2
     if "b0" in models and not DISTILLED_B.is_file():
         print(f"skipping b0: needs {DISTILLED_B}", file=sys.stderr)
         models.remove("b0")
     results = []
     with tempfile.TemporaryDirectory(prefix="effdeploy-accuracy-") as tmp:
         for name in models:
-            results += bench_model(name, rows, data, Path(tmp), args.save)
+            results += bench_model(name, rows, data, Path(tmp), args.save, args.openvino)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

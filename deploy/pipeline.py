@@ -431,16 +431,17 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
     """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
     from .calibration import plan_calibration
-    from .precision.qdq import config_for, default_float_parts
+    from .precision.qdq import RUNTIME_DIALECTS, config_for, default_float_parts
     from .precision.int8_stage import run_int8
 
     exclude = reserved_builtin_verification() if req.calib_data is None else ()
     plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
                             count_given=req.calib_images_given)
+    dialect = RUNTIME_DIALECTS[req.profile.target_runtime]
     parts = req.int8_float_parts
     if parts is None:
-        parts = default_float_parts(spec.variant, req.profile.is_gpu)
-    config = replace(config_for(req.profile.is_gpu), quantize_se="se" not in parts, quantize_stem="stem" not in parts,
+        parts = default_float_parts(spec.variant, dialect)
+    config = replace(config_for(dialect), quantize_se="se" not in parts, quantize_stem="stem" not in parts,
                      quantize_classifier="classifier" not in parts, quantize_depthwise="dw" not in parts)
     info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
@@ -449,7 +450,7 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
         from .precision.reconstruct import Recipe, default_mode, resolve_device
 
         images = min(req.reconstruct_images, plan.count)
-        mode = default_mode(spec.variant, images, req.profile.is_gpu) if req.reconstruct_mode == "auto" else req.reconstruct_mode
+        mode = default_mode(spec.variant, images, dialect) if req.reconstruct_mode == "auto" else req.reconstruct_mode
         recipe = Recipe(images=req.reconstruct_images, mode=mode, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,

@@ -57,10 +57,17 @@ class Profile:
     version_compatible: bool = False
     source: str = ""
     path: str = ""
+    runtime: str = ""  # what runs the bundle: tensorrt (gpu); onnxruntime or openvino (cpu); "" = the device's default
 
     @property
     def is_gpu(self) -> bool:
         return self.device == "gpu"
+
+    @property
+    def target_runtime(self) -> str:
+        """The runtime the target runs bundles with: ``target.runtime``, else tensorrt on a GPU and
+        onnxruntime on a CPU. It picks the INT8 dialect (effdeploy.precision.qdq.RUNTIME_DIALECTS)."""
+        return self.runtime or ("tensorrt" if self.is_gpu else "onnxruntime")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,11 +128,15 @@ def _parse(text: str, origin: str) -> Profile:
             hardware_compatibility=str(build.get("hardware_compatibility", "none")),
             version_compatible=bool(build.get("version_compatible", False)),
             path=origin,
+            runtime=str(target.get("runtime", "")),
         )
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise EffdeployError(f"profile {origin} is missing or has a bad field ({e}); see profiles/cpu.toml") from None
     _validate(profile, origin)
     return profile
+
+
+RUNTIMES = {"gpu": ("tensorrt",), "cpu": ("onnxruntime", "openvino")}
 
 
 def _validate(p: Profile, origin: str) -> None:
@@ -136,6 +147,9 @@ def _validate(p: Profile, origin: str) -> None:
         raise EffdeployError(f"profile {origin}: precision.supported must be a subset of {PRECISIONS}")
     if p.default_precision not in p.precisions:
         raise EffdeployError(f"profile {origin}: precision.default must be one of precision.supported")
+    if p.runtime and p.runtime not in RUNTIMES[p.device]:
+        raise EffdeployError(f"profile {origin}: target.runtime of a {p.device} profile must be one of "
+                             f"{', '.join(RUNTIMES[p.device])} (got {p.runtime!r})")
     if p.device == "gpu" and not p.compute_capability:
         raise EffdeployError(f"profile {origin}: a gpu profile needs gpu.compute_capability")
     if not (1 <= p.batch_min <= p.batch_opt <= p.batch_max):

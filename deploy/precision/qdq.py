@@ -10,6 +10,10 @@ that is deployed, in the dialect the profile's runtime executes well:
   docs/int8.md), everything else FP16 with explicit types (opset 19 for FP16 Q/DQ scales).
 * ``ort-cpu`` (the ``cpu`` profile): QDQ around Conv/Gemm/Add/Clip so ONNX Runtime fuses them
   into QLinear kernels; activation signedness (U8S8 vs S8S8) is chosen by timing both.
+* ``openvino`` (the ``cpu-openvino`` profile): the tensorrt dialect's placement (Q/DQ at the
+  inputs of Conv/Gemm/Add, symmetric S8 activations with the shift of lopsided inputs, 8-bit
+  per-channel weights) with everything else in FP32: OpenVINO turns each Q/DQ pair into a
+  FakeQuantize and runs the conv after it in INT8 (docs/int8.md, *An OpenVINO dialect*).
 
 Q/DQ insertion uses ONNX Runtime's quantizer (``quantize_static``) fed with our own calibrated
 ranges through its documented calibration-cache file; FP16 conversion uses onnxconverter-common.
@@ -32,6 +36,7 @@ from ..export.exporter import block_of
 
 TENSORRT = "tensorrt"
 ORT_CPU = "ort-cpu"
+OPENVINO = "openvino"
 GPU_OPSET = 19  # DequantizeLinear with FP16 scales (FP16 outputs) needs opset >= 19
 
 
@@ -85,13 +90,18 @@ DIALECTS: dict[str, Dialect] = {
                       output_qdq=False, reduce_range=False, ort_optimize=False, shift_skewed=True),
     ORT_CPU: Dialect(ORT_CPU, ("Conv", "Gemm", "Add", "Clip", "Relu"), ("uint8", "int8"), fp16_rest=False,
                      opset=None, output_qdq=True, reduce_range=True, ort_optimize=True),
+    # ONNX Runtime runs this graph as float convs after DequantizeLinear (slowly) but computes the
+    # function it defines, unoptimised as for the tensorrt dialect, so the build verifies with it.
+    OPENVINO: Dialect(OPENVINO, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=False, opset=GPU_OPSET,
+                      output_qdq=False, reduce_range=False, ort_optimize=False, shift_skewed=True),
 }
+RUNTIME_DIALECTS = {"tensorrt": TENSORRT, "onnxruntime": ORT_CPU, "openvino": OPENVINO}  # a profile's runtime
 
 
 FLOAT_PARTS = ("se", "stem", "classifier", "dw")  # what --int8-float names (QuantConfig.quantize_*)
 
 
-def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
+def default_float_parts(variant: str, dialect: str | bool) -> tuple[str, ...]:
     """The EfficientNet parts an INT8 build keeps in float unless ``--int8-float`` says otherwise.
 
     SE always: its convs run on [N, C, 1, 1] (nothing to gain) and INT8 there measured no better.
@@ -104,16 +114,25 @@ def default_float_parts(variant: str, profile_is_gpu: bool) -> tuple[str, ...]:
     budget, and float depthwise convs gained less there (cpu dialect: KL 0.0156 -> 0.0134, one image
     fewer in agreement) for a device cost not measured yet (docs/int8.md has every figure)."""
     if variant == "b":
-        return ("se", "dw") if profile_is_gpu else ("se", "stem", "dw")
+        return ("se", "stem", "dw") if dialect_named(dialect).output_qdq else ("se", "dw")
     return ("se",)
+
+
+def dialect_named(dialect: str | bool) -> Dialect:
+    """A dialect by name (:data:`DIALECTS`), or by whether the profile is a GPU's (tensorrt / ort-cpu)."""
+    if isinstance(dialect, bool):
+        return DIALECTS[TENSORRT if dialect else ORT_CPU]
+    return DIALECTS[dialect]
 
 
 def dialect_of(config: QuantConfig) -> Dialect:
     return DIALECTS[config.dialect]
 
 
-def config_for(profile_is_gpu: bool, method: str = "max", activations: str | None = None) -> QuantConfig:
-    d = DIALECTS[TENSORRT if profile_is_gpu else ORT_CPU]
+def config_for(dialect: str | bool, method: str = "max", activations: str | None = None) -> QuantConfig:
+    """The dialect's INT8 config: ``dialect`` a name (a profile's ``int8_dialect``) or whether the
+    profile is a GPU's."""
+    d = dialect_named(dialect)
     return QuantConfig(dialect=d.name, method=method,
                        activations=activations if activations in d.activations else d.activations[0],
                        fp16_rest=d.fp16_rest, reduce_range=d.reduce_range, shift_skewed=d.shift_skewed)

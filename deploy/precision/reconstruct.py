@@ -338,18 +338,20 @@ MODES = {"bias": "sequential bias correction",
 THOROUGH_MIN_IMAGES = 32  # what learned rounding was measured with; on 8 images Lite0 flipped 1 of 6 new ones
 
 
-def default_mode(variant: str, images: int, gpu: bool) -> str:
-    """What ``--reconstruct auto`` runs on ``images`` reconstruction images for a ``gpu`` (tensorrt
-    dialect) or CPU profile. Thorough needs at least THOROUGH_MIN_IMAGES to choose on, else bias.
+def default_mode(variant: str, images: int, dialect: str | bool) -> str:
+    """What ``--reconstruct auto`` runs on ``images`` reconstruction images in ``dialect`` (a name, or
+    whether the profile is a GPU's). Thorough needs at least THOROUGH_MIN_IMAGES to choose on, else bias.
     Lite: thorough in both dialects (the default build's KL on new images 0.0050 -> 0.0031 tensorrt,
     0.0156 -> 0.0051 cpu, for about 25 s more on two cores). The B family: thorough on the tensorrt
     dialect (B0 default build 97.8 % -> 98.0 % agreement, KL 0.0104 -> 0.0099, drop 0.8 -> 0.0 pt);
-    bias on the cpu dialect, where the all-INT8 graph then holds the budget on the selection split, so
+    the openvino dialect has its placement; bias on the cpu dialect, where the all-INT8 graph then holds the budget on the selection split, so
     the block repair, which does better there, never runs (KL 0.0180 -> 0.0256). docs/int8.md,
     *Learned rounding*, has the table."""
     if images < THOROUGH_MIN_IMAGES:
         return "bias"
-    return "thorough" if variant == "lite" or gpu else "bias"
+    from .qdq import dialect_named
+
+    return "thorough" if variant == "lite" or not dialect_named(dialect).output_qdq else "bias"
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -182,7 +182,7 @@ def _app_onnxruntime_runner(model_path: Path, threads: int | None, optimize: boo
 def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, backend: str | None = None,
                  ov_precision: str = "f32") -> Any:
     """The inference backend for an artifact: TensorRT for an engine; for a bundle ONNX Runtime
-    (``backend=None``: what it was verified with), ``"openvino"``, or ``"auto"`` (the faster of the
+    (``backend=None``: the profile's runtime, see :func:`profile_backend`), ``"openvino"``, or ``"auto"`` (the faster of the
     CPU runtimes installed, timed once and cached; see :mod:`effdeploy.runtime.backend_choice`).
 
     ``spin``: ONNX Runtime's threads busy-wait between calls (its default: lowest latency when the
@@ -197,6 +197,8 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, b
     if art.kind == KIND_ENGINE and backend in ("onnxruntime", "openvino"):
         raise EffdeployError(f"{art.path} is a TensorRT engine; --backend {backend} runs the bundle it came from "
                              f"({(art.manifest.bundle or {}).get('path', 'its bundle directory')})")
+    if art.kind != KIND_ENGINE and backend is None:
+        backend = profile_backend(art)
     if art.kind != KIND_ENGINE and backend is not None and backend != "onnxruntime":
         return _cpu_backend(art, threads, spin, backend, ov_precision)
     if art.kind == KIND_ENGINE:
@@ -212,6 +214,24 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, b
     from ..backends.onnxrt import manifest_optimize
 
     return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
+
+
+def profile_backend(art: Artifact) -> str | None:
+    """A bundle built for an OpenVINO profile (``target.runtime = "openvino"``: its INT8 graph is in
+    the openvino dialect, which ONNX Runtime runs as float convs) opens on OpenVINO where it is
+    installed; elsewhere, and for every other bundle, None (ONNX Runtime), with a warning."""
+    profile = getattr(art.manifest, "profile", None) or {}
+    if profile.get("runtime") != "openvino":
+        return None
+    from ..backends.openvino import MISSING_OPENVINO, import_openvino
+
+    if import_openvino() is None:
+        import warnings
+
+        warnings.warn(f"{art.path} was built for OpenVINO ({profile.get('name')}); {MISSING_OPENVINO}. Running it on "
+                      "ONNX Runtime: the same function, its INT8 convs in float, slower", stacklevel=3)
+        return None
+    return "openvino"
 
 
 def _cpu_backend(art: Artifact, threads: int | None, spin: bool, backend: str, ov_precision: str) -> Any:

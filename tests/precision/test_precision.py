@@ -152,11 +152,12 @@ def test_thorough_reconstruction_stays_on_the_grid(gpu_int8, tmp_path):
 def test_auto_reconstruction_by_family_and_image_count():
     from effdeploy.precision.reconstruct import THOROUGH_MIN_IMAGES, default_mode
 
-    for gpu in (True, False):
-        assert default_mode("lite", THOROUGH_MIN_IMAGES, gpu) == "thorough"
-        assert default_mode("lite", THOROUGH_MIN_IMAGES - 1, gpu) == "bias"
-    assert default_mode("b", 256, gpu=True) == "thorough" and default_mode("b", 12, gpu=True) == "bias"
-    assert default_mode("b", 256, gpu=False) == "bias"
+    for dialect in ("tensorrt", "ort-cpu", "openvino"):
+        assert default_mode("lite", THOROUGH_MIN_IMAGES, dialect) == "thorough"
+        assert default_mode("lite", THOROUGH_MIN_IMAGES - 1, dialect) == "bias"
+    for dialect in ("tensorrt", "openvino", True):  # the input-only placement
+        assert default_mode("b", 256, dialect) == "thorough" and default_mode("b", 12, dialect) == "bias"
+    assert default_mode("b", 256, "ort-cpu") == "bias" and default_mode("b", 256, False) == "bias"
 
 
 def test_the_build_says_when_fp32_is_faster_than_int8_here_and_by_how_much():

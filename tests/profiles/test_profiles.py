@@ -101,3 +101,19 @@ def test_data_centre_profiles():
     assert a100.memory_gb >= 40 and a100.batch_max >= t4.batch_max
     for p in (t4, a100):
         assert any(r.contains("10.13") for r in p.tensorrt) and any(r.contains("11.4.1") for r in p.tensorrt)
+
+
+def test_a_cpu_profile_names_its_runtime_and_the_runtime_picks_the_int8_dialect(tmp_path):
+    from effdeploy.errors import EffdeployError
+    from effdeploy.precision.qdq import RUNTIME_DIALECTS
+
+    runtimes = {n: load_profile(n).target_runtime for n in ("cpu", "cpu-openvino", "jetson-orin")}
+    assert runtimes == {"cpu": "onnxruntime", "cpu-openvino": "openvino", "jetson-orin": "tensorrt"}
+    assert [RUNTIME_DIALECTS[r] for r in runtimes.values()] == ["ort-cpu", "openvino", "tensorrt"]
+    text = (PROFILES_DIR / "cpu.toml").read_text()
+    for device, runtime in (("cpu", "tensorrt"), ("cpu", "onnx"), ("gpu", "openvino")):
+        bad = tmp_path / f"{device}-{runtime}.toml"
+        body = text.replace('device = "cpu"', f'device = "{device}"\nruntime = "{runtime}"')
+        bad.write_text(body + ('\n[gpu]\ncompute_capability = "8.7"\n' if device == "gpu" else ""))
+        with pytest.raises(EffdeployError, match=f"target.runtime of a {device} profile must be one of"):
+            load_profile(bad)
