@@ -3,6 +3,7 @@
 
     python bench/runtime_perf.py                      # builds bundles/efficientnet-b0-fp32-cpu once
     python bench/runtime_perf.py --bundle DIR --json  # an existing B0 FP32 bundle; JSON on stdout
+    python bench/runtime_perf.py --cpu-backends --fp32 LITE0_FP32 --int8 LITE0_INT8 --fp32 B0_FP32 --int8 B0_INT8
 
 1. Runner end-to-end latency on a 1920x1080 RGB frame (``runner.classify``: preprocessing,
    inference, top-5) over its engine-only latency (``runner.infer`` on a ready batch):
@@ -17,7 +18,17 @@
    ``runner.classify``) over the model-only compute latency (the plain graph on a ready tensor),
    batch 1. Target <= 1.10. Timed for each ``--frame-bundle`` (default: a B0 FP32 bundle built once
    with ``--frame 1920x1080``), interleaved with today's CPU path and the frame graph's
-   preprocessing part alone, so the figure says where the frame-in time goes.
+   preprocessing part alone, so the figure says where the frame-in time goes. Where OpenVINO is
+   installed, the same two graphs run by OpenVINO too (issue 23, informational), and how far its
+   frame-in logits are from ONNX Runtime's.
+
+5. Issue 23 (``--cpu-backends --fp32 FP32_BUNDLE --int8 INT8_BUNDLE [...]``, this part alone):
+   ONNX Runtime against OpenVINO (f32) on the same graphs, batch 1, and what ``backend="auto"``
+   chose: ``auto / faster`` per bundle (target <= 1.05), and per network (pairs matched by order)
+   INT8 over FP32 on auto's choices and on each runtime (target >= 1.3 on a VNNI/AMX CPU; on an
+   AVX2-only CPU the ratio is reported). Each runtime is timed with only its own runner open (ONNX
+   Runtime's spinning threads would steal the other's cores), in alternating blocks repeated
+   ``--rounds`` times; the best round's medians are compared.
 
 Each group is timed interleaved (A, B, A, B, ...) and compared on medians, so a machine that gets
 busier during the run moves both sides alike. With the shared ImageNet sample present it also
@@ -140,6 +151,144 @@ def frame_in(bundle: Path, plan: Any, threads: int, spin: bool, stat: str) -> di
                 "target": TARGET_E2E}
 
 
+def frame_in_openvino(bundle: Path, plan: Any, threads: int, stat: str) -> dict[str, Any] | None:
+    """Issue 23: the same frame-in graph and model graph run by OpenVINO (f32 pinned), timed
+    interleaved with only OpenVINO's requests open, and how far its frame-in logits are from ONNX
+    Runtime's on the same frames. None where OpenVINO is not installed."""
+    import numpy as np
+
+    from effdeploy.backends.onnxrt import FrameSession, manifest_optimize
+    from effdeploy.backends.openvino import OpenVinoFrameRunner, OpenVinoRunner, import_openvino
+    from effdeploy.backends.timing import ratio, summarize, time_interleaved
+    from effdeploy.bundle import load_bundle
+    from effdeploy.runtime.benchmark import FrameSource
+
+    if import_openvino() is None:
+        return None
+    b = load_bundle(bundle)
+    entry = next(f for f in b.manifest.frames if (f["width"], f["height"]) == (1920, 1080))
+    graph = b.path / entry["file"]
+    source = FrameSource(1920, 1080)
+    frames = [source.next()[0][None].copy() for _ in range(8)]
+    ort = FrameSession(graph, threads=threads, optimize=manifest_optimize(b.manifest),
+                       session_config={"session.intra_op.allow_spinning": "0"})
+    ort_logits = [ort.infer(f) for f in frames]
+    ort.close()
+    model, frame_graph = OpenVinoRunner(b.model_path, threads=threads), OpenVinoFrameRunner(graph, threads=threads)
+    try:
+        ov_logits = [frame_graph.infer(f) for f in frames]
+        res = b.manifest.preprocessing.resolution
+        batch = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
+        t = time_interleaved({"model_only": lambda: model.infer(batch),
+                              "frame_in": lambda: frame_graph.infer(source.frame[None])}, plan,
+                             setup={"frame_in": source.next})
+    finally:
+        model.close(), frame_graph.close()
+    s = {k: summarize(v) for k, v in t.items()}
+    diff = max(float(np.abs(a - o).max()) for a, o in zip(ort_logits, ov_logits))
+    same = sum(int(a.argmax() == o.argmax()) for a, o in zip(ort_logits, ov_logits))
+    return {"bundle": str(bundle), "model": b.manifest.model.name, "precision": b.manifest.precision,
+            **{f"{k}_ms": v.to_dict() for k, v in s.items()}, "ratio": ratio(s["frame_in"], s["model_only"], stat),
+            "ratio_min": ratio(s["frame_in"], s["model_only"], "min_ms"), "logits_max_abs_vs_onnxruntime": diff,
+            "top1_same_as_onnxruntime": f"{same}/{len(frames)}", "target": TARGET_E2E}
+
+
+def frame_in_openvino_line(f: dict[str, Any]) -> str:
+    return (f"  frame-in on OpenVINO (f32), {f['model']} {f['precision']}: model-only {f['model_only_ms']['p50_ms']:.2f} ms, "
+            f"frame-in {f['frame_in_ms']['p50_ms']:.2f} ms = {f['ratio']:.3f}x model-only [min {f['ratio_min']:.3f}x]; "
+            f"its logits vs ONNX Runtime's frame-in graph on 8 frames: max abs {f['logits_max_abs_vs_onnxruntime']:.2e}, "
+            f"top-1 same {f['top1_same_as_onnxruntime']}")
+
+
+def time_runner(open_runner: Any, x: Any, iterations: int) -> float:
+    import numpy as np
+
+    from effdeploy.backends.timing import TimingPlan, time_callable
+
+    runner = open_runner()
+    try:
+        return 1e3 * float(np.median(time_callable(lambda: runner.infer(x), TimingPlan(warmup=10, iterations=iterations))))
+    finally:
+        runner.close()
+
+
+def cpu_backend_row(bundle: Path, threads: int, rounds: int, iterations: int) -> dict[str, Any]:
+    """One bundle on ONNX Runtime and OpenVINO (f32), each alone, best of ``rounds``; and auto's choice."""
+    import numpy as np
+
+    from effdeploy.backends.onnxrt import OnnxRuntimeRunner, manifest_optimize
+    from effdeploy.backends.openvino import OpenVinoRunner
+    from effdeploy.bundle import load_bundle
+    from effdeploy.runtime.runner import open_backend, resolve_artifact
+
+    b = load_bundle(bundle)
+    res = b.manifest.preprocessing.resolution
+    x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
+    opens = {"onnxruntime": lambda: OnnxRuntimeRunner(b.model_path, threads=threads, optimize=manifest_optimize(b.manifest)),
+             "openvino": lambda: OpenVinoRunner(b.model_path, threads=threads, precision="f32")}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, opener in opens.items():
+            ms = time_runner(opener, x, iterations)
+            best[name] = min(best.get(name, ms), ms)
+    auto = open_backend(resolve_artifact(bundle), threads=threads, backend="auto")
+    choice = auto.choice
+    auto.close()
+    chosen = choice["choice"]
+    return {"bundle": str(bundle), "model": b.manifest.model.name, "precision": b.manifest.precision,
+            "p50_ms": best, "auto": chosen, "auto_over_faster": best[chosen] / min(best.values()),
+            "auto_timed": choice.get("p50_ms")}
+
+
+def cpu_int8_isa() -> str:
+    """Which INT8 target applies here: VNNI/AMX CPUs (>= 1.3x) or AVX2-only ones (reported)."""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+    return ",".join(found) if found else "avx2-only" if "avx2" in flags else "no-avx2"
+
+
+def cpu_backends(args: argparse.Namespace) -> int:
+    """Issue 23's ratios (section 5 of the module docstring)."""
+    from effdeploy.backends.openvino import MISSING_OPENVINO, import_openvino
+    from effdeploy.backends.timing import machine_info
+
+    if len(args.fp32) != len(args.int8) or not args.fp32:
+        sys.exit("runtime_perf: --cpu-backends takes --fp32 and --int8 bundles in pairs")
+    if import_openvino() is None:
+        sys.exit(f"runtime_perf: --cpu-backends: {MISSING_OPENVINO}")
+    rows, pairs = [], []
+    for f, i in zip(args.fp32, args.int8):
+        log(f"timing {f} and {i} on both runtimes ...")
+        fp32, int8 = (cpu_backend_row(Path(p), args.threads, args.rounds, args.iterations) for p in (f, i))
+        rows += [fp32, int8]
+        pairs.append({"model": fp32["model"], "fp32_backend": fp32["auto"], "int8_backend": int8["auto"],
+                      "int8_speedup": fp32["p50_ms"][fp32["auto"]] / int8["p50_ms"][int8["auto"]],
+                      "int8_speedup_by_runtime": {k: fp32["p50_ms"][k] / int8["p50_ms"][k] for k in fp32["p50_ms"]}})
+    isa = cpu_int8_isa()
+    vnni = isa not in ("avx2-only", "no-avx2", "unknown")
+    out = {"machine": machine_info(), "int8_isa": isa, "threads": args.threads, "rows": rows, "pairs": pairs}
+    auto_ok = all(r["auto_over_faster"] <= 1.05 for r in rows)
+    int8_ok = all(p["int8_speedup"] >= 1.3 for p in pairs) or not vnni
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"machine: {out['machine']['cpu']} ({isa}), {args.threads} threads, batch 1 "
+              f"(median ms, best of {args.rounds} alternating rounds)")
+        print(f"{'model':20} {'precision':9} {'onnxruntime':>11} {'openvino f32':>12}  auto         auto/faster (<= 1.05)")
+        for r in rows:
+            print(f"{r['model']:20} {r['precision']:9} {r['p50_ms']['onnxruntime']:11.2f} {r['p50_ms']['openvino']:12.2f}"
+                  f"  {r['auto']:12} {r['auto_over_faster']:.3f}  {'PASS' if r['auto_over_faster'] <= 1.05 else 'FAIL'}")
+        for p in pairs:
+            each = ", ".join(f"{k} {v:.2f}x" for k, v in p["int8_speedup_by_runtime"].items())
+            verdict = ("PASS" if p["int8_speedup"] >= 1.3 else "FAIL") if vnni else "reported (AVX2-only CPU)"
+            print(f"{p['model']}: INT8 over FP32 on auto's choices ({p['int8_backend']} / {p['fp32_backend']}) "
+                  f"{p['int8_speedup']:.2f}x (target >= 1.3 on VNNI/AMX) {verdict}; on each runtime: {each}")
+    return 0 if auto_ok and int8_ok else 1
+
+
 def one_core_preprocessing(bundle: Path, iterations: int, gap: float) -> dict[str, Any]:
     cpu = sorted(os.sched_getaffinity(0))[-1]
     out = subprocess.run([sys.executable, "-c", _ONE_CORE, str(cpu), str(bundle), str(iterations), str(gap)],
@@ -192,8 +341,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="bundle with a 1920x1080 frame-in graph for the frame-in ratio (repeatable) "
                          f"[{DEFAULT_FRAME_BUNDLE.relative_to(REPO)}, built once]")
     ap.add_argument("--only-frame-in", action="store_true", help="time only the frame-in ratio (4)")
+    ap.add_argument("--cpu-backends", action="store_true",
+                    help="time only issue 23's runtime ratios (5) on the --fp32/--int8 bundle pairs")
+    ap.add_argument("--fp32", action="append", default=[], help="(5) an FP32 bundle, one per network")
+    ap.add_argument("--int8", action="append", default=[], help="(5) the INT8 bundle of the same network")
+    ap.add_argument("--rounds", type=int, default=3, help="(5) alternating rounds per runtime [3]")
     ap.add_argument("--json", action="store_true", help="results as JSON on stdout")
     args = ap.parse_args(argv)
+    if args.cpu_backends:
+        return cpu_backends(args)
 
     import numpy as np
 
@@ -216,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = TimingPlan(warmup=10, iterations=args.iterations)
     frame_bundles = args.frame_bundle or [DEFAULT_FRAME_BUNDLE]
     if args.only_frame_in:
-        return print_frame_in([frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat)
-                               for b in frame_bundles], args)
+        rows = [frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat) for b in frame_bundles]
+        ov = [r for r in (frame_in_openvino(Path(f["bundle"]), plan, args.threads, args.stat) for f in rows) if r]
+        return print_frame_in(rows, ov, args)
     source = FrameSource(1920, 1080)
     frame = source.frame
     results: dict[str, Any] = {"bundle": str(bundle), "threads": args.threads, "spin": args.spin,
@@ -275,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     log("4/4 frame-in end-to-end vs model-only compute (interleaved) ...")
     results["frame_in"] = [frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat)
                            for b in frame_bundles]
+    ov = [frame_in_openvino(Path(f["bundle"]), plan, args.threads, args.stat) for f in results["frame_in"]]
+    results["frame_in_openvino"] = [r for r in ov if r]  # informational: the runner routes frames to ONNX Runtime
     results["load_after"] = os.getloadavg()[0]
     busy = max(results["load_before"], results["load_after"]) > 0.5 * results["machine"]["cores"]
     checks = [
@@ -315,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"over {f['images']} images")
         for f in results["frame_in"]:
             print(frame_in_line(f))
+        for f in results["frame_in_openvino"]:
+            print(frame_in_openvino_line(f))
     return 0 if all(passed) else 1
 
 
@@ -328,13 +489,19 @@ def frame_in_line(f: dict[str, Any]) -> str:
             f"{f['cpu_path_ratio']:.3f}x model-only, frame-in / CPU path {f['vs_cpu_path']:.3f}x (p50)")
 
 
-def print_frame_in(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+def print_frame_in(rows: list[dict[str, Any]], ov: list[dict[str, Any]], args: argparse.Namespace) -> int:
     """``--only-frame-in``: just the frame-in figures."""
+    from effdeploy.backends.timing import machine_info
+
     if args.json:
-        print(json.dumps({"frame_in": rows, "threads": args.threads, "iterations": args.iterations}, indent=2))
+        print(json.dumps({"frame_in": rows, "frame_in_openvino": ov, "threads": args.threads,
+                          "iterations": args.iterations, "machine": machine_info()}, indent=2))
     else:
+        print(f"machine: {machine_info()['cpu']}")
         for f in rows:
             print(frame_in_line(f))
+        for f in ov:
+            print(frame_in_openvino_line(f))
     return 0 if all(f["ratio"] <= f["target"] for f in rows) else 1
 
 
