@@ -118,8 +118,10 @@ def build_row(row: str, fold: Fold, flags: dict, x_judge: np.ndarray, out: Path,
     if isinstance(parts, str):  # "+dw"/"-dw": the model's default parts with/without the depthwise convs
         from effdeploy.precision.qdq import default_float_parts
 
-        default = [p for p in default_float_parts(flags["variant"], load_profile(profile).target_runtime != "onnxruntime")
-                   if p != "dw"]
+        from effdeploy.precision.qdq import RUNTIME_DIALECTS
+
+        dialect = RUNTIME_DIALECTS[load_profile(profile).target_runtime]
+        default = [p for p in default_float_parts(flags["variant"], dialect) if p != "dw"]
         parts = tuple(default + ["dw"] if parts == "+dw" else default)
     extra = {} if parts is None else {"int8_float_parts": parts}
     if row in NO_CONV_FALLBACK:

@@ -67,7 +67,11 @@ class Profile:
     def target_runtime(self) -> str:
         """The runtime the target runs bundles with: ``target.runtime``, else tensorrt on a GPU and
         onnxruntime on a CPU. It picks the INT8 dialect (effdeploy.precision.qdq.RUNTIME_DIALECTS)."""
-        return self.runtime or ("tensorrt" if self.is_gpu else "onnxruntime")
+        runtime = self.runtime or ("tensorrt" if self.is_gpu else "onnxruntime")
+        if runtime not in RUNTIMES.get(self.device, ()):  # a Profile made in Python skips _validate
+            raise EffdeployError(f"profile {self.name}: target.runtime of a {self.device} profile must be one of "
+                                 f"{', '.join(RUNTIMES.get(self.device, ()))} (got {runtime!r})")
+        return runtime
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

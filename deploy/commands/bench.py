@@ -24,7 +24,8 @@ from . import cli
 @click.option("--spin/--no-spin", default=True, show_default=True,
               help="ONNX Runtime's threads busy-wait between calls; --no-spin for CPUs shared with busy processes.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
-              help="CPU runtime for a bundle: onnxruntime (default: what bundles are verified with), openvino, or auto "
+              help="CPU runtime for a bundle: onnxruntime, openvino (default: the profile's; onnxruntime unless built for "
+                   "cpu-openvino), or auto "
                    "(the faster of those installed, timed once per graph and CPU and cached).")
 @click.option("--ov-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="OpenVINO's inference precision (bf16 is what its CPU plugin picks by default on AMX CPUs).")
@@ -56,10 +57,10 @@ def bench_cmd(artifact: Path, batches: str, iterations: int | None, duration: fl
     warning = check_status(art, force)
     eager_manifest = _eager_manifest(art) if vs_eager else None  # refuse before any timing
     _announce(art, warning, as_json)
-    from ..runtime.frames import open_frame_routes
+    from ..runtime.frames import routes_for
 
-    runner = Runner(open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision), art,
-                    frames=open_frame_routes(art, threads, spin) if end_to_end else None)
+    model = open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision)
+    runner = Runner(model, art, frames=routes_for(art, model, threads, spin) if end_to_end else None)
     frame_in = next((f for f in runner.frame_sizes if (f.width, f.height) == (width, height)), None)
     choice = getattr(runner.backend, "choice", None)  # backend auto: what was timed, or the cached choice
     ov_precision_used = getattr(runner.backend, "precision", None)  # OpenVINO's, read back

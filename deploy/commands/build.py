@@ -349,15 +349,15 @@ def profiles_cmd(as_json: bool) -> None:
 
     profiles = all_profiles()
     if as_json:
-        emit_json([p.to_dict() for p in profiles])
+        emit_json([{**p.to_dict(), "runtime": p.target_runtime} for p in profiles])
         return
     rows = []
     for p in profiles:
         trt = "; ".join(f"{r.platform}: {r.min_version}{' to <' + r.max_version if r.max_version else '+'}"
                         for r in p.tensorrt)
-        rows.append((p.name, p.device, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
+        rows.append((p.name, p.device, p.target_runtime, p.architecture or "-", p.compute_capability or "-", p.dla_cores,
                      ",".join(p.precisions), p.workspace_mb, f"{p.batch_min}/{p.batch_opt}/{p.batch_max}", trt or "-"))
-    click.echo(table(rows, ["profile", "device", "arch", "compute cap.", "DLA cores", "precisions", "workspace MiB",
+    click.echo(table(rows, ["profile", "device", "runtime", "arch", "compute cap.", "DLA cores", "precisions", "workspace MiB",
                             "batch min/opt/max", "TensorRT (platform: versions)"]))
     click.echo("\nsources:")
     click.echo(table([(f"  {p.name}", p.source or "-") for p in profiles]))

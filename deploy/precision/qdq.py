@@ -80,20 +80,21 @@ class Dialect:
     opset: int | None  # the graph is converted to this opset first (FP16 DequantizeLinear scales need 19)
     output_qdq: bool  # Q/DQ on op outputs too, with INT32 biases (ORT's QLinear fusions want them)
     reduce_range: bool  # 7-bit weights (see QuantConfig.reduce_range)
-    ort_optimize: bool  # ONNX Runtime's graph optimiser may run the deployed graph (see needs_unoptimized_ort)
     shift_skewed: bool = False  # symmetric activations: quantize lopsided conv inputs as x - c (see QuantConfig)
 
 
 DIALECTS: dict[str, Dialect] = {
     # TensorRT fuses float biases itself; an INT32 bias at scale s_in * s_w would underflow FP16.
     TENSORRT: Dialect(TENSORRT, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=True, opset=GPU_OPSET,
-                      output_qdq=False, reduce_range=False, ort_optimize=False, shift_skewed=True),
+                      output_qdq=False, reduce_range=False, shift_skewed=True),
     ORT_CPU: Dialect(ORT_CPU, ("Conv", "Gemm", "Add", "Clip", "Relu"), ("uint8", "int8"), fp16_rest=False,
-                     opset=None, output_qdq=True, reduce_range=True, ort_optimize=True),
-    # ONNX Runtime runs this graph as float convs after DequantizeLinear (slowly) but computes the
-    # function it defines, unoptimised as for the tensorrt dialect, so the build verifies with it.
+                     opset=None, output_qdq=True, reduce_range=True),
+    # ONNX Runtime runs this graph mostly as float convs after DequantizeLinear (slowly) but computes
+    # the function it defines, so the build verifies with it (FP32: its graph optimiser may run, as
+    # for every graph without FP16 Q/DQ, needs_unoptimized_ort); bench/accuracy.py --openvino judges
+    # OpenVINO's INT8 kernels on the same images.
     OPENVINO: Dialect(OPENVINO, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=False, opset=GPU_OPSET,
-                      output_qdq=False, reduce_range=False, ort_optimize=False, shift_skewed=True),
+                      output_qdq=False, reduce_range=False, shift_skewed=True),
 }
 RUNTIME_DIALECTS = {"tensorrt": TENSORRT, "onnxruntime": ORT_CPU, "openvino": OPENVINO}  # a profile's runtime
 
@@ -130,8 +131,8 @@ def dialect_of(config: QuantConfig) -> Dialect:
 
 
 def config_for(dialect: str | bool, method: str = "max", activations: str | None = None) -> QuantConfig:
-    """The dialect's INT8 config: ``dialect`` a name (a profile's ``int8_dialect``) or whether the
-    profile is a GPU's."""
+    """The dialect's INT8 config: ``dialect`` a name (``RUNTIME_DIALECTS[profile.target_runtime]``)
+    or whether the profile is a GPU's."""
     d = dialect_named(dialect)
     return QuantConfig(dialect=d.name, method=method,
                        activations=activations if activations in d.activations else d.activations[0],

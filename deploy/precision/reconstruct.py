@@ -341,10 +341,11 @@ THOROUGH_MIN_IMAGES = 32  # what learned rounding was measured with; on 8 images
 def default_mode(variant: str, images: int, dialect: str | bool) -> str:
     """What ``--reconstruct auto`` runs on ``images`` reconstruction images in ``dialect`` (a name, or
     whether the profile is a GPU's). Thorough needs at least THOROUGH_MIN_IMAGES to choose on, else bias.
-    Lite: thorough in both dialects (the default build's KL on new images 0.0050 -> 0.0031 tensorrt,
-    0.0156 -> 0.0051 cpu, for about 25 s more on two cores). The B family: thorough on the tensorrt
-    dialect (B0 default build 97.8 % -> 98.0 % agreement, KL 0.0104 -> 0.0099, drop 0.8 -> 0.0 pt);
-    the openvino dialect has its placement; bias on the cpu dialect, where the all-INT8 graph then holds the budget on the selection split, so
+    Lite: thorough in every dialect (the default build's KL on new images 0.0050 -> 0.0031 tensorrt,
+    0.0156 -> 0.0051 cpu, for about 25 s more on two cores). The B family: thorough where the Q/DQ sit
+    at conv inputs only (tensorrt; openvino, the same placement in FP32): B0 default build 97.8 % ->
+    98.0 % agreement, KL 0.0104 -> 0.0099, drop 0.8 -> 0.0 pt on the tensorrt dialect; bias on the
+    cpu dialect, where the all-INT8 graph then holds the budget on the selection split, so
     the block repair, which does better there, never runs (KL 0.0180 -> 0.0256). docs/int8.md,
     *Learned rounding*, has the table."""
     if images < THOROUGH_MIN_IMAGES:

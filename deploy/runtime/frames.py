@@ -68,11 +68,12 @@ class FrameRouter:
 
 
 def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True,
-                      openvino_precision: str | None = None) -> FrameRouter:
+                      on_openvino: bool = False) -> FrameRouter:
     """The verified frame-in graphs of a bundle or the frame engines beside an ``engine.plan``
     (TensorRT); an empty router for anything else. A bundle's graphs run where its model runs:
-    ONNX Runtime, or OpenVINO (``openvino_precision``), whose resize and MatMul kernels give ONNX
-    Runtime's pixels (tests/backends/test_openvino.py)."""
+    ONNX Runtime, or OpenVINO (``on_openvino``; f32 always: the resize was verified to the pixel in
+    FP32), whose resize and MatMul kernels give ONNX Runtime's pixels (tests/backends/test_openvino.py);
+    a graph OpenVINO cannot compile runs on ONNX Runtime, with a warning."""
     kind = getattr(art, "kind", None)
     if kind == "bundle" and art.manifest is not None:
         from ..backends.onnxrt import manifest_optimize
@@ -83,11 +84,8 @@ def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True,
             if not usable_frame_graph(entry) or not path.is_file():
                 continue
             frame = FrameInput(int(entry["width"]), int(entry["height"]), str(entry.get("channel_order", "bgr")))
-            if openvino_precision is not None:
-                from ..backends.openvino import OpenVinoFrameRunner
-
-                session: Any = OpenVinoFrameRunner(path, threads=threads, precision=openvino_precision)
-            else:
+            session: Any = _openvino_frames(path, threads) if on_openvino else None
+            if session is None:
                 session = FrameSession(path, threads=threads, optimize=manifest_optimize(art.manifest),
                                        session_config={"session.intra_op.allow_spinning": "1" if spin else "0"})
             routes.append(_Route(frame, session, path.name))
@@ -95,6 +93,23 @@ def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True,
     if kind == "engine":
         return FrameRouter([_Route(f, _open_trt(p), p.name) for f, p in frame_engines_beside(Path(art.model_path))])
     return FrameRouter()
+
+
+def routes_for(art: Any, backend: Any, threads: int | None = None, spin: bool = True) -> FrameRouter:
+    """The frame routes of ``art`` on the runtime ``backend`` (an opened model backend) is."""
+    return open_frame_routes(art, threads, spin, on_openvino=getattr(backend, "name", "") == "openvino")
+
+
+def _openvino_frames(path: Path, threads: int | None) -> Any:
+    import warnings
+
+    from ..backends.openvino import OpenVinoFrameRunner
+
+    try:
+        return OpenVinoFrameRunner(path, threads=threads, precision="f32")
+    except EffdeployError as e:
+        warnings.warn(f"{path.name} runs on ONNX Runtime: {e}", stacklevel=4)
+        return None
 
 
 def _open_trt(path: Path) -> Any:

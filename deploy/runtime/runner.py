@@ -377,7 +377,8 @@ class Runner:
         A bundle with status ``failed-parity`` is refused unless ``force``. ``threads`` sets the
         runtime's intra-op threads (default: all cores); ``spin=False`` makes ONNX Runtime's sleep
         between calls, for CPUs shared with other busy processes. ``backend``: ``"onnxruntime"``
-        (the default for bundles: what they are verified with), ``"openvino"`` or ``"auto"``
+        (the default for bundles, what they are verified with, except those built for an OpenVINO
+        profile: :func:`profile_backend`), ``"openvino"`` or ``"auto"``
         (see :func:`open_backend`).
         """
         art = resolve_artifact(artifact, preprocessing=preprocessing)
@@ -386,11 +387,10 @@ class Runner:
             import warnings
 
             warnings.warn(f"{art.path}: {warning}", stacklevel=2)
-        from .frames import open_frame_routes
+        from .frames import routes_for
 
-        runner = open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision)
-        on_openvino = getattr(runner, "name", "") == "openvino"  # by name or auto's choice: frames run there too
-        return cls(runner, art, frames=open_frame_routes(art, threads, spin, ov_precision if on_openvino else None))
+        backend_ = open_backend(art, threads=threads, spin=spin, backend=backend, ov_precision=ov_precision)
+        return cls(backend_, art, frames=routes_for(art, backend_, threads, spin))  # where the model runs
 
     # --- properties ------------------------------------------------------------------------------
 

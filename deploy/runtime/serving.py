@@ -298,7 +298,7 @@ def nvinfer_agreement(art: Any, paths: list[Path], source: str) -> dict[str, Any
     from .runner import open_backend
 
     pre, res = art.preprocessing, art.preprocessing.resolution
-    runner = open_backend(art)  # ONNX Runtime as the bundle was verified
+    runner = open_backend(art, backend="onnxruntime")  # ONNX Runtime, as the bundle was verified
     agree = 0
     try:
         for i in range(0, len(paths), 16):

@@ -135,8 +135,8 @@ def measure_point(settings: SweepSettings, profile: Any, phi: float, precision: 
     except Exception as e:  # a bug, not bad input: still a row, never the end of the sweep
         return Point(phi=phi, precision=precision, error=f"internal error: {type(e).__name__}: {first_line(e, 200)}",
                      build_s=round(time.perf_counter() - t, 2))
-    if profile.is_gpu:
-        return point
+    if profile.is_gpu or profile.target_runtime != "onnxruntime":  # the breakdown is ONNX Runtime's profiler:
+        return point  # it would explain a latency that was not measured
     try:  # the breakdown explains the latency; a failure there must not lose the measured point
         return replace(point, breakdown=layer_breakdown(out, result.bundle.manifest, settings))
     except Exception as e:
