@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     results["frame_in"] = [frame_in(ensure_frame_bundle(b), plan, args.threads, args.spin, args.stat)
                            for b in frame_bundles]
     ov = [frame_in_openvino(Path(f["bundle"]), plan, args.threads, args.stat) for f in results["frame_in"]]
-    results["frame_in_openvino"] = [r for r in ov if r]  # informational: a Runner on OpenVINO routes frames there
+    results["frame_in_openvino"] = [r for r in ov if r]  # why a Runner on OpenVINO takes the CPU path
     results["load_after"] = os.getloadavg()[0]
     busy = max(results["load_before"], results["load_after"]) > 0.5 * results["machine"]["cores"]
     checks = [
