@@ -27,8 +27,8 @@
    chose: ``auto / faster`` per bundle (target <= 1.05), and per network (pairs matched by order)
    INT8 over FP32 on auto's choices and on each runtime (target >= 1.3 on a VNNI/AMX CPU; on an
    AVX2-only CPU the ratio is reported). Each runtime is timed with only its own runner open (ONNX
-   Runtime's spinning threads would steal the other's cores), in alternating blocks repeated
-   ``--rounds`` times; the best round's medians are compared.
+   Runtime's spinning threads would steal the other's cores); every (bundle, runtime) is timed once
+   per round in turn, ``--rounds`` times, and the best round's medians are compared.
 
 Each group is timed interleaved (A, B, A, B, ...) and compared on medians, so a machine that gets
 busier during the run moves both sides alike. With the shared ImageNet sample present it also
@@ -212,8 +212,10 @@ def time_runner(open_runner: Any, x: Any, iterations: int) -> float:
         runner.close()
 
 
-def cpu_backend_row(bundle: Path, threads: int, rounds: int, iterations: int) -> dict[str, Any]:
-    """One bundle on ONNX Runtime and OpenVINO (f32), each alone, best of ``rounds``; and auto's choice."""
+def cpu_backend_rows(bundles: list[Path], threads: int, rounds: int, iterations: int) -> dict[Path, dict[str, Any]]:
+    """Each bundle on ONNX Runtime and OpenVINO (f32), each runner alone, every (bundle, runtime)
+    once per round in turn, so a machine that gets busier moves all of them alike; best of
+    ``rounds``. Then what ``auto`` chose for each."""
     import numpy as np
 
     from effdeploy.backends.onnxrt import OnnxRuntimeRunner, manifest_optimize
@@ -221,23 +223,28 @@ def cpu_backend_row(bundle: Path, threads: int, rounds: int, iterations: int) ->
     from effdeploy.bundle import load_bundle
     from effdeploy.runtime.runner import open_backend, resolve_artifact
 
-    b = load_bundle(bundle)
-    res = b.manifest.preprocessing.resolution
-    x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
-    opens = {"onnxruntime": lambda: OnnxRuntimeRunner(b.model_path, threads=threads, optimize=manifest_optimize(b.manifest)),
-             "openvino": lambda: OpenVinoRunner(b.model_path, threads=threads, precision="f32")}
-    best: dict[str, float] = {}
+    loaded = {p: load_bundle(p) for p in dict.fromkeys(bundles)}
+    best: dict[Path, dict[str, float]] = {p: {} for p in loaded}
     for _ in range(rounds):
-        for name, opener in opens.items():
-            ms = time_runner(opener, x, iterations)
-            best[name] = min(best.get(name, ms), ms)
-    auto = open_backend(resolve_artifact(bundle), threads=threads, backend="auto")
-    choice = auto.choice
-    auto.close()
-    chosen = choice["choice"]
-    return {"bundle": str(bundle), "model": b.manifest.model.name, "precision": b.manifest.precision,
-            "p50_ms": best, "auto": chosen, "auto_over_faster": best[chosen] / min(best.values()),
-            "auto_timed": choice.get("p50_ms")}
+        for path, b in loaded.items():
+            res = b.manifest.preprocessing.resolution
+            x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
+            opens = {"onnxruntime": lambda: OnnxRuntimeRunner(b.model_path, threads=threads,
+                                                              optimize=manifest_optimize(b.manifest)),
+                     "openvino": lambda: OpenVinoRunner(b.model_path, threads=threads, precision="f32")}
+            for name, opener in opens.items():
+                ms = time_runner(opener, x, iterations)
+                best[path][name] = min(best[path].get(name, ms), ms)
+    rows = {}
+    for path, b in loaded.items():
+        auto = open_backend(resolve_artifact(path), threads=threads, backend="auto")
+        choice = auto.choice
+        auto.close()
+        chosen = choice["choice"]
+        rows[path] = {"bundle": str(path), "model": b.manifest.model.name, "precision": b.manifest.precision,
+                      "dialect": (b.manifest.quantization or {}).get("dialect"), "p50_ms": best[path], "auto": chosen,
+                      "auto_over_faster": best[path][chosen] / min(best[path].values()), "auto_timed": choice.get("p50_ms")}
+    return rows
 
 
 def cpu_int8_isa() -> str:
@@ -259,12 +266,12 @@ def cpu_backends(args: argparse.Namespace) -> int:
         sys.exit("runtime_perf: --cpu-backends takes --fp32 and --int8 bundles in pairs")
     if import_openvino() is None:
         sys.exit(f"runtime_perf: --cpu-backends: {MISSING_OPENVINO}")
-    rows, pairs = [], []
+    log(f"timing {len(set(args.fp32 + args.int8))} bundles on both runtimes, {args.rounds} rounds ...")
+    timed = cpu_backend_rows([Path(p) for p in args.fp32 + args.int8], args.threads, args.rounds, args.iterations)
+    rows, pairs = list(timed.values()), []
     for f, i in zip(args.fp32, args.int8):
-        log(f"timing {f} and {i} on both runtimes ...")
-        fp32, int8 = (cpu_backend_row(Path(p), args.threads, args.rounds, args.iterations) for p in (f, i))
-        rows += [fp32, int8]
-        pairs.append({"model": fp32["model"], "fp32_backend": fp32["auto"], "int8_backend": int8["auto"],
+        fp32, int8 = timed[Path(f)], timed[Path(i)]
+        pairs.append({"model": fp32["model"], "int8_dialect": int8["dialect"], "fp32_backend": fp32["auto"], "int8_backend": int8["auto"],
                       "int8_speedup": fp32["p50_ms"][fp32["auto"]] / int8["p50_ms"][int8["auto"]],
                       "int8_speedup_by_runtime": {k: fp32["p50_ms"][k] / int8["p50_ms"][k] for k in fp32["p50_ms"]}})
     isa = cpu_int8_isa()
@@ -277,14 +284,16 @@ def cpu_backends(args: argparse.Namespace) -> int:
     else:
         print(f"machine: {out['machine']['cpu']} ({isa}), {args.threads} threads, batch 1 "
               f"(median ms, best of {args.rounds} alternating rounds)")
-        print(f"{'model':20} {'precision':9} {'onnxruntime':>11} {'openvino f32':>12}  auto         auto/faster (<= 1.05)")
+        print(f"{'model':20} {'precision':9} {'dialect':9} {'onnxruntime':>11} {'openvino f32':>12}  auto         "
+              "auto/faster (<= 1.05)")
         for r in rows:
-            print(f"{r['model']:20} {r['precision']:9} {r['p50_ms']['onnxruntime']:11.2f} {r['p50_ms']['openvino']:12.2f}"
+            print(f"{r['model']:20} {r['precision']:9} {r['dialect'] or '-':9} {r['p50_ms']['onnxruntime']:11.2f} "
+                  f"{r['p50_ms']['openvino']:12.2f}"
                   f"  {r['auto']:12} {r['auto_over_faster']:.3f}  {'PASS' if r['auto_over_faster'] <= 1.05 else 'FAIL'}")
         for p in pairs:
             each = ", ".join(f"{k} {v:.2f}x" for k, v in p["int8_speedup_by_runtime"].items())
             verdict = ("PASS" if p["int8_speedup"] >= 1.3 else "FAIL") if vnni else "reported (AVX2-only CPU)"
-            print(f"{p['model']}: INT8 over FP32 on auto's choices ({p['int8_backend']} / {p['fp32_backend']}) "
+            print(f"{p['model']} ({p['int8_dialect']} dialect): INT8 over FP32 on auto's choices ({p['int8_backend']} / {p['fp32_backend']}) "
                   f"{p['int8_speedup']:.2f}x (target >= 1.3 on VNNI/AMX) {verdict}; on each runtime: {each}")
     return 0 if auto_ok and int8_ok else 1
 

@@ -43,7 +43,7 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None  # absent, corrupt or foreign: timed again
 
 
-def time_backends(open_runner: Callable[[str], Any], rounds: int = 2) -> dict[str, float]:
+def time_backends(open_runner: Callable[[str], Any], rounds: int = 3) -> dict[str, float]:
     """Median batch-1 latency (ms) of each runtime, each timed with only its own runner open
     (ONNX Runtime's spinning threads would otherwise steal the other's cores), alternating over
     ``rounds`` so both see the same machine; the best round of each counts."""
@@ -59,7 +59,7 @@ def time_backends(open_runner: Callable[[str], Any], rounds: int = 2) -> dict[st
                 # image-like values, not zeros: a constant input can take faster paths in the
                 # quantized kernels and chose ONNX Runtime for a graph OpenVINO ran faster on noise
                 x = np.random.default_rng(0).standard_normal([d if d > 0 else 1 for d in runner.input_shape]).astype(np.float32)
-                ms = 1e3 * float(np.median(time_callable(lambda: runner.infer(x), TimingPlan(warmup=5, iterations=20))))
+                ms = 1e3 * float(np.median(time_callable(lambda: runner.infer(x), TimingPlan(warmup=5, iterations=40))))
             finally:
                 runner.close()
             best[name] = min(best.get(name, ms), ms)
