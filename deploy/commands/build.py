@@ -42,15 +42,16 @@ from ..request import CALIBRATION_METHODS, RECONSTRUCT_MODES, default
 @click.option("--calib-method", type=click.Choice(["auto", *CALIBRATION_METHODS]), default=default("calib_method"), show_default=True)
 @click.option("--int8-float", "int8_float", default="auto", show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
-                   "auto: se; for the B family se,dw on GPU profiles and se,stem,dw on CPU profiles).")
+                   "auto: se; for the B family se,dw on GPU profiles and cpu-openvino, se,stem,dw on cpu).")
 @click.option("--reconstruct", "reconstruct_mode", type=click.Choice(RECONSTRUCT_MODES),
               default=default("reconstruct_mode"), show_default=True, is_flag=False, flag_value="auto",
               help="INT8: correct the INT8 layers on calibration images, in order, for the error of their weights and "
                    "of the quantized activations before them; every layer stays INT8. bias: every layer's bias "
                    "(sequential bias correction, seconds); thorough: the convs with a linear output (the project "
                    "convs) learn how their weights round and their bias, the others stay as quantized (AdaRound; "
-                   "about half a minute more on two cores); auto: thorough for Lite given at least 32 reconstruction "
-                   "images, else bias (measured, docs/int8.md).")
+                   "about half a minute more on two cores); auto: thorough given at least 32 reconstruction images, "
+                   "for Lite everywhere and for the B family on GPU and cpu-openvino profiles, else bias "
+                   "(measured, docs/int8.md).")
 @click.option("--no-reconstruct", "no_reconstruct", is_flag=True, help="INT8: no reconstruction (the quantizer's rounding).")
 @click.option("--reconstruct-images", type=int, default=default("reconstruct_images"), show_default=True,
               help="Calibration images the reconstruction measures on (the repair chooses on the others).")

@@ -108,7 +108,7 @@ def default_float_parts(variant: str, dialect: str | bool) -> tuple[str, ...]:
     SE always: its convs run on [N, C, 1, 1] (nothing to gain) and INT8 there measured no better.
     For the B family the depthwise convs too (9 % of B0's multiply-adds): their inputs are swish
     outputs, one per-tensor scale over channels of very different ranges, and keeping them in float
-    nearly halved the default build's KL on new images in both dialects (on the CPU it was faster
+    nearly halved the default build's KL on new images in the tensorrt and cpu dialects (on the CPU it was faster
     too). The stem as well in the cpu dialect: there ORT's fused QLinearConv wants the stem's output
     quantized before swish, the largest single quantizer of either dialect; kept float it costs about
     3 % of B0's multiply-adds. Lite keeps its depthwise convs in INT8: its default builds hold the
