@@ -109,3 +109,26 @@ def test_a_build_for_cpu_openvino_is_in_its_dialect_and_opens_on_openvino(tmp_pa
         assert r.backend_name == ("openvino" if have_ov else "onnxruntime")
     with Runner.open(out, force=True, backend="onnxruntime") as r:
         assert r.backend_name == "onnxruntime"
+
+
+def test_without_openvino_a_cpu_openvino_bundle_runs_on_onnxruntime_and_says_so(tiny_bundle, monkeypatch):
+    """profile_backend: a bundle built for an OpenVINO profile opens on ONNX Runtime where OpenVINO
+    is missing, with a warning saying how to install it; other bundles open as before, silently."""
+    import warnings
+
+    import effdeploy.backends.openvino as ov
+    from effdeploy.runtime.runner import profile_backend, resolve_artifact
+
+    art = resolve_artifact(tiny_bundle)
+    assert profile_backend(art) is None  # built for cpu: ONNX Runtime, no warning
+    manifest = art.manifest
+    ov_art = replace(art, manifest=replace(manifest, profile={**manifest.profile, "name": "cpu-openvino",
+                                                              "runtime": "openvino"}))
+    monkeypatch.setattr(ov, "import_openvino", lambda: None)
+    with pytest.warns(UserWarning, match=r"built for OpenVINO \(cpu-openvino\); OpenVINO is not installed"):
+        assert profile_backend(ov_art) is None
+    monkeypatch.undo()
+    if ov.import_openvino() is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert profile_backend(ov_art) == "openvino"
