@@ -151,9 +151,7 @@ def _validate(p: Profile, origin: str) -> None:
         raise EffdeployError(f"profile {origin}: precision.supported must be a subset of {PRECISIONS}")
     if p.default_precision not in p.precisions:
         raise EffdeployError(f"profile {origin}: precision.default must be one of precision.supported")
-    if p.runtime and p.runtime not in RUNTIMES[p.device]:
-        raise EffdeployError(f"profile {origin}: target.runtime of a {p.device} profile must be one of "
-                             f"{', '.join(RUNTIMES[p.device])} (got {p.runtime!r})")
+    p.target_runtime  # refuses a runtime the device cannot have, in one line
     if p.device == "gpu" and not p.compute_capability:
         raise EffdeployError(f"profile {origin}: a gpu profile needs gpu.compute_capability")
     if not (1 <= p.batch_min <= p.batch_opt <= p.batch_max):
