@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -156,8 +157,12 @@ def test_a_sweep_writes_its_table_files_and_a_failing_point_as_a_row(tmp_path):
         assert {"depthwise", "pointwise", "stem", "classifier"} <= set(b) and sum(v["ms"] for v in b.values()) > 0
         # multiply-adds as ORT runs them: its blocked layout may pad channels, never drop any
         assert rows[phi]["macs"] <= sum(v["macs"] for v in b.values()) <= 1.5 * rows[phi]["macs"]
-    # Lite at 32 px: swish-free, yet its reorders and adds have time and no multiply-adds
-    assert d["departures_from_macs"] and all(l.startswith("fp32 ") for l in d["departures_from_macs"])
+    # which kinds depart from their multiply-adds depends on the CPU (a CI machine found none at 32 px),
+    # so the record must be what departures() says of the breakdowns it stored
+    recorded = [SimpleNamespace(**{k: p.get(k) for k in ("precision", "phi", "macs", "breakdown", "error")})
+                for p in d["points"]]
+    assert d["departures_from_macs"] == departures(recorded)
+    assert all(l.startswith("fp32 ") for l in d["departures_from_macs"])
     assert d["recommended"]["fp32"]["phi"] in (0.0, 1.0) and d["machine"]["cpu"]
     assert (out / "sweep.csv").read_text().splitlines()[0].startswith("phi,precision,")
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
