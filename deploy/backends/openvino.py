@@ -60,6 +60,10 @@ class OpenVinoRunner(Runner):
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # read back: what the plugin really uses
         self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        if precision == "bf16" and self.precision != "bf16":  # a CPU without bf16 (AVX2): the plugin runs f32
+            import warnings
+
+            warnings.warn(f"this CPU has no bf16 support; OpenVINO runs {path.name} in {self.precision}", stacklevel=2)
         self.threads = threads or os.cpu_count()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

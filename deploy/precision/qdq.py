@@ -11,8 +11,8 @@ that is deployed, in the dialect the profile's runtime executes well:
 * ``ort-cpu`` (the ``cpu`` profile): QDQ around Conv/Gemm/Add/Clip so ONNX Runtime fuses them
   into QLinear kernels; activation signedness (U8S8 vs S8S8) is chosen by timing both.
 * ``openvino`` (the ``cpu-openvino`` profile): the tensorrt dialect's placement (Q/DQ at the
-  inputs of Conv/Gemm/Add, symmetric S8 activations with the shift of lopsided inputs, 8-bit
-  per-channel weights) with everything else in FP32: OpenVINO turns each Q/DQ pair into a
+  inputs of Conv/Gemm/Add, symmetric S8 activations with the shift of lopsided inputs, per-channel
+  weights in 7 bits, as ``ort-cpu``, for CPUs without VNNI) with everything else in FP32: OpenVINO turns each Q/DQ pair into a
   FakeQuantize and runs the conv after it in INT8 (docs/int8.md, *An OpenVINO dialect*).
 
 Q/DQ insertion uses ONNX Runtime's quantizer (``quantize_static``) fed with our own calibrated
@@ -92,9 +92,10 @@ DIALECTS: dict[str, Dialect] = {
     # ONNX Runtime runs this graph mostly as float convs after DequantizeLinear (slowly) but computes
     # the function it defines, so the build verifies with it (FP32: its graph optimiser may run, as
     # for every graph without FP16 Q/DQ, needs_unoptimized_ort); bench/accuracy.py --openvino judges
-    # OpenVINO's INT8 kernels on the same images.
+    # OpenVINO's INT8 kernels on the same images. 7-bit weights as in ort-cpu: OpenVINO's INT8
+    # convolutions saturate the same way on CPUs without VNNI (docs/int8.md, *Saturation*).
     OPENVINO: Dialect(OPENVINO, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=False, opset=GPU_OPSET,
-                      output_qdq=False, reduce_range=False, shift_skewed=True),
+                      output_qdq=False, reduce_range=True, shift_skewed=True),
 }
 RUNTIME_DIALECTS = {"tensorrt": TENSORRT, "onnxruntime": ORT_CPU, "openvino": OPENVINO}  # a profile's runtime
 

@@ -45,7 +45,7 @@ def _quantized(model: onnx.ModelProto) -> tuple[set[tuple[str, str]], list[onnx.
     return consumers, dq
 
 
-def test_the_tensorrt_placement_in_fp32_with_8_bit_weights(b0):
+def test_the_tensorrt_placement_in_fp32_with_7_bit_weights(b0):
     fp32, ranges, _ = b0
     parts = default_float_parts("b", "openvino")
     assert parts == default_float_parts("b", "tensorrt") == ("se", "dw")
@@ -63,7 +63,7 @@ def test_the_tensorrt_placement_in_fp32_with_8_bit_weights(b0):
     init = {i.name: numpy_helper.to_array(i) for i in ov.graph.initializer}
     weights = [init[n.input[0]] for n in dq if n.input[0] in init and init[n.input[0]].ndim == 4]
     assert weights and all(w.dtype == np.int8 for w in weights)
-    assert max(int(np.abs(w).max()) for w in weights) == 127  # 8-bit: not the cpu dialect's 7-bit 64
+    assert max(int(np.abs(w).max()) for w in weights) == 64  # 7-bit, as the cpu dialect: no VNNI, no saturation
     zero_points = [init[n.input[2]] for n in dq if len(n.input) > 2 and n.input[0] not in init]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric S8
 
@@ -73,7 +73,10 @@ def test_onnxruntime_and_openvino_compute_the_same_function(b0, tmp_path):
     verifies); OpenVINO as INT8 convolutions, whose requantization rounds its own way. On real
     photos OpenVINO's distance from ONNX Runtime's logits is a small part of the INT8 error itself
     (measured 0.09-0.18 of it here; on the distilled B0 0.005-0.01), so the build's verification
-    speaks for it; bench/accuracy.py --openvino judges the trained networks on both."""
+    speaks for it; bench/accuracy.py --openvino judges the trained networks on both. With 8-bit
+    weights a CPU without VNNI (an AVX2 EPYC) saturated: OpenVINO's logits were 0.97 of their scale
+    from ONNX Runtime's, 22x the INT8 error; hence the dialect's 7-bit weights, which this checks on
+    whatever CPU runs it."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'effdeploy[openvino]')")
     from effdeploy.backends import infer_in_batches_of
     from effdeploy.backends.openvino import OpenVinoRunner
