@@ -249,11 +249,12 @@ def cpu_backend_rows(bundles: list[Path], threads: int, rounds: int, iterations:
 
 def cpu_int8_isa() -> str:
     """Which INT8 target applies here: VNNI/AMX CPUs (>= 1.3x) or AVX2-only ones (reported)."""
-    try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
-    except (OSError, StopIteration):
+    from effdeploy.backends.cpu_features import cpu_flags, vnni_flags
+
+    flags = cpu_flags()
+    if flags is None:
         return "unknown"
-    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+    found = vnni_flags(flags)
     return ",".join(found) if found else "avx2-only" if "avx2" in flags else "no-avx2"
 
 

@@ -100,6 +100,14 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
         names = read_labels(req.labels)
         if req.num_classes is not None:
             check_label_count(names, req.num_classes, req.labels)
+    if req.precision == "int8" and req.profile.vnni:
+        from .backends.cpu_features import describe_int8_dot, vnni_flags
+
+        if not vnni_flags():  # the verification would run saturating kernels on the 8-bit weights
+            raise EffdeployError(
+                f"profile {req.profile.name} builds 8-bit INT8 weights for CPUs with VNNI or AMX, and this CPU has "
+                f"{describe_int8_dot()}: its INT8 kernels saturate them, so the build could not verify what the "
+                "target runs; build on a VNNI CPU, or use --profile cpu (7-bit weights, any x86 CPU)")
     if req.precision == "int8" and req.reconstruct:
         from .precision.reconstruct import resolve_device
 
@@ -428,21 +436,32 @@ def precision_stage(req: BuildRequest, spec: Any, exported: Exported, tmp: Path,
     return Candidate(int8.model, int8, tuple(int8.calibration_ids), (*int8.warnings, *speed))
 
 
+def int8_config(req: BuildRequest, variant: str) -> Any:
+    """The profile's dialect with the float parts asked for (or the family's defaults); 8-bit weights
+    where the profile's CPU has VNNI (``target.vnni``), else the dialect's own (7-bit on CPUs)."""
+    from .precision.qdq import RUNTIME_DIALECTS, config_for, default_float_parts
+
+    dialect = RUNTIME_DIALECTS[req.profile.target_runtime]
+    parts = req.int8_float_parts
+    if parts is None:
+        parts = default_float_parts(variant, dialect)
+    base = config_for(dialect)
+    return replace(base, quantize_se="se" not in parts, quantize_stem="stem" not in parts,
+                   quantize_classifier="classifier" not in parts, quantize_depthwise="dw" not in parts,
+                   reduce_range=base.reduce_range and not req.profile.vnni)
+
+
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
     """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
     from .calibration import plan_calibration
-    from .precision.qdq import RUNTIME_DIALECTS, config_for, default_float_parts
+    from .precision.qdq import RUNTIME_DIALECTS
     from .precision.int8_stage import run_int8
 
     exclude = reserved_builtin_verification() if req.calib_data is None else ()
     plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
                             count_given=req.calib_images_given)
     dialect = RUNTIME_DIALECTS[req.profile.target_runtime]
-    parts = req.int8_float_parts
-    if parts is None:
-        parts = default_float_parts(spec.variant, dialect)
-    config = replace(config_for(dialect), quantize_se="se" not in parts, quantize_stem="stem" not in parts,
-                     quantize_classifier="classifier" not in parts, quantize_depthwise="dw" not in parts)
+    config = int8_config(req, spec.variant)
     info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
     recipe = None

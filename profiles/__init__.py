@@ -58,6 +58,9 @@ class Profile:
     source: str = ""
     path: str = ""
     runtime: str = ""  # what runs the bundle: tensorrt (gpu); onnxruntime or openvino (cpu); "" = the device's default
+    # a CPU target whose INT8 dot product accumulates in 32 bits (AVX-512 VNNI, AVX-VNNI or AMX): its INT8
+    # graphs take 8-bit weights, and building or running them on a CPU without VNNI is refused
+    vnni: bool = False
 
     @property
     def is_gpu(self) -> bool:
@@ -133,6 +136,7 @@ def _parse(text: str, origin: str) -> Profile:
             version_compatible=bool(build.get("version_compatible", False)),
             path=origin,
             runtime=str(target.get("runtime", "")),
+            vnni=_boolean(target.get("vnni", False), "target.vnni"),
         )
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise EffdeployError(f"profile {origin} is missing or has a bad field ({e}); see profiles/cpu.toml") from None
@@ -141,6 +145,13 @@ def _parse(text: str, origin: str) -> Profile:
 
 
 RUNTIMES = {"gpu": ("tensorrt",), "cpu": ("onnxruntime", "openvino")}
+
+
+def _boolean(value: Any, key: str) -> bool:
+    """A TOML boolean (``bool("false")`` would be True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def _validate(p: Profile, origin: str) -> None:
@@ -152,6 +163,9 @@ def _validate(p: Profile, origin: str) -> None:
     if p.default_precision not in p.precisions:
         raise EffdeployError(f"profile {origin}: precision.default must be one of precision.supported")
     p.target_runtime  # refuses a runtime the device cannot have, in one line
+    if p.vnni and p.device != "cpu":
+        raise EffdeployError(f"profile {origin}: target.vnni describes a CPU's INT8 dot product; a {p.device} "
+                             "profile cannot have it")
     if p.device == "gpu" and not p.compute_capability:
         raise EffdeployError(f"profile {origin}: a gpu profile needs gpu.compute_capability")
     if not (1 <= p.batch_min <= p.batch_opt <= p.batch_max):

@@ -100,7 +100,11 @@ def manifest_optimize(manifest: Any) -> bool:
 
 def bundle_runner(bundle: "Any", threads: int | None = None,
                   session_config: Mapping[str, str] | None = None) -> OnnxRuntimeRunner:
-    """The ONNX Runtime runner for a bundle's model, with the settings its manifest asks for."""
+    """The ONNX Runtime runner for a bundle's model, with the settings its manifest asks for (refused
+    where this CPU would saturate its INT8 weights)."""
+    from .cpu_features import check_int8_dot
+
+    check_int8_dot(bundle.manifest, bundle.path)
     return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=manifest_optimize(bundle.manifest),
                              session_config=session_config)
 

@@ -197,6 +197,10 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, b
     if art.kind == KIND_ENGINE and backend in ("onnxruntime", "openvino"):
         raise EffdeployError(f"{art.path} is a TensorRT engine; --backend {backend} runs the bundle it came from "
                              f"({(art.manifest.bundle or {}).get('path', 'its bundle directory')})")
+    if art.kind != KIND_ENGINE:
+        from ..backends.cpu_features import check_int8_dot
+
+        check_int8_dot(art.manifest, art.path)
     if art.kind != KIND_ENGINE and backend is None:
         backend = profile_backend(art)
     if art.kind != KIND_ENGINE and backend is not None and backend != "onnxruntime":
