@@ -10,8 +10,9 @@ Rows per model:
   trt-int8 / trt-default   the tensorrt dialect (jetson-orin), all-INT8 (--no-repair) / the default build
                            (the default float parts: SE; for the B family also its depthwise convs)
   cpu-int8 / cpu-default   the same for the cpu dialect (the B family's stem and depthwise convs in float)
-  vnni-int8 / vnni-default the cpu dialect with 8-bit weights (cpu-vnni); the build refuses CPUs without VNNI/AMX,
-                           so on those the rows fail with that one line. Not run by default.
+  vnni-int8 / vnni-default the cpu dialect with 8-bit weights (cpu-vnni), ovv-int8 / ovv-default the openvino
+                           dialect with them (cpu-openvino-vnni); the build refuses CPUs without VNNI/AMX, so on
+                           those the rows fail with that one line. Not run by default.
   ov-int8 / ov-default     the same for the openvino dialect (cpu-openvino: the tensorrt placement in FP32); judge
                            them as OpenVINO runs them with --openvino (the @openvino rows)
   trt-blocks / cpu-blocks  the default build with the conv fallback off (the block repair alone)
@@ -60,7 +61,7 @@ DW_ROWS = {f"{d}-dw{k}{suffix}": ("int8", profile, bool(suffix), f"{'-' if k == 
 RECONSTRUCT_ROWS = {f"{d}-{kind}-{mode}": (d, kind, mode) for d in ("trt", "cpu") for kind in ("int8", "default")
                  for mode in ("thorough", "bias")}
 ROWS = ("fp16", "trt-int8", "trt-blocks", "trt-default", "cpu-int8", "cpu-int8-stem", "cpu-blocks", "cpu-default",
-        "ov-int8", "ov-default", "vnni-int8", "vnni-default",
+        "ov-int8", "ov-default", "vnni-int8", "vnni-default", "ovv-int8", "ovv-default",
         *DW_ROWS, *RECONSTRUCT_ROWS, "ort-minmax", "ort-pct", "nncf", "nncf-mixed")
 BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: the default)
     "fp16": ("fp16", "jetson-orin", False, None), "trt-int8": ("int8", "jetson-orin", False, None),
@@ -69,6 +70,7 @@ BUILD_ROWS = {  # row -> (precision, profile, repair, --int8-float parts; None: 
     "trt-blocks": ("int8", "jetson-orin", True, None), "cpu-blocks": ("int8", "cpu", True, None),
     "ov-int8": ("int8", "cpu-openvino", False, None), "ov-default": ("int8", "cpu-openvino", True, None),
     "vnni-int8": ("int8", "cpu-vnni", False, None), "vnni-default": ("int8", "cpu-vnni", True, None),
+    "ovv-int8": ("int8", "cpu-openvino-vnni", False, None), "ovv-default": ("int8", "cpu-openvino-vnni", True, None),
     **DW_ROWS,
 }
 BUILD_ROWS.update({row: BUILD_ROWS[f"{d}-{kind}"] for row, (d, kind, _) in RECONSTRUCT_ROWS.items()})
@@ -316,8 +318,8 @@ def main() -> int:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--models", default="lite0,b0")
     ap.add_argument("--rows", default=",".join(r for r in ROWS if r not in DW_ROWS and r not in RECONSTRUCT_ROWS
-                                               and not r.startswith("vnni-")),
-                    help="rows to run (default: all but the -dwq/-dwf, -thorough, -bias and vnni- variants)")
+                                               and not r.startswith(("vnni-", "ovv-"))),
+                    help="rows to run (default: all but the -dwq/-dwf, -thorough, -bias, vnni- and ovv- variants)")
     ap.add_argument("--openvino", action="store_true",
                     help="also run every effdeploy row's bundle by OpenVINO (pip install 'effdeploy[openvino]')")
     ap.add_argument("--json", action="store_true")

@@ -35,8 +35,8 @@ def test_only_a_vnni_profile_builds_8_bit_weights(tmp_path):
     from effdeploy.pipeline import BuildRequest, int8_config
 
     bits = {name: 7 if int8_config(BuildRequest(phi=0, profile=load_profile(name), precision="int8"), "b").reduce_range else 8
-            for name in ("cpu", "cpu-openvino", "cpu-vnni", "jetson-orin")}
-    assert bits == {"cpu": 7, "cpu-openvino": 7, "cpu-vnni": 8, "jetson-orin": 8}
+            for name in ("cpu", "cpu-openvino", "cpu-vnni", "cpu-openvino-vnni", "jetson-orin")}
+    assert bits == {"cpu": 7, "cpu-openvino": 7, "cpu-vnni": 8, "cpu-openvino-vnni": 8, "jetson-orin": 8}
     p = load_profile("cpu-vnni")
     assert p.vnni and p.target_runtime == "onnxruntime" and not load_profile("cpu").vnni
     body = (cpu.Path(__file__).resolve().parents[2] / "profiles" / "cpu-vnni.toml").read_text()
