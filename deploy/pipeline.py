@@ -100,14 +100,14 @@ def check_request(req: BuildRequest, resolution: int | None = None) -> None:
         names = read_labels(req.labels)
         if req.num_classes is not None:
             check_label_count(names, req.num_classes, req.labels)
-    if req.precision == "int8" and req.profile.vnni:
+    if req.precision == "int8" and req.profile.vnni and req.profile.target_runtime == "onnxruntime":
         from .backends.cpu_features import describe_int8_dot, vnni_flags
 
-        if not vnni_flags():  # the verification would run saturating kernels on the 8-bit weights
+        if not vnni_flags():  # its verification would run ONNX Runtime's saturating QLinear kernels
             raise EffdeployError(
                 f"profile {req.profile.name} builds 8-bit INT8 weights for CPUs with VNNI or AMX, and this CPU has "
-                f"{describe_int8_dot()}: its INT8 kernels saturate them, so the build could not verify what the "
-                "target runs; build on a VNNI CPU, or use --profile cpu (7-bit weights, any x86 CPU)")
+                f"{describe_int8_dot()}: ONNX Runtime's INT8 kernels saturate them here, so the build could not "
+                "verify what the target runs; build on a VNNI CPU, or use --profile cpu (7-bit weights, any x86 CPU)")
     if req.precision == "int8" and req.reconstruct:
         from .precision.reconstruct import resolve_device
 
@@ -341,6 +341,12 @@ def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[
     extrapolated = extrapolation_warning(preview)
     if extrapolated:
         info(f"warning: {extrapolated}", req.quiet)
+    if req.precision == "int8" and req.profile.vnni and req.profile.target_runtime != "onnxruntime":
+        from .backends.cpu_features import describe_int8_dot, vnni_flags
+
+        if not vnni_flags():  # verified by ONNX Runtime's float convs, exact anywhere; OpenVINO would saturate
+            info(f"note: this CPU has {describe_int8_dot()}: the bundle's 8-bit weights run on "
+                 f"{req.profile.target_runtime} only on CPUs with VNNI or AMX", req.quiet)
     return out, replaced, cleaned
 
 

@@ -35,22 +35,49 @@ def describe_int8_dot(flags: tuple[str, ...] | None = None) -> str:
     """One phrase for messages: which INT8 dot product this CPU has."""
     flags = cpu_flags() if flags is None else flags
     if flags is None:
-        return f"its flags cannot be read on {platform.system() or 'this system'} {platform.machine()}"
+        where = f"{platform.system()} {platform.machine()}".strip() or "this system"
+        return f"an INT8 dot product of unknown kind (no x86 flags in /proc/cpuinfo on {where})"
     found = vnni_flags(flags)
     if found:
         return ", ".join(found)
     return "AVX2 without VNNI" if "avx2" in flags else "no AVX2 and no VNNI"
 
 
-def check_int8_dot(manifest: Any, path: Path) -> None:
-    """Refuse an INT8 bundle built for CPUs with VNNI (8-bit weights, ``target.vnni``) on a CPU
-    without it: ONNX Runtime's and OpenVINO's kernels there saturate those weights and return
-    wrong logits without an error (docs/int8.md, *Saturation*)."""
+INTEGER_KERNELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+
+
+def saturates(manifest: Any, backend: str, flags: tuple[str, ...] | None = None) -> bool:
+    """Whether ``backend`` would run this bundle's INT8 graph with integer kernels that saturate
+    its weights on this CPU: 8-bit weights (``quantization.config.reduce_range`` false: the GPU
+    dialect, the VNNI profiles, cpu-openvino bundles before 7-bit), no VNNI, and a runtime that runs
+    them as INT8 (OpenVINO every Q/DQ graph; ONNX Runtime only the ort-cpu dialect, whose QLinear
+    kernels it fuses; the other dialects it runs as DequantizeLinear + float convs)."""
+    if manifest is None or getattr(manifest, "precision", None) != "int8":
+        return False
+    q = getattr(manifest, "quantization", None) or {}
+    if (q.get("config") or {}).get("reduce_range", True):
+        return False
+    if backend != "openvino" and not (backend == "onnxruntime" and q.get("dialect") == "ort-cpu"):
+        return False
+    return not vnni_flags(flags)
+
+
+def portable_profile(manifest: Any) -> str:
+    """The profile with 7-bit weights for the same runtime: what to rebuild a saturating bundle with."""
+    return "cpu" if (getattr(manifest, "quantization", None) or {}).get("dialect") == "ort-cpu" else "cpu-openvino"
+
+
+def check_int8_dot(manifest: Any, path: Path, backend: str) -> None:
+    """Refuse to run an INT8 bundle where :func:`saturates`: the logits would be wrong without an
+    error (docs/int8.md, *Saturation*)."""
     from ..errors import EffdeployError
 
-    profile = getattr(manifest, "profile", None) or {}
-    if manifest.precision == "int8" and profile.get("vnni") and not vnni_flags():
-        raise EffdeployError(
-            f"{path} was built for CPUs with VNNI or AMX ({profile.get('name')}: 8-bit INT8 weights) and this CPU "
-            f"has {describe_int8_dot()}, whose INT8 kernels saturate them; rebuild it here with --profile cpu "
-            "(7-bit weights, any x86 CPU)")
+    if not saturates(manifest, backend):
+        return
+    profile = (getattr(manifest, "profile", None) or {})
+    made_for = " (built for CPUs with VNNI or AMX)" if profile.get("vnni") else ""
+    other = "" if backend == "onnxruntime" else ", or run it with --backend onnxruntime"
+    raise EffdeployError(
+        f"{path} has 8-bit INT8 weights{made_for}, which {INTEGER_KERNELS.get(backend, backend)}'s INT8 kernels "
+        f"saturate on this CPU ({describe_int8_dot()}); rebuild it with --profile {portable_profile(manifest)} "
+        f"(7-bit weights, any x86 CPU){other}")

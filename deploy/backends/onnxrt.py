@@ -104,7 +104,7 @@ def bundle_runner(bundle: "Any", threads: int | None = None,
     where this CPU would saturate its INT8 weights)."""
     from .cpu_features import check_int8_dot
 
-    check_int8_dot(bundle.manifest, bundle.path)
+    check_int8_dot(bundle.manifest, bundle.path, "onnxruntime")
     return OnnxRuntimeRunner(bundle.model_path, threads=threads, optimize=manifest_optimize(bundle.manifest),
                              session_config=session_config)
 

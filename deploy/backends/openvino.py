@@ -63,7 +63,8 @@ class OpenVinoRunner(Runner):
         if precision == "bf16" and self.precision != "bf16":  # a CPU without bf16 (AVX2): the plugin runs f32
             import warnings
 
-            warnings.warn(f"this CPU has no bf16 support; OpenVINO runs {path.name} in {self.precision}", stacklevel=2)
+            warnings.warn(f"this CPU has no bf16 support; OpenVINO runs {path.name} in {self.precision} (what "
+                          "--ov-precision f32, the default, runs)", stacklevel=2)
         self.threads = threads or os.cpu_count()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

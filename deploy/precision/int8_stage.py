@@ -46,7 +46,8 @@ class Int8Result:
             "dialect": self.config.dialect,
             "config": self.config.to_dict(),
             "activations": "S8 symmetric" if self.config.activations == "int8" else "U8 asymmetric",
-            "weights": "S8 symmetric per-channel",
+            "weights": "S8 symmetric per-channel, " + ("7-bit (|q| <= 64)" if self.config.reduce_range
+                                                           else "8-bit (|q| <= 127)"),
             "method": self.config.method,
             "method_scores": dict(self.method_scores),
             "cpu_dialect_latency_ms": dict(self.dialect_timings_ms),

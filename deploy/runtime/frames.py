@@ -72,7 +72,10 @@ def open_frame_routes(art: Any, threads: int | None = None, spin: bool = True) -
     ``engine.plan`` (TensorRT); an empty router for anything else."""
     kind = getattr(art, "kind", None)
     if kind == "bundle" and art.manifest is not None:
+        from ..backends.cpu_features import check_int8_dot
         from ..backends.onnxrt import manifest_optimize
+
+        check_int8_dot(art.manifest, art.path, "onnxruntime")  # the frame graphs hold the INT8 model
 
         routes = []
         for entry in getattr(art.manifest, "frames", ()) or ():

@@ -197,12 +197,12 @@ def open_backend(art: Artifact, threads: int | None = None, spin: bool = True, b
     if art.kind == KIND_ENGINE and backend in ("onnxruntime", "openvino"):
         raise EffdeployError(f"{art.path} is a TensorRT engine; --backend {backend} runs the bundle it came from "
                              f"({(art.manifest.bundle or {}).get('path', 'its bundle directory')})")
-    if art.kind != KIND_ENGINE:
-        from ..backends.cpu_features import check_int8_dot
-
-        check_int8_dot(art.manifest, art.path)
     if art.kind != KIND_ENGINE and backend is None:
         backend = profile_backend(art)
+    if art.kind != KIND_ENGINE:  # 8-bit weights on a CPU whose INT8 kernels would saturate them
+        from ..backends.cpu_features import check_int8_dot
+
+        check_int8_dot(art.manifest, art.path, "onnxruntime" if backend in (None, "auto") else backend)
     if art.kind != KIND_ENGINE and backend is not None and backend != "onnxruntime":
         return _cpu_backend(art, threads, spin, backend, ov_precision)
     if art.kind == KIND_ENGINE:
@@ -240,6 +240,7 @@ def profile_backend(art: Artifact) -> str | None:
 
 def _cpu_backend(art: Artifact, threads: int | None, spin: bool, backend: str, ov_precision: str) -> Any:
     """OpenVINO by name, or ``auto``'s choice between it and ONNX Runtime."""
+    from ..backends.cpu_features import describe_int8_dot, saturates
     from ..backends.onnxrt import manifest_optimize
     from ..backends.openvino import OpenVinoRunner
     from .backend_choice import choose_backend
@@ -249,6 +250,12 @@ def _cpu_backend(art: Artifact, threads: int | None, spin: bool, backend: str, o
             return OpenVinoRunner(art.model_path, threads=threads, precision=ov_precision)
         return _app_onnxruntime_runner(art.model_path, threads, manifest_optimize(art.manifest), spin)
 
+    if backend == "auto" and saturates(art.manifest, "openvino"):
+        import warnings
+
+        warnings.warn(f"{art.path}: OpenVINO's INT8 kernels would saturate its 8-bit weights on this CPU "
+                      f"({describe_int8_dot()}); --backend auto runs it on ONNX Runtime", stacklevel=3)
+        backend = "onnxruntime"
     if backend == "auto":
         backend, record = choose_backend(Path(art.model_path), threads, ov_precision, open_runner)
         runner = open_runner(backend)

@@ -5,12 +5,14 @@ would saturate and return wrong logits without an error."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import run_cli
+from conftest import read_manifest, run_cli
 import effdeploy.backends.cpu_features as cpu
 from effdeploy.errors import EffdeployError
 from effdeploy.profiles import load_profile
@@ -28,7 +30,37 @@ def test_the_flags_line_says_whether_the_int8_dot_product_saturates(tmp_path):
         assert cpu.cpu_flags(info) == tuple(flags.split())
         assert cpu.vnni_flags(cpu.cpu_flags(info)) == found and cpu.describe_int8_dot(cpu.cpu_flags(info)) == said
     assert cpu.cpu_flags(tmp_path / "missing") is None and cpu.vnni_flags(()) == ()
-    assert "cannot be read" in cpu.describe_int8_dot(None) or cpu.cpu_flags() is not None
+
+
+def test_unreadable_flags_are_said_as_unknown_and_never_taken_for_vnni(monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": None)  # macOS, Windows: no /proc/cpuinfo
+    assert cpu.vnni_flags() == () and cpu.describe_int8_dot().startswith("an INT8 dot product of unknown kind")
+
+
+def _manifest(dialect: str, reduce_range: bool, precision: str = "int8", vnni: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(precision=precision, profile={"vnni": vnni},
+                           quantization={"dialect": dialect, "config": {"reduce_range": reduce_range}})
+
+
+def test_which_runtime_saturates_which_graph():
+    """OpenVINO runs every Q/DQ graph as INT8 convolutions; ONNX Runtime only the ort-cpu dialect
+    (QLinear fusions), the others as DequantizeLinear + float convs: 8-bit weights saturate only
+    there, and only on a CPU without VNNI."""
+    avx2, vnni = tuple(ZEN2.split()), tuple(SAPPHIRE_RAPIDS.split())
+    cases = {  # (dialect, reduce_range, backend): saturates on the AVX2 CPU
+        ("ort-cpu", False, "onnxruntime"): True, ("ort-cpu", False, "openvino"): True,
+        ("ort-cpu", True, "onnxruntime"): False, ("openvino", True, "openvino"): False,
+        ("openvino", False, "openvino"): True, ("openvino", False, "onnxruntime"): False,
+        ("tensorrt", False, "openvino"): True, ("tensorrt", False, "onnxruntime"): False,
+    }
+    for (dialect, bits7, backend), expected in cases.items():
+        m = _manifest(dialect, bits7)
+        assert cpu.saturates(m, backend, avx2) is expected, (dialect, bits7, backend)
+        assert cpu.saturates(m, backend, vnni) is False
+    assert not cpu.saturates(_manifest("ort-cpu", False, precision="fp32"), "onnxruntime", avx2)
+    assert not cpu.saturates(None, "openvino", avx2)  # a bare .onnx: nothing recorded, nothing refused
+    assert cpu.portable_profile(_manifest("ort-cpu", False)) == "cpu"
+    assert cpu.portable_profile(_manifest("openvino", False)) == "cpu-openvino"
 
 
 def test_only_a_vnni_profile_builds_8_bit_weights(tmp_path):
@@ -54,10 +86,11 @@ def _vnni_bundle(out, monkeypatch):
     random weights, so only numbers are gated, and the parity outcome is allowed to fail)."""
     from effdeploy.pipeline import BuildRequest, build_bundle
 
-    monkeypatch.setattr(cpu, "vnni_flags", lambda flags=None: ("avx512_vnni",))
-    build_bundle(BuildRequest(phi=0, resolution=64, precision="int8", profile=load_profile("cpu-vnni"), out=out,
-                              calib_images=8, reconstruct=False, repair=False, allow_parity_failure=True, quiet=True))
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(cpu, "vnni_flags", lambda flags=None: ("avx512_vnni",))
+        build_bundle(BuildRequest(phi=0, resolution=64, precision="int8", profile=load_profile("cpu-vnni"), out=out,
+                                  calib_images=8, reconstruct=False, repair=False, allow_parity_failure=True,
+                                  quiet=True))
     return out
 
 
@@ -73,17 +106,23 @@ def test_a_vnni_bundle_is_built_and_run_only_where_the_cpu_has_vnni(tmp_path, mo
                and len(i.dims) == 4]
     assert weights and max(int(np.abs(w).max()) for w in weights) == 127  # 8-bit, not 7-bit's 64
 
+    assert read_manifest(out)["quantization"]["weights"].endswith("8-bit (|q| <= 127)")
+
     monkeypatch.setattr(cpu, "vnni_flags", lambda flags=None: ())  # the same bundle on an AVX2-only CPU
-    with pytest.raises(EffdeployError, match="built for CPUs with VNNI or AMX .*saturate.*--profile cpu"):
-        Runner.open(out)
+    # force: random weights whose build verified on this CPU's kernels may have failed parity
+    with pytest.raises(EffdeployError, match=r"8-bit INT8 weights \(built for CPUs with VNNI or AMX\), which ONNX "
+                                             r"Runtime's INT8 kernels saturate .*--profile cpu \(7-bit"):
+        Runner.open(out, force=True)
     with pytest.raises(EffdeployError, match="saturate"):
         bundle_runner(load_bundle(out))
+    with pytest.raises(EffdeployError, match="saturate"):
+        Runner.open(out, force=True, backend="auto")  # ONNX Runtime would saturate too: nothing to fall back to
     with pytest.raises(EffdeployError, match="builds 8-bit INT8 weights for CPUs with VNNI.*--profile cpu"):
         build_bundle(BuildRequest(phi=0, resolution=64, precision="int8", profile=load_profile("cpu-vnni"),
                                   out=tmp_path / "refused", calib_images=8, quiet=True))
     assert not (tmp_path / "refused").exists()
     monkeypatch.setattr(cpu, "vnni_flags", lambda flags=None: ("avx_vnni",))
-    with Runner.open(out, threads=1) as r:
+    with Runner.open(out, threads=1, force=True) as r:
         assert r.classify(np.zeros((64, 64, 3), np.uint8)) is not None
 
 
