@@ -232,7 +232,16 @@ def test_device_cuda_without_a_gpu_is_refused_in_one_line(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that torch can see (none on this machine)")
 @pytest.mark.parametrize("gpu", [True, False], ids=["tensorrt", "ort-cpu"])
 def test_correction_on_cuda_matches_the_cpu(lite0, gpu):
-    """The same corrections on the GPU (TF32 off while they run) as on the CPU, up to float sums."""
+    """The same corrections on the GPU (TF32 off while they run) as on the CPU, up to float sums.
+
+    The tensorrt twin quantizes conv inputs only, and its corrections agree to 4e-6. The ort-cpu
+    twin also quantizes every conv output to U8: a sum rounded one ulp apart on the GPU flips a code
+    sitting on a tie, and the sequential correction carries the flips on. On an H200 (2026-12-04)
+    the layers' errors first parted by 1.1e-3 at the 13th of 50 layers (2 % by the 40th), and the
+    INT32 biases by up to 35 % (the classifier's: the mean logit error of 8 images, on a scale of
+    s_in * s_w), with or without cuDNN. So there the test holds what the corrections do: the share
+    of each layer's error its correction removes within 2 points, and the corrected graphs' logit
+    error on images neither fitted on within 10 % of each other's, both below the uncorrected one's."""
     fp32, _, images = lite0
     twin, _ = _twin(lite0, gpu)
     tf32 = torch.backends.cudnn.allow_tf32
@@ -241,11 +250,23 @@ def test_correction_on_cuda_matches_the_cpu(lite0, gpu):
     assert torch.backends.cudnn.allow_tf32 == tf32  # restored
     a, b = learned_initializers(q_cpu), learned_initializers(q_gpu)
     assert a.keys() == b.keys() and len(a) == 50
-    for k in a:
-        x, y = a[k].astype(np.float64), b[k].astype(np.float64)
-        assert np.linalg.norm(x - y) <= 1e-3 * max(np.linalg.norm(x), 1.0), k
-    for u, v in zip(r_cpu, r_gpu):
-        assert abs(u.relative_error_after - v.relative_error_after) <= 1e-3 * max(u.relative_error_after, 1e-3)
+    if gpu:
+        for u, v in zip(r_cpu, r_gpu):
+            assert abs(u.relative_error_after - v.relative_error_after) <= 1e-3 * max(u.relative_error_after, 1e-3)
+        for k in a:
+            x, y = a[k].astype(np.float64), b[k].astype(np.float64)
+            assert np.linalg.norm(x - y) <= 1e-3 * max(np.linalg.norm(x), 1.0), k
+        return
+    for u, v in zip(r_cpu, r_gpu):  # what each correction removed of the error it found
+        gain_cpu = u.relative_error_after / max(u.relative_error_before, 1e-12)
+        gain_gpu = v.relative_error_after / max(v.relative_error_before, 1e-12)
+        assert abs(gain_cpu - gain_gpu) <= 0.02, (u.layer, gain_cpu, gain_gpu)
+    held = images[8:]
+    ref = ort_logits(fp32, held)
+    plain = relative_mse(ref, ort_logits(twin, held, optimize=False))
+    on_cpu = relative_mse(ref, ort_logits(apply_initializers(twin, a), held, optimize=False))
+    on_gpu = relative_mse(ref, ort_logits(apply_initializers(twin, b), held, optimize=False))
+    assert max(on_cpu, on_gpu) < plain and abs(on_gpu - on_cpu) <= 0.1 * on_cpu, (plain, on_cpu, on_gpu)
 
 
 def test_quantizer_output_and_drift_are_cached(lite0, tmp_path, monkeypatch):
