@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..export.logits import cached_logits, ort_logits, relative_mse
-from .qdq import QuantConfig, calibration_tensors, dialect_of, quantize
+from .qdq import OPENVINO, QuantConfig, calibration_tensors, dialect_of, quantize
 from ..report import info
 
 
@@ -136,10 +136,47 @@ def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> fl
         r.close()
 
 
+def openvino_latency_ms(path: Path, sample: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency of an ONNX file on OpenVINO (f32 pinned), as :func:`latency_ms`."""
+    from ..backends.openvino import OpenVinoRunner
+    from ..backends.timing import TimingPlan, time_callable
+
+    with OpenVinoRunner(path) as r:
+        x = sample[:1]
+        return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
+
+
+def openvino_timings(fp32: onnx.ModelProto, model: onnx.ModelProto, sample: np.ndarray) -> dict[str, float]:
+    """The openvino dialect's INT8 graph on OpenVINO against the FP32 graph on both CPU runtimes
+    (batch 1, ms), so the build can say where FP32 is faster (on an AVX2-only EPYC the distilled B0
+    was: docs/int8.md); empty where OpenVINO is not installed."""
+    import tempfile
+
+    from ..backends.openvino import import_openvino
+
+    if import_openvino() is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="effdeploy-ov-timing-") as d:
+        paths = {name: Path(d) / f"{name}.onnx" for name in ("fp32", "int8")}
+        onnx.save(fp32, str(paths["fp32"]))
+        onnx.save(model, str(paths["int8"]))
+        return {"INT8 on OpenVINO": openvino_latency_ms(paths["int8"], sample),
+                "FP32 on OpenVINO": openvino_latency_ms(paths["fp32"], sample),
+                "FP32 on ONNX Runtime": latency_ms(fp32, sample)}
+
+
 def fp32_faster_note(timings: Mapping[str, float], config: QuantConfig) -> str | None:
     """Where the dialect timing found the FP32 graph faster than the chosen all-INT8 one on this CPU,
     a line saying so and by how much (the B family on ONNX Runtime's CPU kernels: Q/DQ around swish
     and SE costs more than the INT8 convs save); None where INT8 is faster or nothing was timed."""
+    if "INT8 on OpenVINO" in timings:  # the openvino dialect: INT8 as OpenVINO runs it, FP32 on the faster runtime
+        int8 = timings["INT8 on OpenVINO"]
+        runtime, fp32 = min(((k, v) for k, v in timings.items() if k.startswith("FP32")), key=lambda kv: kv[1])
+        if int8 <= fp32:
+            return None
+        return (f"on this CPU the FP32 graph runs faster than all-INT8 (INT8 on OpenVINO {int8:.1f} ms, {runtime} "
+                f"{fp32:.1f} ms at batch 1: INT8 takes {int8 / fp32:.2f}x FP32's time); for speed here build "
+                "--precision fp32, or compare runtimes with effdeploy bench BUNDLE --backend auto")
     fp32, int8 = timings.get("fp32"), timings.get(_form(config))
     if fp32 is None or int8 is None or int8 <= fp32:
         return None
@@ -156,6 +193,12 @@ def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig
     timings and whether they were measured before."""
     model = quantize(fp32, artifact.ranges, config)
     forms = dialect_of(config).activations
+    if config.dialect == OPENVINO:  # one form; whether INT8 pays on this CPU is still worth saying
+        timings = openvino_timings(fp32, model, selection_data())
+        if timings:
+            info("      openvino dialect, timed (batch 1, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+                 quiet)
+        return model, config, timings, False
     if len(forms) < 2:
         return model, config, {}, False
     timed = _load_dialect(artifact.key, config)
