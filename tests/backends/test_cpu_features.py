@@ -89,8 +89,8 @@ def _vnni_bundle(out, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(cpu, "vnni_flags", lambda flags=None: ("avx512_vnni",))
         build_bundle(BuildRequest(phi=0, resolution=64, precision="int8", profile=load_profile("cpu-vnni"), out=out,
-                                  calib_images=8, reconstruct=False, repair=False, allow_parity_failure=True,
-                                  quiet=True))
+                                  calib_images=8, calib_method="max", verify_images=8, reconstruct=False,
+                                  repair=False, allow_parity_failure=True, quiet=True))
     return out
 
 
