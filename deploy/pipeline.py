@@ -460,13 +460,11 @@ def int8_config(req: BuildRequest, variant: str) -> Any:
 def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> Any:
     """Calibration plan, the dialect's config with the user's float parts, and the INT8 stage."""
     from .calibration import plan_calibration
-    from .precision.qdq import RUNTIME_DIALECTS
     from .precision.int8_stage import run_int8
 
     exclude = reserved_builtin_verification() if req.calib_data is None else ()
     plan = plan_calibration(req.calib_data, req.calib_images, req.seed, exclude=exclude,
                             count_given=req.calib_images_given)
-    dialect = RUNTIME_DIALECTS[req.profile.target_runtime]
     config = int8_config(req, spec.variant)
     info(f"[3/{steps}] INT8 ({config.dialect} dialect): calibrating on "
          f"{'built-in images' if req.calib_data is None else req.calib_data}", req.quiet)
@@ -475,7 +473,7 @@ def int8_stage(req: BuildRequest, spec: Any, exported: Exported, steps: int) -> 
         from .precision.reconstruct import Recipe, default_mode, resolve_device
 
         images = min(req.reconstruct_images, plan.count)
-        mode = default_mode(spec.variant, images, dialect) if req.reconstruct_mode == "auto" else req.reconstruct_mode
+        mode = default_mode(spec.variant, images, config.dialect) if req.reconstruct_mode == "auto" else req.reconstruct_mode
         recipe = Recipe(images=req.reconstruct_images, mode=mode, device=resolve_device(req.device))
     pre = spec.preprocessing
     int8 = run_int8(exported.fp32, exported.path, config, plan, pre, req.calib_method,

@@ -123,27 +123,27 @@ def choose_method(fp32: onnx.ModelProto, outcomes: Mapping[str, Any], config: Qu
     return chosen, scores
 
 
-def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
-    """Median batch-1 latency on ONNX Runtime (the activation-form choice)."""
+def _median_ms(runner: Any, sample: np.ndarray, runs: int) -> float:
+    """Median batch-1 latency of an open runner, closed after."""
     from ..backends.timing import TimingPlan, time_callable
-    from ..backends.onnxrt import OnnxRuntimeRunner
 
-    r = OnnxRuntimeRunner(model)
-    try:
+    with runner as r:
         x = sample[:1]
         return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
-    finally:
-        r.close()
+
+
+def latency_ms(model: onnx.ModelProto, sample: np.ndarray, runs: int = 10) -> float:
+    """Median batch-1 latency on ONNX Runtime (the activation-form choice)."""
+    from ..backends.onnxrt import OnnxRuntimeRunner
+
+    return _median_ms(OnnxRuntimeRunner(model), sample, runs)
 
 
 def openvino_latency_ms(path: Path, sample: np.ndarray, runs: int = 10) -> float:
     """Median batch-1 latency of an ONNX file on OpenVINO (f32 pinned), as :func:`latency_ms`."""
     from ..backends.openvino import OpenVinoRunner
-    from ..backends.timing import TimingPlan, time_callable
 
-    with OpenVinoRunner(path) as r:
-        x = sample[:1]
-        return 1e3 * float(np.median(time_callable(lambda: r.infer(x), TimingPlan(warmup=2, iterations=runs))))
+    return _median_ms(OpenVinoRunner(path), sample, runs)
 
 
 def openvino_timings(fp32: onnx.ModelProto, model: onnx.ModelProto, sample: np.ndarray) -> dict[str, float]:
