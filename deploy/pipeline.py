@@ -341,12 +341,11 @@ def check_build(req: BuildRequest, steps: int) -> tuple[Path, str | None, tuple[
     extrapolated = extrapolation_warning(preview)
     if extrapolated:
         info(f"warning: {extrapolated}", req.quiet)
-    if req.precision == "int8" and req.profile.vnni and req.profile.target_runtime != "onnxruntime":
-        from .backends.cpu_features import describe_int8_dot, vnni_flags
+    if req.precision == "int8":
+        from .backends.cpu_features import int8_build_notes
 
-        if not vnni_flags():  # verified by ONNX Runtime's float convs, exact anywhere; OpenVINO would saturate
-            info(f"note: this CPU has {describe_int8_dot()}: the bundle's 8-bit weights run on "
-                 f"{req.profile.target_runtime} only on CPUs with VNNI or AMX", req.quiet)
+        for line in int8_build_notes(req.profile):
+            info(f"note: {line}", req.quiet)
     return out, replaced, cleaned
 
 

@@ -81,3 +81,28 @@ def check_int8_dot(manifest: Any, path: Path, backend: str) -> None:
         f"{path} has 8-bit INT8 weights{made_for}, which {INTEGER_KERNELS.get(backend, backend)}'s INT8 kernels "
         f"saturate on this CPU ({describe_int8_dot()}); rebuild it with --profile {portable_profile(manifest)} "
         f"(7-bit weights, any x86 CPU){other}")
+
+
+def int8_build_notes(profile: Any, flags: tuple[str, ...] | None = None) -> list[str]:
+    """What an INT8 build for ``profile`` on this CPU should say about weight bits. A VNNI profile
+    for OpenVINO builds anywhere (ONNX Runtime verifies its graph with float convs, exactly), but its
+    bundle saturates on OpenVINO here. A portable CPU profile on a CPU with VNNI or AMX: the
+    built-in twin with 8-bit weights is more accurate (docs/int8.md, *Saturation*) where every CPU
+    the bundle runs on has VNNI too; the build host is often the deployment host, and nothing else
+    would tell the user that profile exists."""
+    found = vnni_flags(flags)
+    if profile.device != "cpu":
+        return []
+    runtime = profile.target_runtime
+    if profile.vnni:
+        if found or runtime == "onnxruntime":  # an onnxruntime VNNI build without VNNI is refused earlier
+            return []
+        return [f"this CPU has {describe_int8_dot(flags)}: the bundle's 8-bit weights run on {runtime} only on CPUs "
+                "with VNNI or AMX"]
+    from ..profiles import all_profiles
+
+    twin = next((p.name for p in all_profiles() if p.vnni and p.target_runtime == runtime), None) if found else None
+    if twin is None:
+        return []
+    return [f"this CPU has {', '.join(found)}: if every CPU the bundle will run on has VNNI or AMX, --profile {twin} "
+            f"builds 8-bit INT8 weights, closer to FP32 than {profile.name}'s 7-bit ones (which run on any x86 CPU)"]

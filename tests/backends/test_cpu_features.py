@@ -63,6 +63,23 @@ def test_which_runtime_saturates_which_graph():
     assert cpu.portable_profile(_manifest("openvino", False)) == "cpu-openvino"
 
 
+def test_an_int8_build_names_the_8_bit_twin_where_the_cpu_has_vnni():
+    """On a VNNI CPU a build with a portable CPU profile names the profile with 8-bit weights for the
+    same runtime; without VNNI it says nothing, except that a VNNI OpenVINO bundle will not run here.
+    GPU profiles never get either note."""
+    avx2, vnni = tuple(ZEN2.split()), tuple(SAPPHIRE_RAPIDS.split())
+    notes = {name: (cpu.int8_build_notes(load_profile(name), avx2), cpu.int8_build_notes(load_profile(name), vnni))
+             for name in ("cpu", "cpu-openvino", "cpu-vnni", "cpu-openvino-vnni", "jetson-orin")}
+    for name, twin in (("cpu", "cpu-vnni"), ("cpu-openvino", "cpu-openvino-vnni")):
+        assert notes[name][0] == []
+        assert len(notes[name][1]) == 1 and f"--profile {twin} builds 8-bit" in notes[name][1][0]
+        assert "avx512_vnni, amx_int8" in notes[name][1][0]
+    assert notes["cpu-vnni"] == ([], [])  # without VNNI that build is refused before any note
+    assert notes["cpu-openvino-vnni"][1] == []
+    assert "AVX2 without VNNI" in notes["cpu-openvino-vnni"][0][0] and "openvino only on CPUs" in notes["cpu-openvino-vnni"][0][0]
+    assert notes["jetson-orin"] == ([], [])
+
+
 def test_only_a_vnni_profile_builds_8_bit_weights(tmp_path):
     from effdeploy.pipeline import BuildRequest, int8_config
 
