@@ -18,6 +18,9 @@ if "EFFDEPLOY_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["EFFDEPLOY_CACHE_DIR"] = tempfile.mkdtemp(prefix="effdeploy-test-cache-")
+# As the CLI does (effdeploy.commands.main), before anything here imports torch: two test workers
+# share the cores, and torch's spinning OpenMP threads would starve each other's builds.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SHARED = REPO.parent / "shared" / "data"
 IMAGENET_SAMPLE = SHARED / "imagenet-sample"
 
