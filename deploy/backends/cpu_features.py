@@ -87,22 +87,24 @@ def int8_build_notes(profile: Any, flags: tuple[str, ...] | None = None) -> list
     """What an INT8 build for ``profile`` on this CPU should say about weight bits. A VNNI profile
     for OpenVINO builds anywhere (ONNX Runtime verifies its graph with float convs, exactly), but its
     bundle saturates on OpenVINO here. A portable CPU profile on a CPU with VNNI or AMX: the
-    built-in twin with 8-bit weights is more accurate (docs/int8.md, *Saturation*) where every CPU
-    the bundle runs on has VNNI too; the build host is often the deployment host, and nothing else
+    built-in twin with 8-bit weights measured more accurate on B0 (docs/int8.md, *Saturation*) where
+    every CPU the bundle runs on has VNNI too; the build host is often the deployment host, and nothing else
     would tell the user that profile exists."""
-    found = vnni_flags(flags)
     if profile.device != "cpu":
         return []
+    found = vnni_flags(flags)
     runtime = profile.target_runtime
     if profile.vnni:
         if found or runtime == "onnxruntime":  # an onnxruntime VNNI build without VNNI is refused earlier
             return []
         return [f"this CPU has {describe_int8_dot(flags)}: the bundle's 8-bit weights run on {runtime} only on CPUs "
                 "with VNNI or AMX"]
-    from ..profiles import all_profiles
+    from ..profiles import all_profiles, builtin_profile_names
 
     twin = next((p.name for p in all_profiles() if p.vnni and p.target_runtime == runtime), None) if found else None
     if twin is None:
         return []
-    return [f"this CPU has {', '.join(found)}: if every CPU the bundle will run on has VNNI or AMX, --profile {twin} "
-            f"builds 8-bit INT8 weights, closer to FP32 than {profile.name}'s 7-bit ones (which run on any x86 CPU)"]
+    own = "" if profile.name in builtin_profile_names() else f" (or target.vnni = true in {profile.name}'s file)"
+    return [f"this CPU has {', '.join(found)}: if every CPU the bundle will run on has VNNI or AMX, --profile {twin}"
+            f"{own} builds 8-bit INT8 weights, measured closer to FP32 on B0 (docs/int8.md, *Saturation*); "
+            f"{profile.name}'s 7-bit weights run on any x86 CPU"]

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     # torch's OpenMP threads spin between the reconstruction's many small ops; beside any other busy
     # process on the same cores (a second build, a test worker) the spinning starves both. Passive
-    # waiting costs a lone build nothing (docs/int8.md, *Two builds at once*). Read when torch loads,
-    # which the build does lazily, after this line; a value the user set stands.
+    # waiting cost a lone 2-core build nothing measurable (docs/int8.md, *Two builds at once*).
+    # Read when torch loads, which the build does lazily, after this line; a value the user set stands.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         cli.main(args=argv, prog_name="effdeploy", standalone_mode=False)

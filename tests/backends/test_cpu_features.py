@@ -5,6 +5,7 @@ would saturate and return wrong logits without an error."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -78,6 +79,9 @@ def test_an_int8_build_names_the_8_bit_twin_where_the_cpu_has_vnni():
     assert notes["cpu-openvino-vnni"][1] == []
     assert "AVX2 without VNNI" in notes["cpu-openvino-vnni"][0][0] and "openvino only on CPUs" in notes["cpu-openvino-vnni"][0][0]
     assert notes["jetson-orin"] == ([], [])
+    own = dataclasses.replace(load_profile("cpu-openvino"), name="factory-pc")  # a user's own file
+    [line] = cpu.int8_build_notes(own, vnni)
+    assert "--profile cpu-openvino-vnni (or target.vnni = true in factory-pc's file)" in line
 
 
 def test_only_a_vnni_profile_builds_8_bit_weights(tmp_path):

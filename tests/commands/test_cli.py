@@ -180,3 +180,19 @@ def test_full_resolution_b1_build(tmp_path):
     s = json.loads(proc.stdout)
     assert s["resolution"] == 240 and s["parameters"] == 7_794_184
     assert s["export_max_abs"] <= 1e-4 and s["status"] == "benchmark-only"
+
+
+def test_the_cli_makes_openmp_wait_passively_before_torch_loads():
+    """Two builds on the same cores starve each other while torch's OpenMP threads spin (docs/int8.md,
+    *Two builds at once*): the command sets OMP_WAIT_POLICY=PASSIVE before anything loads torch,
+    and a value the user set stands."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom effdeploy.commands import main\ntry:\n    main(['--version'])\n"
+            "except SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for env, expected in ((base, "PASSIVE"), ({**base, "OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[-2:] == [expected, "False"]
