@@ -1,4 +1,5 @@
-"""``effdeploy doctor``: this machine's TensorRT, CUDA and GPU, and whether it can compile for a profile."""
+"""``effdeploy doctor``: this machine's TensorRT, CUDA, GPU and CPU, and whether it can compile for a GPU
+profile or run a CPU profile's bundles."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from ..report import emit_json, kv_table
 
 
 @cli.command("doctor")
-@click.option("--profile", "profile_name", default=None, help="Also say whether this machine can compile for this profile.")
+@click.option("--profile", "profile_name", default=None, help="Also say whether this machine can compile for this GPU profile, or run this CPU profile's bundles.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable facts and verdict on stdout.")
 def doctor_cmd(profile_name: str | None, as_json: bool) -> None:
-    """Check TensorRT, cuda-python, the driver, the GPU, DLA and JetPack; one line per problem.
+    """Check TensorRT, cuda-python, the driver, the GPU, DLA, JetPack and the CPU; one line per problem.
 
     Example: effdeploy doctor --profile jetson-orin
     """

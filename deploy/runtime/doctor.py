@@ -1,4 +1,5 @@
-"""``effdeploy doctor``: what this machine has for TensorRT, and whether it can compile for a profile.
+"""``effdeploy doctor``: what this machine has for TensorRT and for the CPU profiles, and whether it
+can compile for a GPU profile or run a CPU profile's bundles.
 
 Gathering (:func:`gather`) touches the system: the ``tensorrt`` module, cuda-python, the driver,
 ``/etc/nv_tegra_release``. Judging (:func:`assess`) is a pure function of the gathered
@@ -36,6 +37,18 @@ class TensorRTInfo:
 
 
 @dataclass(frozen=True)
+class CpuInfo:
+    """The host CPU for the CPU profiles: its INT8 dot product (8-bit weights saturate without VNNI,
+    docs/int8.md, *Saturation*) and which CPU runtimes are installed (versions; None: absent)."""
+
+    model: str
+    int8_dot: str
+    vnni_flags: tuple[str, ...] = ()
+    onnxruntime: str | None = None
+    openvino: str | None = None
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything doctor looked at (the --json output's ``facts``)."""
 
@@ -44,6 +57,7 @@ class Facts:
     tensorrt: TensorRTInfo
     cuda: CudaProbe
     l4t: L4tRelease | None = None
+    cpu: CpuInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +67,7 @@ class Facts:
             "cuda": self.cuda.to_dict(),
             "l4t": None if self.l4t is None else {
                 "release": f"R{self.l4t.major}.{self.l4t.revision}", "jetpack": self.l4t.jetpack_release},
+            "cpu": None if self.cpu is None else asdict(self.cpu),
         }
 
 
@@ -64,10 +79,11 @@ class Verdict:
     profile: str | None = None
     can_compile: bool | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    can_run: bool | None = None  # a CPU profile: whether this machine runs its bundles (INT8 included)
 
     def to_dict(self) -> dict[str, Any]:
         return {"problems": list(self.problems), "profile": self.profile, "can_compile": self.can_compile,
-                "notes": list(self.notes)}
+                "can_run": self.can_run, "notes": list(self.notes)}
 
 
 def tensorrt_origin(location: str | None, dist: str | None, dist_version: str | None) -> str:
@@ -111,6 +127,23 @@ def gather_tensorrt() -> TensorRTInfo:
                         location=location, dla_cores=dla)
 
 
+def gather_cpu() -> CpuInfo:
+    """The CPU's flags and the runtimes' installed versions (package metadata: nothing is imported)."""
+    from importlib import metadata  # noqa: PLC0415
+
+    from ..backends.cpu_features import describe_int8_dot, vnni_flags  # noqa: PLC0415
+    from ..backends.timing import cpu_model  # noqa: PLC0415
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return CpuInfo(model=cpu_model(), int8_dot=describe_int8_dot(), vnni_flags=vnni_flags(),
+                   onnxruntime=version("onnxruntime"), openvino=version("openvino"))
+
+
 def gather() -> Facts:
     return Facts(
         python=platform.python_version(),
@@ -118,7 +151,27 @@ def gather() -> Facts:
         tensorrt=gather_tensorrt(),
         cuda=probe_cuda(memory=True),
         l4t=read_l4t(),
+        cpu=gather_cpu(),
     )
+
+
+def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
+    """A CPU profile needs no TensorRT: its runtime must be installed, and its 8-bit weights (the
+    VNNI profiles) need a CPU with VNNI, as Runner.open insists; on a VNNI CPU a portable profile
+    hears about its 8-bit twin, as its build does."""
+    from ..backends.cpu_features import INTEGER_KERNELS, int8_build_notes  # noqa: PLC0415
+
+    runtime = profile.target_runtime
+    problems: list[str] = []
+    if getattr(cpu, runtime, None) is None:
+        extra = "" if runtime == "onnxruntime" else "[openvino]"
+        problems.append(f"{INTEGER_KERNELS.get(runtime, runtime)} is not installed: pip install 'effdeploy{extra}'")
+    if profile.vnni and not cpu.vnni_flags:
+        portable = "cpu" if runtime == "onnxruntime" else "cpu-openvino"
+        problems.append(f"profile {profile.name}'s 8-bit INT8 weights saturate on this CPU ({cpu.int8_dot}), so its INT8 "
+                        f"bundles are refused here; use --profile {portable} (7-bit weights, any x86 CPU)")
+    notes = () if profile.vnni else tuple(int8_build_notes(profile, cpu.vnni_flags))
+    return Verdict(tuple(problems), profile.name, None, notes, can_run=not problems)
 
 
 def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
@@ -142,6 +195,8 @@ def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
                         "(TensorRT 10.3) to compile engines here")
     if profile is None:
         return Verdict(tuple(dict.fromkeys(problems)), None, None, tuple(notes))
+    if not profile.is_gpu and facts.cpu is not None:
+        return assess_cpu(facts.cpu, profile)
 
     lines = [refuse_cpu_profile(profile), refuse_release_table(profile)]
     if trt.version is not None:
@@ -186,7 +241,12 @@ def rows(facts: Facts, verdict: Verdict) -> list[tuple[str, str]]:
     if trt.dla_cores is not None:
         out.append(("DLA cores (TensorRT)", str(trt.dla_cores)))
     out.append(("Jetson Linux", str(facts.l4t) if facts.l4t else "not a Jetson (no /etc/nv_tegra_release)"))
-    if verdict.profile:
+    if facts.cpu is not None:
+        out.append(("CPU", f"{facts.cpu.model} (INT8 dot product: {facts.cpu.int8_dot})"))
+        out.append(("ONNX Runtime / OpenVINO", f"{facts.cpu.onnxruntime or 'absent'} / {facts.cpu.openvino or 'absent'}"))
+    if verdict.profile and verdict.can_run is not None:
+        out.append((f"run {verdict.profile} bundles here (INT8 too)", "yes" if verdict.can_run else "no"))
+    elif verdict.profile:
         out.append((f"compile for {verdict.profile}", "yes" if verdict.can_compile else "no"))
     for n in verdict.notes:
         out.append(("note", n))

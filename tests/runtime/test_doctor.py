@@ -4,6 +4,7 @@ would report (plain data: versions, a GPU name, an L4T line); nothing imitates T
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from cli_errors import assert_one_line_error, run_cli
 
 from effdeploy.backends.tensorrt.compat import import_tensorrt
 from effdeploy.backends.tensorrt.manifest import CudaProbe, GpuInfo, L4tRelease, cuda_problem
-from effdeploy.runtime.doctor import Facts, TensorRTInfo, assess, rows, tensorrt_origin
+from effdeploy.runtime.doctor import CpuInfo, Facts, TensorRTInfo, assess, rows, tensorrt_origin
 from effdeploy.profiles import load_profile
 
 HAS_TRT = import_tensorrt() is not None
@@ -103,3 +104,42 @@ def test_dla_notes():
 ])
 def test_tensorrt_origin(location, dist, version, expected):
     assert tensorrt_origin(location, dist, version) == expected
+
+
+AVX2_HOST = CpuInfo(model="AMD EPYC", int8_dot="AVX2 without VNNI", onnxruntime="1.32.0")
+AMX_HOST = CpuInfo(model="Intel(R) Xeon(R) Processor", int8_dot="avx512_vnni, amx_int8",
+                   vnni_flags=("avx512_vnni", "amx_int8"), onnxruntime="1.32.0", openvino="2026.4.1")
+
+
+def test_a_cpu_profile_is_judged_by_the_cpu_and_its_runtime_not_by_tensorrt():
+    """A CPU profile needs neither TensorRT nor a GPU: doctor says whether its runtime is installed and
+    whether this CPU runs its INT8 weights (8-bit ones saturate without VNNI, as Runner.open refuses),
+    and names the 8-bit twin on a VNNI CPU, as the build does."""
+    no_gpu = dict(trt=None, cuda=CudaProbe(), l4t=None)
+    avx2 = dataclasses.replace(facts(**no_gpu), cpu=AVX2_HOST)
+    amx = dataclasses.replace(facts(**no_gpu), cpu=AMX_HOST)
+    v = assess(avx2, load_profile("cpu"))
+    assert (v.problems, v.can_run, v.can_compile, v.notes) == ((), True, None, ())
+    v = assess(avx2, load_profile("cpu-vnni"))
+    assert v.can_run is False and len(v.problems) == 1
+    assert "saturate on this CPU (AVX2 without VNNI)" in v.problems[0] and "--profile cpu " in v.problems[0]
+    v = assess(avx2, load_profile("cpu-openvino-vnni"))
+    assert v.can_run is False and v.problems[0] == "OpenVINO is not installed: pip install 'effdeploy[openvino]'"
+    assert "--profile cpu-openvino " in v.problems[1]
+    v = assess(amx, load_profile("cpu-openvino"))
+    assert v.can_run is True and v.problems == () and "--profile cpu-openvino-vnni" in v.notes[0]
+    assert assess(amx, load_profile("cpu-vnni")).notes == ()
+    table = dict(rows(amx, assess(amx, load_profile("cpu"))))
+    assert table["run cpu bundles here (INT8 too)"] == "yes"
+    assert table["CPU"] == "Intel(R) Xeon(R) Processor (INT8 dot product: avx512_vnni, amx_int8)"
+    assert table["ONNX Runtime / OpenVINO"] == "1.32.0 / 2026.4.1" and "compile for cpu" not in table
+
+
+def test_doctor_reads_this_cpu():
+    from effdeploy.backends.cpu_features import describe_int8_dot
+
+    r = run_cli("doctor", "--profile", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["facts"]["cpu"]["int8_dot"] == describe_int8_dot() and out["facts"]["cpu"]["onnxruntime"]
+    assert out["verdict"]["can_run"] is True and out["verdict"]["problems"] == []
