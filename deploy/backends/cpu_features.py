@@ -83,6 +83,14 @@ def check_int8_dot(manifest: Any, path: Path, backend: str) -> None:
         f"(7-bit weights, any x86 CPU){other}")
 
 
+def twin_profile(runtime: str, vnni: bool) -> str | None:
+    """The built-in CPU profile for ``runtime`` with (``vnni``) or without 8-bit INT8 weights."""
+    from ..profiles import all_profiles
+
+    return next((p.name for p in all_profiles()
+                 if p.device == "cpu" and p.vnni is vnni and p.target_runtime == runtime), None)
+
+
 def int8_build_notes(profile: Any, flags: tuple[str, ...] | None = None) -> list[str]:
     """What an INT8 build for ``profile`` on this CPU should say about weight bits. A VNNI profile
     for OpenVINO builds anywhere (ONNX Runtime verifies its graph with float convs, exactly), but its
@@ -99,9 +107,9 @@ def int8_build_notes(profile: Any, flags: tuple[str, ...] | None = None) -> list
             return []
         return [f"this CPU has {describe_int8_dot(flags)}: the bundle's 8-bit weights run on {runtime} only on CPUs "
                 "with VNNI or AMX"]
-    from ..profiles import all_profiles, builtin_profile_names
+    from ..profiles import builtin_profile_names
 
-    twin = next((p.name for p in all_profiles() if p.vnni and p.target_runtime == runtime), None) if found else None
+    twin = twin_profile(runtime, vnni=True) if found else None
     if twin is None:
         return []
     own = "" if profile.name in builtin_profile_names() else f" (or target.vnni = true in {profile.name}'s file)"

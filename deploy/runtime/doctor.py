@@ -159,15 +159,15 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     """A CPU profile needs no TensorRT: its runtime must be installed, and its 8-bit weights (the
     VNNI profiles) need a CPU with VNNI, as Runner.open insists; on a VNNI CPU a portable profile
     hears about its 8-bit twin, as its build does."""
-    from ..backends.cpu_features import INTEGER_KERNELS, int8_build_notes  # noqa: PLC0415
+    from ..backends.cpu_features import int8_build_notes, twin_profile  # noqa: PLC0415
+    from ..backends.openvino import MISSING_OPENVINO  # noqa: PLC0415 - the module imports openvino only when opened
 
     runtime = profile.target_runtime
     problems: list[str] = []
     if getattr(cpu, runtime, None) is None:
-        extra = "" if runtime == "onnxruntime" else "[openvino]"
-        problems.append(f"{INTEGER_KERNELS.get(runtime, runtime)} is not installed: pip install 'effdeploy{extra}'")
+        problems.append(MISSING_OPENVINO if runtime == "openvino" else "ONNX Runtime is not installed: pip install 'effdeploy'")
     if profile.vnni and not cpu.vnni_flags:
-        portable = "cpu" if runtime == "onnxruntime" else "cpu-openvino"
+        portable = twin_profile(runtime, vnni=False)
         problems.append(f"profile {profile.name}'s 8-bit INT8 weights saturate on this CPU ({cpu.int8_dot}), so its INT8 "
                         f"bundles are refused here; use --profile {portable} (7-bit weights, any x86 CPU)")
     notes = () if profile.vnni else tuple(int8_build_notes(profile, cpu.vnni_flags))
