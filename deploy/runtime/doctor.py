@@ -79,11 +79,12 @@ class Verdict:
     profile: str | None = None
     can_compile: bool | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
-    can_run: bool | None = None  # a CPU profile: whether this machine runs its bundles (INT8 included)
+    can_run: bool | None = None  # a CPU profile: whether this machine runs its bundles (FP32, FP16)
+    can_run_int8: bool | None = None  # ... and its INT8 bundles, as they open by default (not refused)
 
     def to_dict(self) -> dict[str, Any]:
         return {"problems": list(self.problems), "profile": self.profile, "can_compile": self.can_compile,
-                "can_run": self.can_run, "notes": list(self.notes)}
+                "can_run": self.can_run, "can_run_int8": self.can_run_int8, "notes": list(self.notes)}
 
 
 def tensorrt_origin(location: str | None, dist: str | None, dist_version: str | None) -> str:
@@ -127,21 +128,31 @@ def gather_tensorrt() -> TensorRTInfo:
                         location=location, dla_cores=dla)
 
 
+def module_version(module: str, providers: dict[str, list[str]] | None = None) -> str | None:
+    """The installed version of whichever distribution provides ``module`` (package metadata, nothing
+    imported): ``onnxruntime`` comes as onnxruntime, onnxruntime-gpu, onnxruntime-openvino, ... ;
+    with several, the first, as pip lists them."""
+    from importlib import metadata  # noqa: PLC0415
+
+    providers = metadata.packages_distributions() if providers is None else providers
+    for dist in providers.get(module, ()):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def gather_cpu() -> CpuInfo:
-    """The CPU's flags and the runtimes' installed versions (package metadata: nothing is imported)."""
+    """The CPU's flags and the runtimes' installed versions."""
     from importlib import metadata  # noqa: PLC0415
 
     from ..backends.cpu_features import describe_int8_dot, vnni_flags  # noqa: PLC0415
     from ..backends.timing import cpu_model  # noqa: PLC0415
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
+    providers = metadata.packages_distributions()
     return CpuInfo(model=cpu_model(), int8_dot=describe_int8_dot(), vnni_flags=vnni_flags(),
-                   onnxruntime=version("onnxruntime"), openvino=version("openvino"))
+                   onnxruntime=module_version("onnxruntime", providers), openvino=module_version("openvino", providers))
 
 
 def gather() -> Facts:
@@ -156,22 +167,32 @@ def gather() -> Facts:
 
 
 def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
-    """A CPU profile needs no TensorRT: its runtime must be installed, and its 8-bit weights (the
-    VNNI profiles) need a CPU with VNNI, as Runner.open insists; on a VNNI CPU a portable profile
-    hears about its 8-bit twin, as its build does."""
+    """A CPU profile needs no TensorRT. Its bundles run where ONNX Runtime is installed (an OpenVINO
+    profile's on OpenVINO where that is installed, else on ONNX Runtime with its INT8 convs in float,
+    as Runner.open falls back); its INT8 bundles are refused where the runtime they open on would
+    saturate their 8-bit weights (the VNNI profiles on a CPU without VNNI, as Runner.open refuses).
+    On a VNNI CPU a portable profile hears about its 8-bit twin, as its build does."""
     from ..backends.cpu_features import int8_build_notes, twin_profile  # noqa: PLC0415
     from ..backends.openvino import MISSING_OPENVINO  # noqa: PLC0415 - the module imports openvino only when opened
 
-    runtime = profile.target_runtime
+    wants_openvino = profile.target_runtime == "openvino"
+    runs_on = "openvino" if wants_openvino and cpu.openvino else "onnxruntime"
     problems: list[str] = []
-    if getattr(cpu, runtime, None) is None:
-        problems.append(MISSING_OPENVINO if runtime == "openvino" else "ONNX Runtime is not installed: pip install 'effdeploy'")
-    if profile.vnni and not cpu.vnni_flags:
-        portable = twin_profile(runtime, vnni=False)
+    if wants_openvino and not cpu.openvino:
+        fallback = "its bundles run on ONNX Runtime instead, INT8 convs in float (slower)" if cpu.onnxruntime else ""
+        problems.append("; ".join(p for p in (MISSING_OPENVINO, fallback) if p))
+    if not cpu.onnxruntime and runs_on == "onnxruntime":
+        problems.append("ONNX Runtime is not installed: pip install 'effdeploy'")
+    can_run = cpu.onnxruntime is not None or runs_on == "openvino"
+    # 8-bit weights saturate where the runtime runs them as INT8: OpenVINO always, ONNX Runtime the ort-cpu dialect
+    saturating = bool(profile.vnni) and not cpu.vnni_flags and (runs_on == "openvino" or not wants_openvino)
+    if saturating:
+        portable = twin_profile(profile.target_runtime, vnni=False)
+        other = ", or run them with --backend onnxruntime (INT8 convs in float, slower)" if wants_openvino else ""
         problems.append(f"profile {profile.name}'s 8-bit INT8 weights saturate on this CPU ({cpu.int8_dot}), so its INT8 "
-                        f"bundles are refused here; use --profile {portable} (7-bit weights, any x86 CPU)")
+                        f"bundles are refused here; use --profile {portable} (7-bit weights, any x86 CPU){other}")
     notes = () if profile.vnni else tuple(int8_build_notes(profile, cpu.vnni_flags))
-    return Verdict(tuple(problems), profile.name, None, notes, can_run=not problems)
+    return Verdict(tuple(problems), profile.name, None, notes, can_run=can_run, can_run_int8=can_run and not saturating)
 
 
 def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
@@ -195,7 +216,10 @@ def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
                         "(TensorRT 10.3) to compile engines here")
     if profile is None:
         return Verdict(tuple(dict.fromkeys(problems)), None, None, tuple(notes))
-    if not profile.is_gpu and facts.cpu is not None:
+    if not profile.is_gpu:
+        if facts.cpu is None:  # facts from elsewhere (an old --json) without the CPU: no verdict rather than a GPU one
+            return Verdict(tuple(dict.fromkeys(problems)), profile.name, None,
+                           ("the CPU was not examined, so there is no verdict on this CPU profile",))
         return assess_cpu(facts.cpu, profile)
 
     lines = [refuse_cpu_profile(profile), refuse_release_table(profile)]
@@ -245,8 +269,9 @@ def rows(facts: Facts, verdict: Verdict) -> list[tuple[str, str]]:
         out.append(("CPU", f"{facts.cpu.model} (INT8 dot product: {facts.cpu.int8_dot})"))
         out.append(("ONNX Runtime / OpenVINO", f"{facts.cpu.onnxruntime or 'absent'} / {facts.cpu.openvino or 'absent'}"))
     if verdict.profile and verdict.can_run is not None:
-        out.append((f"run {verdict.profile} bundles here (INT8 too)", "yes" if verdict.can_run else "no"))
-    elif verdict.profile:
+        out.append((f"run {verdict.profile} bundles here", "no" if not verdict.can_run else
+                    "yes, INT8 too" if verdict.can_run_int8 else "yes, but not its INT8 bundles"))
+    elif verdict.profile and verdict.can_compile is not None:
         out.append((f"compile for {verdict.profile}", "yes" if verdict.can_compile else "no"))
     for n in verdict.notes:
         out.append(("note", n))

@@ -112,27 +112,53 @@ AMX_HOST = CpuInfo(model="Intel(R) Xeon(R) Processor", int8_dot="avx512_vnni, am
 
 
 def test_a_cpu_profile_is_judged_by_the_cpu_and_its_runtime_not_by_tensorrt():
-    """A CPU profile needs neither TensorRT nor a GPU: doctor says whether its runtime is installed and
-    whether this CPU runs its INT8 weights (8-bit ones saturate without VNNI, as Runner.open refuses),
-    and names the 8-bit twin on a VNNI CPU, as the build does."""
+    """A CPU profile needs neither TensorRT nor a GPU: doctor says whether its bundles open here, and
+    whether its INT8 bundles do (8-bit weights saturate without VNNI on the runtime they would open
+    on, as Runner.open refuses), and names the 8-bit twin on a VNNI CPU, as the build does."""
     no_gpu = dict(trt=None, cuda=CudaProbe(), l4t=None)
     avx2 = dataclasses.replace(facts(**no_gpu), cpu=AVX2_HOST)
+    avx2_ov = dataclasses.replace(facts(**no_gpu), cpu=dataclasses.replace(AVX2_HOST, openvino="2026.4.1"))
     amx = dataclasses.replace(facts(**no_gpu), cpu=AMX_HOST)
     v = assess(avx2, load_profile("cpu"))
-    assert (v.problems, v.can_run, v.can_compile, v.notes) == ((), True, None, ())
+    assert (v.problems, v.can_run, v.can_run_int8, v.can_compile, v.notes) == ((), True, True, None, ())
+    # ort-cpu dialect with 8-bit weights: ONNX Runtime's QLinear kernels saturate them; FP32 bundles run
     v = assess(avx2, load_profile("cpu-vnni"))
-    assert v.can_run is False and len(v.problems) == 1
+    assert (v.can_run, v.can_run_int8, len(v.problems)) == (True, False, 1)
     assert "saturate on this CPU (AVX2 without VNNI)" in v.problems[0] and "--profile cpu " in v.problems[0]
+    # no OpenVINO: the bundles fall back to ONNX Runtime, which runs the openvino dialect's convs in float
     v = assess(avx2, load_profile("cpu-openvino-vnni"))
-    assert v.can_run is False and v.problems[0] == "OpenVINO is not installed: pip install 'effdeploy[openvino]'"
-    assert "--profile cpu-openvino " in v.problems[1]
+    assert (v.can_run, v.can_run_int8) == (True, True) and len(v.problems) == 1
+    assert v.problems[0].startswith("OpenVINO is not installed: pip install 'effdeploy[openvino]'; its bundles run on ONNX")
+    # with OpenVINO they open there, and its INT8 kernels saturate the 8-bit weights
+    v = assess(avx2_ov, load_profile("cpu-openvino-vnni"))
+    assert (v.can_run, v.can_run_int8, len(v.problems)) == (True, False, 1)
+    assert "--profile cpu-openvino " in v.problems[0] and "--backend onnxruntime" in v.problems[0]
+    nothing = dataclasses.replace(facts(**no_gpu), cpu=dataclasses.replace(AVX2_HOST, onnxruntime=None))
+    v = assess(nothing, load_profile("cpu"))
+    assert (v.can_run, v.can_run_int8) == (False, False) and "ONNX Runtime is not installed" in v.problems[0]
     v = assess(amx, load_profile("cpu-openvino"))
-    assert v.can_run is True and v.problems == () and "--profile cpu-openvino-vnni" in v.notes[0]
+    assert (v.can_run, v.can_run_int8, v.problems) == (True, True, ()) and "--profile cpu-openvino-vnni" in v.notes[0]
     assert assess(amx, load_profile("cpu-vnni")).notes == ()
     table = dict(rows(amx, assess(amx, load_profile("cpu"))))
-    assert table["run cpu bundles here (INT8 too)"] == "yes"
+    assert table["run cpu bundles here"] == "yes, INT8 too"
     assert table["CPU"] == "Intel(R) Xeon(R) Processor (INT8 dot product: avx512_vnni, amx_int8)"
     assert table["ONNX Runtime / OpenVINO"] == "1.32.0 / 2026.4.1" and "compile for cpu" not in table
+    assert dict(rows(avx2, assess(avx2, load_profile("cpu-vnni"))))["run cpu-vnni bundles here"] == \
+        "yes, but not its INT8 bundles"
+    # facts without the CPU (an older --json): no verdict, rather than TensorRT's for a CPU profile
+    v = assess(facts(**no_gpu), load_profile("cpu"))
+    assert (v.can_run, v.can_compile) == (None, None) and "not examined" in v.notes[0]
+    assert not any(k.startswith(("compile for", "run cpu")) for k, _ in rows(facts(**no_gpu), v))
+
+
+def test_runtime_versions_come_from_whichever_distribution_provides_the_module():
+    """onnxruntime-gpu and onnxruntime-openvino install the same ``onnxruntime`` module; doctor must not
+    call ONNX Runtime absent because the distribution has another name."""
+    from effdeploy.runtime.doctor import module_version
+
+    assert module_version("onnxruntime") is not None  # this venv's, whatever its distribution's name
+    assert module_version("onnxruntime", {"onnxruntime": ["no-such-dist-xyz"]}) is None
+    assert module_version("openvino", {}) is None
 
 
 def test_doctor_reads_this_cpu():
