@@ -319,8 +319,9 @@ def _form(config: QuantConfig) -> str:
 
 
 def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
-    """Keyed by the graph and ranges (the calibration key), the Q/DQ options, ONNX Runtime's
-    version and this machine's CPU: the timing is only valid where it was taken."""
+    """Keyed by the graph and ranges (the calibration key), the Q/DQ options and the dialect's
+    graph edits (its row: a new edit is a new graph to time), ONNX Runtime's version and this
+    machine's CPU: the timing is only valid where it was taken."""
     import os
     import platform
 
@@ -336,8 +337,10 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
     from ..backends.ort_safety import session_key
 
-    key = sha256_json({"calibration": calibration_key, "config": cfg, "cpu": cpu, "cores": os.cpu_count(),
-                       **session_key()})
+    from dataclasses import asdict
+
+    key = sha256_json({"calibration": calibration_key, "config": cfg, "dialect": asdict(dialect_of(config)), "cpu": cpu,
+                       "cores": os.cpu_count(), **session_key()})
     return cache_folder("dialect") / f"{key[:32]}.json"
 
 

@@ -81,6 +81,7 @@ class Dialect:
     output_qdq: bool  # Q/DQ on op outputs too, with INT32 biases (ORT's QLinear fusions want them)
     reduce_range: bool  # 7-bit weights (see QuantConfig.reduce_range)
     shift_skewed: bool = False  # symmetric activations: quantize lopsided conv inputs as x - c (see QuantConfig)
+    fused_swish: bool = False  # swish after a DequantizeLinear written as one QuickGelu (see fuse_swish_after_dq)
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -88,7 +89,7 @@ DIALECTS: dict[str, Dialect] = {
     TENSORRT: Dialect(TENSORRT, ("Conv", "Gemm", "Add"), ("int8",), fp16_rest=True, opset=GPU_OPSET,
                       output_qdq=False, reduce_range=False, shift_skewed=True),
     ORT_CPU: Dialect(ORT_CPU, ("Conv", "Gemm", "Add", "Clip", "Relu"), ("uint8", "int8"), fp16_rest=False,
-                     opset=None, output_qdq=True, reduce_range=True),
+                     opset=None, output_qdq=True, reduce_range=True, fused_swish=True),
     # ONNX Runtime runs this graph mostly as float convs after DequantizeLinear (slowly) but computes
     # the function it defines, so the build verifies with it (FP32: its graph optimiser may run, as
     # for every graph without FP16 Q/DQ, needs_unoptimized_ort); bench/accuracy.py --openvino judges
@@ -227,6 +228,8 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, Any], config: QuantCon
         out = apply_initializers(out, {k: v for k, v in initializers.items() if k not in own})
     if not dialect.output_qdq:
         drop_non_residual_add_qdq(out)
+    if dialect.fused_swish:
+        fuse_swish_after_dq(out)
     if config.fp16_rest:
         refit_tiny_weight_scales(out)
         out = to_fp16(out)
@@ -371,6 +374,50 @@ def drop_non_residual_add_qdq(model: onnx.ModelProto) -> int:
         del g.initializer[:]
         g.initializer.extend(inits)
     return removed
+
+
+def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
+    """Write each swish ``Mul(x, Sigmoid(x))`` whose ``x`` is a DequantizeLinear output as one
+    ``com.microsoft.QuickGelu(x, alpha=1)``: the same function, x * sigmoid(x).
+
+    ONNX Runtime fuses Sigmoid + Mul into QuickGelu itself, but not here: its QDQ handling first gives
+    each consumer of a DequantizeLinear its own copy, so Sigmoid and Mul no longer share an input. In
+    the ort-cpu dialect that is every swish after an INT8 expand conv of the B family (16 in B0): two
+    DequantizeLinear, a Sigmoid and a Mul where one DequantizeLinear and one QuickGelu would do
+    (docs/int8.md, *Swish after DequantizeLinear*). OpenVINO reads QuickGelu too. Returns how many
+    were fused; the graph is edited in place, tensor names kept.
+    """
+    from onnx import helper
+
+    g = model.graph
+    producers = _producers(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    fused: dict[int, onnx.NodeProto] = {}  # id(Mul) -> its QuickGelu
+    dead: set[int] = set()
+    for sig in g.node:
+        x = sig.input[0] if sig.op_type == "Sigmoid" and sig.input else ""
+        dq = producers.get(x)
+        users = consumers.get(sig.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or sig.output[0] in outputs or len(users) != 1:
+            continue
+        mul = users[0]
+        if mul.op_type != "Mul" or sorted(mul.input) != sorted((x, sig.output[0])):
+            continue
+        fused[id(mul)] = helper.make_node("QuickGelu", [x], [mul.output[0]], name=f"{mul.name or sig.name}/swish",
+                                          domain="com.microsoft", alpha=1.0)
+        dead.add(id(sig))
+    if not fused:
+        return 0
+    nodes = [fused.get(id(n), n) for n in g.node if id(n) not in dead]
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(fused)
 
 
 #: Smallest positive value that survives onnxconverter-common's FP16 conversion unchanged: it clamps

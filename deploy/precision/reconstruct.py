@@ -296,6 +296,7 @@ _EXEC: dict[str, Callable[[GraphModule, _Op, list[Any]], Any]] = {
     "Mul": lambda g, op, v: v[0] * v[1],
     "Div": lambda g, op, v: v[0] / v[1],
     "Sigmoid": lambda g, op, v: g.torch.sigmoid(v[0]),
+    "QuickGelu": lambda g, op, v: v[0] * g.torch.sigmoid(float(op.attrs.get("alpha", 1.0)) * v[0]),  # ort-cpu's swish
     "Relu": lambda g, op, v: g.torch.relu(v[0]),
     "Clip": _clip,
     "ReduceMean": _reduce_mean,
@@ -473,7 +474,7 @@ def learn_rounding(qdq: onnx.ModelProto, fp32: onnx.ModelProto, images: np.ndarr
         return _learn_rounding(torch, qdq, fp32, images, fp16_scales, progress, device, steps)
 
 
-NONLINEAR = ("Sigmoid", "Relu", "Clip", "Tanh", "HardSigmoid", "HardSwish", "Softmax")
+NONLINEAR = ("Sigmoid", "QuickGelu", "Relu", "Clip", "Tanh", "HardSigmoid", "HardSwish", "Softmax")
 
 
 def _activated(q: GraphModule) -> set[str]:

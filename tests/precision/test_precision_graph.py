@@ -187,3 +187,76 @@ def test_a_drop_equal_to_the_budget_passes():
     assert check_budget(c, Budget(top1_agreement=0.98, accuracy_drop_pt=1.0)) == []
     worse = Comparison(**{**c.__dict__, "candidate_top1": 0.88})
     assert check_budget(worse, Budget(accuracy_drop_pt=1.0)) == ["top-1 accuracy drop 1.50 pt > 1.00 pt"]
+
+
+def swish_block() -> onnx.ModelProto:
+    """An ort-cpu-dialect MBConv fragment: INT8 expand conv -> DQ -> swish -> depthwise conv -> swish
+    (on a float tensor) -> SE-style gate Mul(y, Sigmoid(z)), as ORT's quantizer leaves a B-family block."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+        numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "w_expand"),
+        numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w_dw"),
+    ]
+    nodes = [
+        *qdq("input", "s"),
+        helper.make_node("Conv", ["input_dq", "w_expand"], ["e"], name="/blocks.1.0.expand/Conv"),
+        *qdq("e", "s"),
+        helper.make_node("Sigmoid", ["e_dq"], ["e_sig"], name="/blocks.1.0.expand.act/Sigmoid"),
+        helper.make_node("Mul", ["e_dq", "e_sig"], ["e_act"], name="/blocks.1.0.expand.act/Mul"),
+        helper.make_node("Conv", ["e_act", "w_dw"], ["d"], group=8, pads=[1, 1, 1, 1], name="/blocks.1.0.dw/Conv"),
+        helper.make_node("Sigmoid", ["d"], ["d_sig"], name="/blocks.1.0.dw.act/Sigmoid"),
+        helper.make_node("Mul", ["d_sig", "d"], ["d_act"], name="/blocks.1.0.dw.act/Mul"),
+        helper.make_node("Sigmoid", ["input"], ["gate"], name="/blocks.1.0.se.gate/Sigmoid"),
+        helper.make_node("ReduceMean", ["gate"], ["gate_mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["d_act", "gate_mean"], ["output"], name="/blocks.1.0.se/Mul"),
+    ]
+    graph = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8, 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_swish_after_dequantize_is_written_fused_because_onnx_runtime_would_not_fuse_it(tmp_path):
+    """ONNX Runtime gives each consumer of a DequantizeLinear its own copy, so the swish after an INT8
+    conv stays Sigmoid + Mul (and two DequantizeLinear) in its optimised graph; written as QuickGelu
+    it is one op, computing the same function. Only that swish changes: the swish on a float tensor
+    (which ONNX Runtime fuses itself) and SE's gate stay as they were."""
+    from effdeploy.precision.qdq import fuse_swish_after_dq
+
+    m = swish_block()
+    x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    before, ops_before = run(m, x), ort_optimized_ops(m, tmp_path)
+    assert ops_before.count("Sigmoid") >= 2 and ops_before.count("DequantizeLinear") == 2  # ORT left it split
+    fused = onnx.ModelProto()
+    fused.CopyFrom(m)
+    assert fuse_swish_after_dq(fused) == 1
+    qg = [n for n in fused.graph.node if n.op_type == "QuickGelu"]
+    assert [(n.input[0], n.output[0], n.domain, n.name) for n in qg] == [
+        ("e_dq", "e_act", "com.microsoft", "/blocks.1.0.expand.act/Mul/swish")]
+    assert [n.name for n in fused.graph.node if n.op_type == "Sigmoid"] == [
+        "/blocks.1.0.dw.act/Sigmoid", "/blocks.1.0.se.gate/Sigmoid"]
+    np.testing.assert_allclose(run(fused, x), before, rtol=1e-5, atol=1e-5)
+    ops_after = ort_optimized_ops(fused, tmp_path)
+    assert ops_after.count("DequantizeLinear") < ops_before.count("DequantizeLinear")
+    assert ops_after.count("Sigmoid") == ops_before.count("Sigmoid") - 1
+    assert fuse_swish_after_dq(fused) == 0  # idempotent
+    try:
+        import openvino as ov
+    except ImportError:
+        return  # the [openvino] extra is optional; the dialect's graphs must still open there when it is installed
+    onnx.save(fused, str(tmp_path / "fused.onnx"))
+    out = ov.Core().compile_model(str(tmp_path / "fused.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"input": x})[0]
+    np.testing.assert_allclose(out, before, rtol=1e-4, atol=1e-4)
