@@ -9,7 +9,8 @@ that is deployed, in the dialect the profile's runtime executes well:
   them; a Q/DQ on a conv output would split Conv+activation fusions and cost accuracy,
   docs/int8.md), everything else FP16 with explicit types (opset 19 for FP16 Q/DQ scales).
 * ``ort-cpu`` (the ``cpu`` profile): QDQ around Conv/Gemm/Add/Clip so ONNX Runtime fuses them
-  into QLinear kernels; activation signedness (U8S8 vs S8S8) is chosen by timing both.
+  into QLinear kernels; activation signedness (U8S8 vs S8S8) is chosen by timing both; the swish
+  after a DequantizeLinear is written as one QuickGelu, which ONNX Runtime would not fuse there.
 * ``openvino`` (the ``cpu-openvino`` profile): the tensorrt dialect's placement (Q/DQ at the
   inputs of Conv/Gemm/Add, symmetric S8 activations with the shift of lopsided inputs, per-channel
   weights in 7 bits, as ``ort-cpu``, for CPUs without VNNI) with everything else in FP32: OpenVINO turns each Q/DQ pair into a
