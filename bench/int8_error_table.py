@@ -46,7 +46,7 @@ def role(op, consumers) -> str:
                 kinds.add("project input (SE-gated)")
             else:
                 kinds.add("expand input (block output)")
-        elif u.kind in ("Sigmoid", "Mul"):
+        elif u.kind in ("Sigmoid", "Mul", "QuickGelu"):
             kinds.add("conv output into swish (cpu dialect's output Q/DQ)")
     return " + ".join(sorted(kinds)) or "network output (cpu dialect's output Q/DQ)"
 

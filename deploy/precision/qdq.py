@@ -383,8 +383,9 @@ def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
 
     ONNX Runtime fuses Sigmoid + Mul into QuickGelu itself, but not here: its QDQ handling first gives
     each consumer of a DequantizeLinear its own copy, so Sigmoid and Mul no longer share an input. In
-    the ort-cpu dialect that is every swish after an INT8 expand conv of the B family (16 in B0): two
-    DequantizeLinear, a Sigmoid and a Mul where one DequantizeLinear and one QuickGelu would do
+    the ort-cpu dialect that is the swish after every INT8 conv of the B family (B0: its 15 expand
+    convs and its head conv, and the stem where it is INT8): two DequantizeLinear, a Sigmoid and a Mul where one
+    DequantizeLinear and one QuickGelu would do
     (docs/int8.md, *Swish after DequantizeLinear*). OpenVINO reads QuickGelu too. Returns how many
     were fused; the graph is edited in place, tensor names kept.
     """
@@ -413,9 +414,13 @@ def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
         dead.add(id(sig))
     if not fused:
         return 0
+    gone = {n.output[0] for n in g.node if id(n) in dead}  # the Sigmoids' outputs
     nodes = [fused.get(id(n), n) for n in g.node if id(n) not in dead]
     del g.node[:]
     g.node.extend(nodes)
+    kept_info = [v for v in g.value_info if v.name not in gone]
+    del g.value_info[:]
+    g.value_info.extend(kept_info)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(fused)

@@ -180,7 +180,13 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     problems: list[str] = []
     if wants_openvino and not cpu.openvino:
         fallback = "its bundles run on ONNX Runtime instead, INT8 convs in float (slower)" if cpu.onnxruntime else ""
-        problems.append("; ".join(p for p in (MISSING_OPENVINO, fallback) if p))
+        if profile.vnni and not cpu.vnni_flags:  # with OpenVINO its INT8 bundles would open there and be refused
+            problems.append(f"profile {profile.name}'s 8-bit INT8 weights would saturate in OpenVINO's INT8 kernels on "
+                            f"this CPU ({cpu.int8_dot}), so installing OpenVINO would not help its INT8 bundles; "
+                            f"{fallback or 'they need ONNX Runtime'}; for OpenVINO's speed build with --profile "
+                            f"{twin_profile('openvino', vnni=False)} and pip install 'effdeploy[openvino]'")
+        else:
+            problems.append("; ".join(p for p in (MISSING_OPENVINO, fallback) if p))
     if not cpu.onnxruntime and runs_on == "onnxruntime":
         problems.append("ONNX Runtime is not installed: pip install 'effdeploy'")
     can_run = cpu.onnxruntime is not None or runs_on == "openvino"
@@ -188,7 +194,8 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     saturating = bool(profile.vnni) and not cpu.vnni_flags and (runs_on == "openvino" or not wants_openvino)
     if saturating:
         portable = twin_profile(profile.target_runtime, vnni=False)
-        other = ", or run them with --backend onnxruntime (INT8 convs in float, slower)" if wants_openvino else ""
+        other = (", or run them with --backend onnxruntime (INT8 convs in float, slower)"
+                 if wants_openvino and cpu.onnxruntime else "")
         problems.append(f"profile {profile.name}'s 8-bit INT8 weights saturate on this CPU ({cpu.int8_dot}), so its INT8 "
                         f"bundles are refused here; use --profile {portable} (7-bit weights, any x86 CPU){other}")
     notes = () if profile.vnni else tuple(int8_build_notes(profile, cpu.vnni_flags))
@@ -217,9 +224,8 @@ def assess(facts: Facts, profile: Profile | None = None) -> Verdict:
     if profile is None:
         return Verdict(tuple(dict.fromkeys(problems)), None, None, tuple(notes))
     if not profile.is_gpu:
-        if facts.cpu is None:  # facts from elsewhere (an old --json) without the CPU: no verdict rather than a GPU one
-            return Verdict(tuple(dict.fromkeys(problems)), profile.name, None,
-                           ("the CPU was not examined, so there is no verdict on this CPU profile",))
+        if facts.cpu is None:  # Facts built without gather_cpu (a caller's own): no verdict rather than TensorRT's
+            return Verdict((), profile.name, None, ("the CPU was not examined, so there is no verdict on this CPU profile",))
         return assess_cpu(facts.cpu, profile)
 
     lines = [refuse_cpu_profile(profile), refuse_release_table(profile)]

@@ -253,6 +253,16 @@ def test_swish_after_dequantize_is_written_fused_because_onnx_runtime_would_not_
     assert ops_after.count("DequantizeLinear") < ops_before.count("DequantizeLinear")
     assert ops_after.count("Sigmoid") == ops_before.count("Sigmoid") - 1
     assert fuse_swish_after_dq(fused) == 0  # idempotent
+    # shape inference (the MACs `inspect` prints) does not know QuickGelu: the convs after it still count
+    from effdeploy.export.exporter import macs_per_node
+
+    assert macs_per_node(fused) == macs_per_node(m) and len(macs_per_node(m)) == 2
+    # a Sigmoid whose output is also used elsewhere, or is a graph output, is not a swish to fuse
+    for extra in (lambda g: g.output.append(helper.make_tensor_value_info("e_sig", TensorProto.FLOAT, None)),
+                  lambda g: g.node.append(helper.make_node("Relu", ["e_sig"], ["e_sig_relu"]))):
+        other = swish_block()
+        extra(other.graph)
+        assert fuse_swish_after_dq(other) == 0
     try:
         import openvino as ov
     except ImportError:

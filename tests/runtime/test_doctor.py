@@ -126,9 +126,14 @@ def test_a_cpu_profile_is_judged_by_the_cpu_and_its_runtime_not_by_tensorrt():
     assert (v.can_run, v.can_run_int8, len(v.problems)) == (True, False, 1)
     assert "saturate on this CPU (AVX2 without VNNI)" in v.problems[0] and "--profile cpu " in v.problems[0]
     # no OpenVINO: the bundles fall back to ONNX Runtime, which runs the openvino dialect's convs in float
-    v = assess(avx2, load_profile("cpu-openvino-vnni"))
+    v = assess(dataclasses.replace(amx, cpu=dataclasses.replace(AMX_HOST, openvino=None)), load_profile("cpu-openvino-vnni"))
     assert (v.can_run, v.can_run_int8) == (True, True) and len(v.problems) == 1
     assert v.problems[0].startswith("OpenVINO is not installed: pip install 'effdeploy[openvino]'; its bundles run on ONNX")
+    # ... and without VNNI installing OpenVINO would get its INT8 bundles refused: doctor must not advise it bare
+    v = assess(avx2, load_profile("cpu-openvino-vnni"))
+    assert (v.can_run, v.can_run_int8) == (True, True) and len(v.problems) == 1
+    assert "installing OpenVINO would not help its INT8 bundles" in v.problems[0]
+    assert "--profile cpu-openvino " in v.problems[0] and not v.problems[0].startswith("OpenVINO is not installed")
     # with OpenVINO they open there, and its INT8 kernels saturate the 8-bit weights
     v = assess(avx2_ov, load_profile("cpu-openvino-vnni"))
     assert (v.can_run, v.can_run_int8, len(v.problems)) == (True, False, 1)
@@ -147,7 +152,7 @@ def test_a_cpu_profile_is_judged_by_the_cpu_and_its_runtime_not_by_tensorrt():
         "yes, but not its INT8 bundles"
     # facts without the CPU (an older --json): no verdict, rather than TensorRT's for a CPU profile
     v = assess(facts(**no_gpu), load_profile("cpu"))
-    assert (v.can_run, v.can_compile) == (None, None) and "not examined" in v.notes[0]
+    assert (v.can_run, v.can_compile, v.problems) == (None, None, ()) and "not examined" in v.notes[0]
     assert not any(k.startswith(("compile for", "run cpu")) for k, _ in rows(facts(**no_gpu), v))
 
 
@@ -156,7 +161,12 @@ def test_runtime_versions_come_from_whichever_distribution_provides_the_module()
     call ONNX Runtime absent because the distribution has another name."""
     from effdeploy.runtime.doctor import module_version
 
-    assert module_version("onnxruntime") is not None  # this venv's, whatever its distribution's name
+    from importlib import metadata
+
+    assert module_version("onnxruntime") == metadata.version("onnxruntime")  # this venv's, by its module
+    # a module provided by a distribution of another name (onnx stands in for onnxruntime-gpu), after one
+    # that is listed but not installed
+    assert module_version("onnxruntime", {"onnxruntime": ["no-such-dist-xyz", "onnx"]}) == metadata.version("onnx")
     assert module_version("onnxruntime", {"onnxruntime": ["no-such-dist-xyz"]}) is None
     assert module_version("openvino", {}) is None
 
