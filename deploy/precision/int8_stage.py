@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..export.logits import cached_logits, ort_logits, relative_mse
-from .qdq import OPENVINO, QuantConfig, calibration_tensors, dialect_of, quantize
+from .qdq import OPENVINO, QuantConfig, calibration_tensors, code_key, dialect_of, quantize
 from ..report import info
 
 
@@ -334,8 +334,8 @@ def _form(config: QuantConfig) -> str:
 
 def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
     """Keyed by the graph and ranges (the calibration key), the Q/DQ options and the dialect's
-    graph edits (its row: a new edit is a new graph to time), ONNX Runtime's version and this
-    machine's CPU: the timing is only valid where it was taken."""
+    graph edits (its row and the code that writes it: an edit is a new graph to time), ONNX
+    Runtime's version and this machine's CPU: the timing is only valid where it was taken."""
     import os
     import platform
 
@@ -353,8 +353,8 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
 
     from dataclasses import asdict
 
-    key = sha256_json({"calibration": calibration_key, "config": cfg, "dialect": asdict(dialect_of(config)), "cpu": cpu,
-                       "cores": os.cpu_count(), **session_key()})
+    key = sha256_json({"calibration": calibration_key, "config": cfg, "dialect": asdict(dialect_of(config)),
+                       "code": code_key(), "cpu": cpu, "cores": os.cpu_count(), **session_key()})
     return cache_folder("dialect") / f"{key[:32]}.json"
 
 

@@ -249,10 +249,16 @@ def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfi
 
     key = sha256_json({"graph": sha256_proto(src),
                        "ranges": hashlib.sha256(ranges_json).hexdigest(), "config": config.to_dict(),
-                       "onnxruntime": onnxruntime.__version__,
-                       "code": hashlib.sha256(Path(__file__).read_bytes()
-                                              + (Path(__file__).parent / "transforms.py").read_bytes()).hexdigest()})
+                       "onnxruntime": onnxruntime.__version__, "code": code_key()})
     return cache_folder("quantized") / f"{key[:40]}.onnx"
+
+
+def code_key() -> str:
+    """The hash of the code that writes the dialects' graphs (this module and its transforms): part of
+    every cache key for a quantized graph or a measurement of one, so an edit to a dialect re-makes them."""
+    import hashlib
+
+    return hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent / "transforms.py").read_bytes()).hexdigest()
 
 
 def _load_quantized(path: Path) -> onnx.ModelProto | None:
