@@ -45,9 +45,15 @@ def residual_block(weight_scale: np.ndarray | None = None) -> onnx.ModelProto:
         *qdq("c2", "s"),
         helper.make_node("Add", ["x_dq", "c2_dq"], ["output"], name="/blocks.1.1/Add"),
     ]
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    return checked_model(nodes, inits, [1, 4, 8, 8], opset=19)
+
+
+def checked_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_shape: list[int],
+                  opset: int) -> onnx.ModelProto:
+    """``input`` (1, 4, 8, 8) -> nodes -> ``output``, checked by ONNX."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
@@ -212,12 +218,7 @@ def swish_block() -> onnx.ModelProto:
         helper.make_node("ReduceMean", ["gate"], ["gate_mean"], axes=[1], keepdims=1),
         helper.make_node("Mul", ["d_act", "gate_mean"], ["output"], name="/blocks.1.0.se/Mul"),
     ]
-    graph = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8, 8])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
+    return checked_model(nodes, inits, [1, 8, 8, 8], opset=17)
 
 
 def ort_optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
