@@ -6,7 +6,7 @@ of a missed budget is :mod:`effdeploy.verify.repair`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -350,8 +350,6 @@ def _dialect_path(calibration_key: str, config: QuantConfig) -> Path:
         pass
     cfg = {k: v for k, v in config.to_dict().items() if k != "activations"}
     from ..backends.ort_safety import session_key
-
-    from dataclasses import asdict
 
     key = sha256_json({"calibration": calibration_key, "config": cfg, "dialect": asdict(dialect_of(config)),
                        "code": code_key(), "cpu": cpu, "cores": os.cpu_count(), **session_key()})

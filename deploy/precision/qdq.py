@@ -258,7 +258,8 @@ def code_key() -> str:
     every cache key for a quantized graph or a measurement of one, so an edit to a dialect re-makes them."""
     import hashlib
 
-    return hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent / "transforms.py").read_bytes()).hexdigest()
+    here = Path(__file__)
+    return hashlib.sha256(here.read_bytes() + (here.parent / "transforms.py").read_bytes()).hexdigest()
 
 
 def _load_quantized(path: Path) -> onnx.ModelProto | None:
@@ -390,9 +391,9 @@ def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
     ONNX Runtime fuses Sigmoid + Mul into QuickGelu itself, but not here: its QDQ handling first gives
     each consumer of a DequantizeLinear its own copy, so Sigmoid and Mul no longer share an input. In
     the ort-cpu dialect that is the swish after every INT8 conv of the B family (B0: its 15 expand
-    convs and its head conv, and the stem where it is INT8): two DequantizeLinear, a Sigmoid and a Mul where one
-    DequantizeLinear and one QuickGelu would do
-    (docs/int8.md, *Swish after DequantizeLinear*). OpenVINO reads QuickGelu too. Returns how many
+    convs and its head conv, and the stem where it is INT8): two DequantizeLinear, a Sigmoid and a
+    Mul where one DequantizeLinear and one QuickGelu would do (docs/int8.md, *Swish after
+    DequantizeLinear*). OpenVINO reads QuickGelu too. Returns how many
     were fused; the graph is edited in place, tensor names kept.
     """
     from onnx import helper
