@@ -55,9 +55,13 @@ def saturates(manifest: Any, backend: str, flags: tuple[str, ...] | None = None)
     if manifest is None or getattr(manifest, "precision", None) != "int8":
         return False
     q = getattr(manifest, "quantization", None) or {}
-    if (q.get("config") or {}).get("reduce_range", True):
-        return False
-    if backend != "openvino" and not (backend == "onnxruntime" and q.get("dialect") == "ort-cpu"):
+    return kernels_saturate(not (q.get("config") or {}).get("reduce_range", True), q.get("dialect"), backend, flags)
+
+
+def kernels_saturate(eight_bit: bool, dialect: str | None, backend: str, flags: tuple[str, ...] | None = None) -> bool:
+    """The rule behind :func:`saturates`, for an INT8 graph of ``dialect`` with 8-bit (``eight_bit``)
+    or 7-bit weights run by ``backend`` on this CPU (``flags``); doctor asks it of a profile."""
+    if not eight_bit or (backend != "openvino" and not (backend == "onnxruntime" and dialect == "ort-cpu")):
         return False
     return not vnni_flags(flags)
 

@@ -22,6 +22,7 @@ ranges through its documented calibration-cache file; FP16 conversion uses onnxc
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,6 +254,7 @@ def _quantized_path(src: onnx.ModelProto, ranges_json: bytes, config: QuantConfi
     return cache_folder("quantized") / f"{key[:40]}.onnx"
 
 
+@functools.lru_cache(maxsize=1)  # the files do not change under a running build, which asks for every graph
 def code_key() -> str:
     """The hash of the code that writes the dialects' graphs (this module and its transforms): part of
     every cache key for a quantized graph or a measurement of one, so an edit to a dialect re-makes them."""
@@ -406,7 +408,8 @@ def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
             consumers.setdefault(i, []).append(n)
     outputs = {o.name for o in g.output}
     fused: dict[int, onnx.NodeProto] = {}  # id(Mul) -> its QuickGelu
-    dead: set[int] = set()
+    dead: set[int] = set()  # id(Sigmoid)
+    gone: set[str] = set()  # the Sigmoids' outputs
     for sig in g.node:
         x = sig.input[0] if sig.op_type == "Sigmoid" and sig.input else ""
         dq = producers.get(x)
@@ -419,9 +422,9 @@ def fuse_swish_after_dq(model: onnx.ModelProto) -> int:
         fused[id(mul)] = helper.make_node("QuickGelu", [x], [mul.output[0]], name=f"{mul.name or sig.name}/swish",
                                           domain="com.microsoft", alpha=1.0)
         dead.add(id(sig))
+        gone.add(sig.output[0])
     if not fused:
         return 0
-    gone = {n.output[0] for n in g.node if id(n) in dead}  # the Sigmoids' outputs
     nodes = [fused.get(id(n), n) for n in g.node if id(n) not in dead]
     del g.node[:]
     g.node.extend(nodes)

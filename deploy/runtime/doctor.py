@@ -172,8 +172,9 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     as Runner.open falls back); its INT8 bundles are refused where the runtime they open on would
     saturate their 8-bit weights (the VNNI profiles on a CPU without VNNI, as Runner.open refuses).
     On a VNNI CPU a portable profile hears about its 8-bit twin, as its build does."""
-    from ..backends.cpu_features import int8_build_notes, twin_profile  # noqa: PLC0415
+    from ..backends.cpu_features import int8_build_notes, kernels_saturate, twin_profile  # noqa: PLC0415
     from ..backends.openvino import MISSING_OPENVINO  # noqa: PLC0415 - the module imports openvino only when opened
+    from ..precision.qdq import RUNTIME_DIALECTS  # noqa: PLC0415
 
     wants_openvino = profile.target_runtime == "openvino"
     runs_on = "openvino" if wants_openvino and cpu.openvino else "onnxruntime"
@@ -190,8 +191,7 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     if not cpu.onnxruntime and runs_on == "onnxruntime":
         problems.append("ONNX Runtime is not installed: pip install 'effdeploy'")
     can_run = cpu.onnxruntime is not None or runs_on == "openvino"
-    # 8-bit weights saturate where the runtime runs them as INT8: OpenVINO always, ONNX Runtime the ort-cpu dialect
-    saturating = bool(profile.vnni) and not cpu.vnni_flags and (runs_on == "openvino" or not wants_openvino)
+    saturating = kernels_saturate(bool(profile.vnni), RUNTIME_DIALECTS[profile.target_runtime], runs_on, cpu.vnni_flags)
     if saturating:
         portable = twin_profile(profile.target_runtime, vnni=False)
         other = (", or run them with --backend onnxruntime (INT8 convs in float, slower)"
