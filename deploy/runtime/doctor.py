@@ -174,7 +174,6 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     On a VNNI CPU a portable profile hears about its 8-bit twin, as its build does."""
     from ..backends.cpu_features import int8_build_notes, kernels_saturate, twin_profile  # noqa: PLC0415
     from ..backends.openvino import MISSING_OPENVINO  # noqa: PLC0415 - the module imports openvino only when opened
-    from ..precision.qdq import RUNTIME_DIALECTS  # noqa: PLC0415
 
     wants_openvino = profile.target_runtime == "openvino"
     runs_on = "openvino" if wants_openvino and cpu.openvino else "onnxruntime"
@@ -191,7 +190,8 @@ def assess_cpu(cpu: CpuInfo, profile: Profile) -> Verdict:
     if not cpu.onnxruntime and runs_on == "onnxruntime":
         problems.append("ONNX Runtime is not installed: pip install 'effdeploy'")
     can_run = cpu.onnxruntime is not None or runs_on == "openvino"
-    saturating = kernels_saturate(bool(profile.vnni), RUNTIME_DIALECTS[profile.target_runtime], runs_on, cpu.vnni_flags)
+    dialect = "openvino" if wants_openvino else "ort-cpu"  # precision.qdq.RUNTIME_DIALECTS (a later stage: not imported)
+    saturating = kernels_saturate(bool(profile.vnni), dialect, runs_on, cpu.vnni_flags)
     if saturating:
         portable = twin_profile(profile.target_runtime, vnni=False)
         other = (", or run them with --backend onnxruntime (INT8 convs in float, slower)"
