@@ -408,19 +408,38 @@ def test_method_selection_cache_hit_miss_and_corruption(lite0, tmp_path, monkeyp
 
 
 def test_cpu_dialect_timing_cache_hit_miss_and_corruption(tmp_path, monkeypatch):
-    """The activation form timed before for the same ranges on this machine is reused; other ranges,
-    another config, or a corrupt or foreign record are misses (timed again, never a crash)."""
-    from effdeploy.precision.int8_stage import _dialect_path, _load_dialect, _store_dialect
+    """The activation forms' timings taken before for the same ranges on this machine are reused;
+    other ranges, another config, or a corrupt, incomplete or foreign record are misses (timed again,
+    never a crash). A record of the old shape (with the form chosen then) still gives its timings:
+    the form is chosen again from them."""
+    from effdeploy.precision.int8_stage import _dialect_path, _load_dialect, _store_dialect, _write_json
 
     monkeypatch.setenv("EFFDEPLOY_CACHE_DIR", str(tmp_path))
     cfg = replace(config_for(False), activations="uint8")
     _store_dialect("ranges-a", cfg, {"U8S8": 3.0, "S8S8": 4.0, "fp32": 5.0})
-    assert _load_dialect("ranges-a", cfg) == ({"U8S8": 3.0, "S8S8": 4.0, "fp32": 5.0}, "uint8")
+    assert _load_dialect("ranges-a", cfg) == {"U8S8": 3.0, "S8S8": 4.0, "fp32": 5.0}
     assert _load_dialect("ranges-b", cfg) is None
     assert _load_dialect("ranges-a", replace(cfg, quantize_stem=False)) is None
     assert _load_dialect("ranges-a", replace(cfg, activations="int8")) is not None  # the form is the answer, not the key
     path = _dialect_path("ranges-a", cfg)
-    for bad in ("{not json", '{"timings_ms": {"U8S8": "fast"}, "activations": "uint8"}',
-                '{"timings_ms": {"U8S8": 1.0}, "activations": "fp8"}', "[]"):
-        path.write_text(bad)
+    _write_json(path, {"timings_ms": {"U8S8": 3.1, "S8S8": 3.0, "fp32": 5.0}, "activations": "int8"})
+    assert _load_dialect("ranges-a", cfg) == {"U8S8": 3.1, "S8S8": 3.0, "fp32": 5.0}
+    for bad in ({"timings_ms": {"U8S8": "fast", "S8S8": 1.0, "fp32": 2.0}}, {"timings_ms": {"U8S8": 1.0, "fp32": 2.0}},
+                {"timings_ms": {"U8S8": 1.0, "S8S8": 0.0, "fp32": 2.0}}, {"timings_ms": {"U8S8": 1.0, "S8S8": float("nan"),
+                                                                                     "fp32": 2.0}}, [], None):
+        _write_json(path, bad)
         assert _load_dialect("ranges-a", cfg) is None, bad
+    path.write_text("{not json")  # behind the cache's back: a torn or foreign file
+    assert _load_dialect("ranges-a", cfg) is None
+
+
+@pytest.mark.parametrize("u8s8, s8s8, chosen", [
+    (5.0, 5.0, "uint8"), (5.0, 4.6, "uint8"), (4.6, 5.0, "uint8"),  # within the margin: the more accurate form
+    (5.0, 4.5, "int8"), (5.0, 2.0, "int8"),  # S8S8 clearly faster: taken
+])
+def test_activation_form_needs_a_clear_lead_to_leave_the_preferred_one(u8s8, s8s8, chosen):
+    """U8S8 (ort-cpu's preferred, more accurate form) stays unless S8S8 timed at least 10 % faster:
+    a near tie flipped between builds on one machine and with it the build's accuracy."""
+    from effdeploy.precision.int8_stage import pick_activations
+
+    assert pick_activations({"U8S8": u8s8, "S8S8": s8s8, "fp32": 6.0}, ("uint8", "int8")) == chosen
