@@ -24,8 +24,8 @@ from . import cli
 @click.option("--spin/--no-spin", default=True, show_default=True,
               help="ONNX Runtime's threads busy-wait between calls; --no-spin for CPUs shared with busy processes.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
-              help="CPU runtime for a bundle: onnxruntime, openvino (default: the profile's; onnxruntime unless built for "
-                   "cpu-openvino), or auto "
+              help="CPU runtime for a bundle: onnxruntime, openvino (default: the profile's runtime; openvino "
+                   "for the cpu-openvino profiles), or auto "
                    "(the faster of those installed, timed once per graph and CPU and cached).")
 @click.option("--ov-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="OpenVINO's inference precision (bf16 is what its CPU plugin picks by default on AMX CPUs).")

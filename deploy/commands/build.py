@@ -42,7 +42,7 @@ from ..request import CALIBRATION_METHODS, RECONSTRUCT_MODES, default
 @click.option("--calib-method", type=click.Choice(["auto", *CALIBRATION_METHODS]), default=default("calib_method"), show_default=True)
 @click.option("--int8-float", "int8_float", default="auto", show_default=True,
               help="EfficientNet parts kept out of INT8 (comma list of se, stem, classifier, dw (the depthwise convs); 'none' for none; "
-                   "auto: se; for the B family se,dw on GPU profiles and cpu-openvino, se,stem,dw on cpu).")
+                   "auto: se; for the B family se,dw on GPU and cpu-openvino profiles, se,stem,dw on cpu and cpu-vnni).")
 @click.option("--reconstruct", "reconstruct_mode", type=click.Choice(RECONSTRUCT_MODES),
               default=default("reconstruct_mode"), show_default=True, is_flag=False, flag_value="auto",
               help="INT8: correct the INT8 layers on calibration images, in order, for the error of their weights and "

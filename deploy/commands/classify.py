@@ -16,7 +16,7 @@ from . import cli
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime [all].")
 @click.option("--batch", "batch_size", type=int, default=16, show_default=True, help="Images per inference call.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
-              help="CPU runtime for a bundle (default: its profile's, onnxruntime unless built for cpu-openvino).")
+              help="CPU runtime for a bundle (default: its profile's, openvino for the cpu-openvino profiles).")
 @click.option("--force", is_flag=True, help="Run a bundle whose status is failed-parity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 def classify_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, threads: int | None, batch_size: int,

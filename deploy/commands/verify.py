@@ -72,7 +72,7 @@ def show_report(bundle: Any, report: Any, drift: list[dict[str, Any]]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "auto"]), default=None,
               help="Judge the bundle as this CPU runtime runs it (default onnxruntime for every bundle, as the build "
-                   "verified it; a cpu-openvino bundle runs on openvino: pass --backend openvino to judge it there).")
+                   "verified it; a cpu-openvino(-vnni) bundle runs on openvino: pass --backend openvino to judge it there).")
 @click.option("--ov-precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="OpenVINO's inference precision: bf16 shows how far OpenVINO's default on AMX CPUs is from FP32.")
 @click.option("--json", "as_json", is_flag=True)
