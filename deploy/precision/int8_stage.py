@@ -226,15 +226,16 @@ def choose_activations(fp32: onnx.ModelProto, artifact: Any, config: QuantConfig
         return model, config, {}, False
     timings = _load_dialect(artifact.key, config)
     timed_before = timings is not None
+    models = {config.activations: model}  # each form quantized once: the timed graph is the one kept
     if timings is None:
-        models = {_form(replace(config, activations=f)): quantize(fp32, artifact.ranges, replace(config, activations=f))
-                  for f in forms if f != config.activations}
-        timings = latencies_ms({_form(config): model, **models, "fp32": fp32}, selection_data())
+        models.update({f: quantize(fp32, artifact.ranges, replace(config, activations=f))
+                       for f in forms if f not in models})
+        timings = latencies_ms({**{_form_name(f): m for f, m in models.items()}, "fp32": fp32}, selection_data())
         _store_dialect(artifact.key, config, timings)
     chosen = pick_activations(timings, forms)
     if chosen != config.activations:
         config = replace(config, activations=chosen)
-        model = quantize(fp32, artifact.ranges, config)
+        model = models[chosen] if chosen in models else quantize(fp32, artifact.ranges, config)
     faster = min(timings[_form_name(f)] for f in forms[1:]) < timings[_form_name(forms[0])]
     kept = f" (the more accurate form: {_form_name(forms[1])} is not {FORM_MARGIN - 1:.0%} faster)" \
         if chosen == forms[0] and faster else ""
